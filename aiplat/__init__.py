@@ -1,0 +1,7 @@
+"""ai-platform: the library behind the Dagster assets and the `aiplat` CLI.
+
+Logic that is not about orchestration lives here, in plain functions that the assets, the CLI
+and the tests all call.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""Where the platform runs and where its local state lives.
+
+This is the one place that reads the process environment for platform-wide choices. Everything
+else asks these functions, at call time, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Runtime = Literal["local", "prod"]
+RUNTIMES: tuple[Runtime, ...] = ("local", "prod")
+
+RUNTIME_ENV_VAR = "AIPLAT_ENV"
+STATE_DIR_ENV_VAR = "AIPLAT_STATE_DIR"
+
+
+def runtime() -> Runtime:
+    """`local` (the default, no configuration, no network) or `prod` (settings from the env)."""
+    value = os.environ.get(RUNTIME_ENV_VAR, "local").strip().lower() or "local"
+    if value not in RUNTIMES:
+        raise ValueError(f"{RUNTIME_ENV_VAR}={value!r} is not a runtime; choose one of {', '.join(RUNTIMES)}")
+    return value  # type: ignore[return-value]
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def state_dir() -> Path:
+    """The one git-ignored folder that holds all local state (services, data, models, logs)."""
+    configured = os.environ.get(STATE_DIR_ENV_VAR)
+    return Path(configured).resolve() if configured else project_root() / ".aiplat"
+
+
+@dataclass(frozen=True)
+class LocalPaths:
+    root: Path
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+    @property
+    def landing(self) -> Path:
+        return self.root / "landing"
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def milvus(self) -> Path:
+        return self.root / "milvus"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def venvs(self) -> Path:
+        return self.root / "venvs"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+def local_paths() -> LocalPaths:
+    return LocalPaths(state_dir())
+
+
+@dataclass(frozen=True)
+class LocalPorts:
+    dagster: int = 3000
+    mlflow: int = 5000
+    milvus: int = 19530
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{name}={port} is outside 1..65535")
+    return port
+
+
+def local_ports() -> LocalPorts:
+    """Ports of the local runtime's services; each can be moved with an AIPLAT_*_PORT variable."""
+    defaults = LocalPorts()
+    return LocalPorts(
+        dagster=_port("AIPLAT_DAGSTER_PORT", defaults.dagster),
+        mlflow=_port("AIPLAT_MLFLOW_PORT", defaults.mlflow),
+        milvus=_port("AIPLAT_MILVUS_PORT", defaults.milvus),
+    )

@@ -1,0 +1,1 @@
+"""Data intake: declared record schemas, line-by-line validation, quarantine."""
