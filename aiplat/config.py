@@ -109,3 +109,14 @@ def local_ports() -> LocalPorts:
         mlflow=_port("AIPLAT_MLFLOW_PORT", defaults.mlflow),
         milvus=_port("AIPLAT_MILVUS_PORT", defaults.milvus),
     )
+
+
+def git_commit_override() -> str | None:
+    """Production images carry no .git: their build sets AIPLAT_GIT_COMMIT instead."""
+    return os.environ.get("AIPLAT_GIT_COMMIT") or None
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME when set (prod, tests), else the local runtime's instance folder."""
+    configured = os.environ.get("DAGSTER_HOME")
+    return Path(configured) if configured else local_paths().dagster_home

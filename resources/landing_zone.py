@@ -1,0 +1,129 @@
+"""The landing zone: where producers drop JSON Lines exports for the platform to take in.
+
+Layout, in both backends: `<root>/<dataset>/<file>.jsonl`, e.g. `tickets/tickets-2026-09.jsonl`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
+
+LANDED_SUFFIXES = (".jsonl", ".ndjson")
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    dataset: str
+    name: str
+    uri: str
+    size: int
+    # Changes whenever the content may have changed (mtime for files, ETag for S3 objects).
+    version: str
+
+    @property
+    def stem(self) -> str:
+        return self.name.rsplit(".", 1)[0]
+
+
+class LandingZone(dg.ConfigurableResource, ABC):
+    """Lists and reads landed files. Read-only: the platform never edits what producers landed."""
+
+    @abstractmethod
+    def list_files(self, dataset: str) -> list[LandedFile]: ...
+
+    @abstractmethod
+    def read_bytes(self, landed: LandedFile) -> bytes: ...
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    def find(self, dataset: str, stem: str) -> LandedFile | None:
+        return next((f for f in self.list_files(dataset) if f.stem == stem), None)
+
+
+class LocalLandingZone(LandingZone):
+    """A folder on this machine (the local runtime)."""
+
+    base_dir: str
+
+    def _dataset_dir(self, dataset: str) -> Path:
+        return Path(self.base_dir) / dataset
+
+    def list_files(self, dataset: str) -> list[LandedFile]:
+        folder = self._dataset_dir(dataset)
+        if not folder.is_dir():
+            return []
+        files = []
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix in LANDED_SUFFIXES:
+                stat = path.stat()
+                files.append(
+                    LandedFile(
+                        dataset=dataset,
+                        name=path.name,
+                        uri=path.resolve().as_uri(),
+                        size=stat.st_size,
+                        version=f"{stat.st_mtime_ns}:{stat.st_size}",
+                    )
+                )
+        return files
+
+    def read_bytes(self, landed: LandedFile) -> bytes:
+        return (self._dataset_dir(landed.dataset) / landed.name).read_bytes()
+
+    def describe(self) -> str:
+        return str(Path(self.base_dir).resolve())
+
+
+class S3LandingZone(LandingZone):
+    """An S3 prefix (prod), read through dagster-aws's S3 resource."""
+
+    s3: S3Resource
+    bucket: str
+    prefix: str = "landing"
+
+    _client = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._client = self.s3.get_client()
+
+    @property
+    def client(self):
+        # Sensors evaluate resources without an execution context; build the client lazily there.
+        if self._client is None:
+            self._client = self.s3.get_client()
+        return self._client
+
+    def _key_prefix(self, dataset: str) -> str:
+        return f"{self.prefix.strip('/')}/{dataset}/" if self.prefix.strip("/") else f"{dataset}/"
+
+    def list_files(self, dataset: str) -> list[LandedFile]:
+        files = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key_prefix(dataset)):
+            for obj in page.get("Contents", []):
+                name = obj["Key"].rsplit("/", 1)[-1]
+                if not name.endswith(LANDED_SUFFIXES) or obj["Key"] != self._key_prefix(dataset) + name:
+                    continue
+                files.append(
+                    LandedFile(
+                        dataset=dataset,
+                        name=name,
+                        uri=f"s3://{self.bucket}/{obj['Key']}",
+                        size=obj["Size"],
+                        version=obj["ETag"].strip('"'),
+                    )
+                )
+        return sorted(files, key=lambda f: f.name)
+
+    def read_bytes(self, landed: LandedFile) -> bytes:
+        key = self._key_prefix(landed.dataset) + landed.name
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.strip('/')}"
