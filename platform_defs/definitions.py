@@ -17,10 +17,11 @@ STAGE_MODULES = [assets.intake]
 def build_definitions() -> dg.Definitions:
     all_assets = list(dg.load_assets_from_modules(STAGE_MODULES))
     jobs = ingest_jobs(all_assets)
+    downstream = downstream_job(all_assets)
     return dg.Definitions(
         assets=all_assets,
         asset_checks=list(dg.load_asset_checks_from_modules(STAGE_MODULES)),
-        jobs=[*jobs.values(), downstream_job(all_assets)],
+        jobs=[*jobs.values(), *([downstream] if downstream else [])],
         sensors=[build_landing_sensor(jobs, BATCHES)],
         resources=resources_for(runtime()),
     )

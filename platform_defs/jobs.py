@@ -33,9 +33,11 @@ def ingest_jobs(assets: list[dg.AssetsDefinition]) -> dict[str, UnresolvedAssetJ
     }
 
 
-def downstream_job(assets: list[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
+def downstream_job(assets: list[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition | None:
     """Everything that is not per batch: features, training, evaluation, indexes, serving."""
     unpartitioned = [key for asset in assets for key in asset.keys if asset.specs_by_key[key].partitions_def is None]
+    if not unpartitioned:
+        return None
     return dg.define_asset_job(
         name="refresh_downstream",
         selection=dg.AssetSelection.assets(*unpartitioned),

@@ -18,6 +18,13 @@ import pyarrow.parquet as pq
 from pydantic import PrivateAttr
 
 
+def _aws_endpoint(region: str | None) -> str:
+    """The S3 endpoint boto3 resolves (it honours AWS_ENDPOINT_URL; Arrow's S3 client does not)."""
+    import boto3
+
+    return boto3.session.Session().client("s3", region_name=region or "us-east-1").meta.endpoint_url
+
+
 class LakeIOManager(dg.ConfigurableIOManager):
     """Parquet DataFrames under `base_uri` (a path, file:// or s3://bucket/prefix)."""
 
@@ -35,10 +42,11 @@ class LakeIOManager(dg.ConfigurableIOManager):
         if self.base_uri.startswith("s3://"):
             bucket_and_prefix = self.base_uri.removeprefix("s3://").strip("/")
             # Credentials come from the standard AWS environment / instance profile, never config.
+            endpoint = self.s3_endpoint_url or _aws_endpoint(self.s3_region)
             fs = pafs.S3FileSystem(
-                endpoint_override=self.s3_endpoint_url,
+                endpoint_override=endpoint,
                 region=self.s3_region or "us-east-1",
-                scheme="http" if (self.s3_endpoint_url or "").startswith("http://") else "https",
+                scheme="http" if endpoint.startswith("http://") else "https",
             )
             return fs, bucket_and_prefix
         local = self.base_uri.removeprefix("file://")

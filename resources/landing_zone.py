@@ -42,6 +42,10 @@ class LandingZone(dg.ConfigurableResource, ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    @abstractmethod
+    def land(self, dataset: str, name: str, data: bytes) -> LandedFile:
+        """Drop a file as a producer would (used by `aiplat ingest` and the demo)."""
+
     def find(self, dataset: str, stem: str) -> LandedFile | None:
         return next((f for f in self.list_files(dataset) if f.stem == stem), None)
 
@@ -78,6 +82,15 @@ class LocalLandingZone(LandingZone):
 
     def describe(self) -> str:
         return str(Path(self.base_dir).resolve())
+
+    def land(self, dataset: str, name: str, data: bytes) -> LandedFile:
+        folder = self._dataset_dir(dataset)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.partial"
+        tmp.write_bytes(data)
+        # The rename makes the file appear whole: the sensor never reads half a file.
+        tmp.replace(folder / name)
+        return next(f for f in self.list_files(dataset) if f.name == name)
 
 
 class S3LandingZone(LandingZone):
@@ -127,3 +140,7 @@ class S3LandingZone(LandingZone):
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix.strip('/')}"
+
+    def land(self, dataset: str, name: str, data: bytes) -> LandedFile:
+        self.client.put_object(Bucket=self.bucket, Key=self._key_prefix(dataset) + name, Body=data)
+        return next(f for f in self.list_files(dataset) if f.name == name)
