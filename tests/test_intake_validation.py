@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from aiplat.intake.batches import batch_key, split_batch_key
+import pandas as pd
+
+from aiplat.intake.batches import batch_key, records_frame, split_batch_key
 from aiplat.intake.schema import dataset
 from aiplat.intake.validate import validate_lines
 from tests.records import jsonl, kb_article, ticket
@@ -28,7 +30,10 @@ def _quarantined_one(bad_line: bytes, spec=TICKETS):
 def test_valid_records_are_accepted_with_typed_fields():
     result = validate_lines(jsonl([ticket(i) for i in range(5)]), TICKETS)
     assert (result.lines_read, result.accepted, result.quarantined) == (5, 5, [])
-    assert result.records[0]["created_at"].tzinfo is not None
+    frame = records_frame(result, "tickets", "b-000000000000", "file:///t.jsonl", "0" * 64)
+    assert str(frame["created_at"].dtype) == "datetime64[us, UTC]" or "UTC" in str(frame["created_at"].dtype)
+    assert frame["created_at"].iloc[0] == pd.Timestamp("2026-09-01T10:00:00Z")
+    assert frame["resolved_at"].isna().all()
     assert result.record_lines == [1, 2, 3, 4, 5]
 
 

@@ -31,7 +31,7 @@ def records_frame(result: ValidationResult, dataset_name: str, batch: str, sourc
     df = pd.DataFrame.from_records(result.records, columns=columns)
     for name, field in dataset(dataset_name).record_type.model_fields.items():
         if "datetime" in str(field.annotation).lower():
-            df[name] = pd.to_datetime(df[name], utc=True)
+            df[name] = pd.to_datetime(df[name], utc=True, format="ISO8601")
     df["_batch"] = batch
     df["_source_uri"] = source_uri
     df["_source_sha256"] = sha256
