@@ -15,6 +15,13 @@ COMMAND_MODULES: dict[str, str] = {
     "demo-data": "aiplat.commands.demo_data",
     "materialize": "aiplat.commands.materialize",
     "pii": "aiplat.commands.pii",
+    "models": "aiplat.commands.models",
+    "index": "aiplat.commands.index",
+    "features": "aiplat.commands.features",
+    "endpoints": "aiplat.commands.endpoints",
+    "chat": "aiplat.commands.chat",
+    "promote": "aiplat.commands.promote",
+    "rollback": "aiplat.commands.rollback",
 }
 
 

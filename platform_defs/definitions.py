@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
+import assets.features
 import assets.intake
+import assets.pii
+import assets.retrieval
 from aiplat.config import runtime
 from assets.intake import BATCHES
 from platform_defs.jobs import downstream_job, ingest_jobs
 from platform_defs.resources import resources_for
 from sensors.landing import build_landing_sensor
+from sensors.reindex import kb_reindex_job, kb_reindex_sensor
 
-STAGE_MODULES = [assets.intake]
+STAGE_MODULES = [assets.intake, assets.pii, assets.features, assets.retrieval]
 
 
 def build_definitions() -> dg.Definitions:
@@ -21,8 +25,8 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=all_assets,
         asset_checks=list(dg.load_asset_checks_from_modules(STAGE_MODULES)),
-        jobs=[*jobs.values(), *([downstream] if downstream else [])],
-        sensors=[build_landing_sensor(jobs, BATCHES)],
+        jobs=[*jobs.values(), *([downstream] if downstream else []), kb_reindex_job],
+        sensors=[build_landing_sensor(jobs, BATCHES), kb_reindex_sensor],
         resources=resources_for(runtime()),
     )
 

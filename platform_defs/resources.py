@@ -12,7 +12,11 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from aiplat import config
+from resources.embeddings import EmbeddingResource
+from resources.feast import feast_resource_for
 from resources.lake import LakeIOManager
+from resources.milvus import MilvusResource
+from resources.presidio import local_presidio, prod_presidio
 from resources.landing_zone import LocalLandingZone, S3LandingZone
 
 
@@ -25,6 +29,10 @@ def local_resources() -> dict[str, Any]:
     paths = config.local_paths()
     return {
         "landing_zone": LocalLandingZone(base_dir=str(paths.landing)),
+        "feast": feast_resource_for("local"),
+        "presidio": local_presidio(),
+        "milvus": MilvusResource.local(),
+        "embeddings": EmbeddingResource(),
     } | _lake(LakeIOManager(base_uri=str(paths.lake)))
 
 
@@ -36,6 +44,10 @@ def prod_resources() -> dict[str, Any]:
         "landing_zone": S3LandingZone(
             s3=s3, bucket=dg.EnvVar("AIPLAT_LANDING_BUCKET"), prefix=dg.EnvVar("AIPLAT_LANDING_PREFIX")
         ),
+        "feast": feast_resource_for("prod"),
+        "presidio": prod_presidio(),
+        "milvus": MilvusResource.prod(),
+        "embeddings": EmbeddingResource(),
     } | _lake(LakeIOManager(base_uri=dg.EnvVar("AIPLAT_LAKE_URI"), s3_region=dg.EnvVar("AWS_REGION")))
 
 

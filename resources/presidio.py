@@ -1,0 +1,74 @@
+"""Presidio: the PII scanner and the pseudonymization key, as one resource.
+
+Local: the offline spaCy model and a fixed development key that is clearly not a secret. Prod:
+`hmac_key` from dg.EnvVar("AIPLAT_PII_HMAC_KEY") (the UI shows the variable's name, never the
+value) and whatever NER model the image carries (e.g. en_core_web_lg).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from aiplat.pii.config import OFFLINE_SPACY_MODEL, PiiConfig, dataset_config
+from aiplat.pii.engine import Scanner
+from aiplat.pii.redact import Pseudonymizer
+
+# Deliberately public: local demo data only. Tokens made with it are NOT protected.
+LOCAL_DEV_HMAC_KEY = "aiplat-local-dev-pii-key-NOT-A-SECRET"
+
+
+class PresidioResource(dg.ConfigurableResource):
+    """Scans and redacts the platform's datasets (see aiplat.pii)."""
+
+    nlp_engine: Literal["spacy", "transformers"] = "spacy"
+    model_name: str = Field(default=OFFLINE_SPACY_MODEL, description="spaCy package or transformers model")
+    spacy_model: str = Field(default=OFFLINE_SPACY_MODEL, description="tokenizer pipeline for transformers")
+    workers: int = Field(default=2, ge=1, description="scanner worker processes")
+    batch_size: int = Field(default=64, ge=1)
+    hmac_key: str = Field(default=LOCAL_DEV_HMAC_KEY, description="pseudonymization key (secret in prod)")
+
+    _pseudonymizer: Pseudonymizer | None = PrivateAttr(default=None)
+    _scanners: dict[str, Scanner] = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._pseudonymizer = Pseudonymizer(self.hmac_key)
+        self._scanners = {}
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        for scanner in self._scanners.values():
+            scanner.close()
+        self._scanners = {}
+
+    def config_for(self, dataset_name: str) -> PiiConfig:
+        return dataset_config(dataset_name).with_nlp(
+            engine=self.nlp_engine, model_name=self.model_name, spacy_model=self.spacy_model)
+
+    def scanner(self, dataset_name: str) -> Scanner:
+        if dataset_name not in self._scanners:
+            self._scanners[dataset_name] = Scanner(self.config_for(dataset_name), workers=self.workers,
+                                                   batch_size=self.batch_size)
+        return self._scanners[dataset_name]
+
+    @property
+    def pseudonymizer(self) -> Pseudonymizer:
+        if self._pseudonymizer is None:
+            self._pseudonymizer = Pseudonymizer(self.hmac_key)
+        return self._pseudonymizer
+
+    @property
+    def uses_dev_key(self) -> bool:
+        return self.hmac_key == LOCAL_DEV_HMAC_KEY
+
+
+def local_presidio() -> PresidioResource:
+    return PresidioResource()
+
+
+def prod_presidio() -> PresidioResource:
+    return PresidioResource(
+        model_name=dg.EnvVar("AIPLAT_PII_NER_MODEL"),
+        hmac_key=dg.EnvVar("AIPLAT_PII_HMAC_KEY"),
+    )
