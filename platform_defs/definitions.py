@@ -8,6 +8,8 @@ import assets.features
 import assets.intake
 import assets.pii
 import assets.retrieval
+import assets.serving
+import assets.training
 from aiplat.config import runtime
 from assets.intake import BATCHES
 from platform_defs.jobs import downstream_job, ingest_jobs
@@ -15,7 +17,7 @@ from platform_defs.resources import resources_for
 from sensors.landing import build_landing_sensor
 from sensors.reindex import kb_reindex_job, kb_reindex_sensor
 
-STAGE_MODULES = [assets.intake, assets.pii, assets.features, assets.retrieval]
+STAGE_MODULES = [assets.intake, assets.pii, assets.features, assets.training, assets.retrieval, assets.serving]
 
 
 def build_definitions() -> dg.Definitions:
@@ -25,7 +27,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=all_assets,
         asset_checks=list(dg.load_asset_checks_from_modules(STAGE_MODULES)),
-        jobs=[*jobs.values(), *([downstream] if downstream else []), kb_reindex_job],
+        jobs=[*jobs.values(), *([downstream] if downstream else []), kb_reindex_job, assets.training.fine_tuning_job],
         sensors=[build_landing_sensor(jobs, BATCHES), kb_reindex_sensor],
         resources=resources_for(runtime()),
     )

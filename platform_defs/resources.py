@@ -16,7 +16,9 @@ from resources.embeddings import EmbeddingResource
 from resources.feast import feast_resource_for
 from resources.lake import LakeIOManager
 from resources.milvus import MilvusResource
+from resources.mlflow import MLflowResource
 from resources.presidio import local_presidio, prod_presidio
+from resources.vllm import LocalVllmResource, ProdVllmResource
 from resources.landing_zone import LocalLandingZone, S3LandingZone
 
 
@@ -32,6 +34,8 @@ def local_resources() -> dict[str, Any]:
         "feast": feast_resource_for("local"),
         "presidio": local_presidio(),
         "milvus": MilvusResource.local(),
+        "mlflow": MLflowResource.local(),
+        "vllm": LocalVllmResource(),
         "embeddings": EmbeddingResource(),
     } | _lake(LakeIOManager(base_uri=str(paths.lake)))
 
@@ -47,6 +51,8 @@ def prod_resources() -> dict[str, Any]:
         "feast": feast_resource_for("prod"),
         "presidio": prod_presidio(),
         "milvus": MilvusResource.prod(),
+        "mlflow": MLflowResource.prod(),
+        "vllm": ProdVllmResource.from_env(),
         "embeddings": EmbeddingResource(),
     } | _lake(LakeIOManager(base_uri=dg.EnvVar("AIPLAT_LAKE_URI"), s3_region=dg.EnvVar("AWS_REGION")))
 

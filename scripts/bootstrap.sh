@@ -64,7 +64,7 @@ if [[ $WITH_VLLM -eq 1 ]]; then
 fi
 
 # 3. The base model, converted offline.
-if [[ $WITH_MODELS -eq 1 ]] && "$AIPLAT" models --help >/dev/null 2>&1; then
+if [[ $WITH_MODELS -eq 1 ]]; then
   say "base model"
   "$AIPLAT" models prepare-base
 fi

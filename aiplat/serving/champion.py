@@ -1,0 +1,122 @@
+"""Where the model an endpoint serves comes from: a folder, or the MLflow registry's `champion`.
+
+Deploys take a `ModelSource` so that tests and the CLI can pass a folder directly, and the
+serving asset resolves the registry alias. A registered version's `source` is the run artifact
+holding the merged safetensors folder (aiplat.training.tracking logs it as `model`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aiplat.config import local_paths
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model version, as a local folder vLLM can load."""
+
+    version: str
+    path: Path
+    registered_name: str = ""
+    uri: str = ""  # where it came from (models:/name/version, a folder path)
+
+
+class ModelSource(Protocol):
+    def resolve(self) -> ModelRef: ...
+
+
+class ModelResolutionError(LookupError):
+    pass
+
+
+def check_model_folder(path: Path) -> None:
+    """A loadable safetensors folder; never pickled weights from shared storage."""
+    from aiplat.models.manifest import assert_no_pickles
+
+    if not (path / "config.json").is_file():
+        raise ModelResolutionError(f"{path} is not a model folder: config.json is missing")
+    if not list(path.glob("*.safetensors")):
+        raise ModelResolutionError(f"{path} has no *.safetensors weights; the platform does not serve pickled weights")
+    assert_no_pickles(path)
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    path: Path
+    version: str
+    registered_name: str = ""
+
+    def resolve(self) -> ModelRef:
+        path = Path(self.path).resolve()
+        if not path.is_dir():
+            raise ModelResolutionError(f"model folder {path} does not exist")
+        return ModelRef(self.version, path, self.registered_name, uri=str(path))
+
+
+@dataclass(frozen=True)
+class MlflowAliasSource:
+    """The version behind `alias` of a registered model, downloaded once per version."""
+
+    client: object  # mlflow.tracking.MlflowClient
+    model_name: str
+    alias: str = CHAMPION
+    download_root: Path | None = None
+    tracking_uri: str | None = None  # for the artifact download; None = mlflow's configured one
+
+    def resolve(self) -> ModelRef:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
+        except MlflowException as e:
+            raise ModelResolutionError(
+                f"registered model {self.model_name!r} has no alias {self.alias!r} (promote a version first): {e.message}"
+            ) from None
+        root = self.download_root or local_paths().models / "served"
+        dest = root / self.model_name / f"v{mv.version}"
+        if not (dest / "config.json").is_file():
+            self._download(mv.source, dest)
+        check_model_folder(dest)
+        return ModelRef(str(mv.version), dest, self.model_name, uri=f"models:/{self.model_name}/{mv.version}")
+
+    def _download(self, artifact_uri: str, dest: Path) -> None:
+        import mlflow.artifacts
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:8]}"
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=artifact_uri, dst_path=str(staging),
+                tracking_uri=self.tracking_uri,
+            ))
+            check_model_folder(got)
+            # A half-downloaded folder never takes the version's place.
+            if dest.exists():
+                shutil.rmtree(dest)
+            got.replace(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def restore_previous_alias(client, model_name: str) -> str:
+    """Point `champion` back at the version behind `previous`; returns what it did.
+
+    The default rollback of a failed canary. Promotion (aiplat.evaluation) moves `previous` to
+    the old champion when it promotes, so this undoes exactly one promotion.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = client.get_model_version_by_alias(model_name, PREVIOUS)
+    except MlflowException:
+        return f"{model_name} has no {PREVIOUS!r} alias; {CHAMPION!r} left where it is"
+    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
+    return f"{model_name}: alias {CHAMPION!r} moved back to version {previous.version} ({PREVIOUS!r})"

@@ -1,0 +1,1 @@
+"""LoRA fine-tuning for support-ticket triage, and its MLflow tracking and registration."""

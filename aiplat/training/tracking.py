@@ -1,0 +1,311 @@
+"""One tracked fine-tune: an MLflow run with lineage tags, params, per-step and system metrics,
+artifacts, and, only after all of that succeeded, a new registered model version.
+
+Failure rules: MLflow unreachable -> MlflowUnavailableError before any training. A failure after
+the run was created marks the run FAILED and deletes any model version this call created, so the
+registry never holds a version whose artifacts are incomplete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from aiplat.training.data import normalize_columns, validate_training_set
+from aiplat.training.lora import FineTuneParams, FineTuneResult, StepMetrics, fine_tune
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # merged safetensors folder
+ADAPTER_ARTIFACT = "adapter"
+
+
+class MlflowUnavailableError(RuntimeError):
+    """MLflow could not be reached or failed; nothing was registered."""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without user:password, for logs, tags and metadata."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def preflight(
+    client, tracking_uri: str, timeout_s: float = 5.0, consequence: str = "nothing was trained or registered"
+) -> None:
+    """Fail fast, with a message an operator can act on, before minutes of training are spent."""
+    shown = redact_uri(tracking_uri)
+    tail = f"; {consequence}" if consequence else ""
+    if tracking_uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            response = requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as e:
+            raise MlflowUnavailableError(
+                f"MLflow tracking server {shown} is unreachable ({type(e).__name__}); "
+                f"start it (`aiplat stack up`) or fix the tracking_uri{tail}"
+            ) from None
+        if response.status_code != 200:
+            raise MlflowUnavailableError(
+                f"MLflow tracking server {shown} answered /health with HTTP {response.status_code}{tail}"
+            )
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means the same thing to the caller
+        raise MlflowUnavailableError(f"MLflow at {shown} failed a basic query: {e}{tail}") from e
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model version came from; becomes tags on the run and on the model version."""
+
+    dagster_run_id: str
+    asset_key: str
+    code_version: str
+    git_commit: str
+    training_set_sha256: str
+    base_model_sha256: str
+    base_model_source: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "dagster.run_id": self.dagster_run_id,
+            "dagster.asset_key": self.asset_key,
+            "aiplat.code_version": self.code_version,
+            "mlflow.source.git.commit": self.git_commit,
+            "aiplat.git_commit": self.git_commit,
+            "aiplat.training_set_sha256": self.training_set_sha256,
+            "aiplat.base_model_sha256": self.base_model_sha256,
+            "aiplat.base_model_source": self.base_model_source,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class TrackedFineTune:
+    result: FineTuneResult
+    experiment_id: str
+    run_id: str
+    run_url: str
+    model_name: str
+    model_version: str
+    model_version_url: str
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{redact_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_version_url(tracking_uri: str, name: str, version: str) -> str:
+    return f"{redact_uri(tracking_uri).rstrip('/')}/#/models/{name}/versions/{version}"
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def _ensure_registered_model(client, name: str, description: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            client.create_registered_model(name, description=description, tags={"aiplat.task": "ticket-triage"})
+        except MlflowException as race:  # another run created it meanwhile
+            if race.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def _wait_ready(client, name: str, version: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mv = client.get_model_version(name, version)
+        if mv.status == "READY":
+            return
+        if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise MlflowUnavailableError(f"model version {name}/{version} ended in status {mv.status}")
+        time.sleep(0.5)
+
+
+def tracked_fine_tune(
+    client,
+    tracking_uri: str,
+    experiment_name: str,
+    model_name: str,
+    lineage: Lineage,
+    base_dir: Path,
+    training_set: pd.DataFrame,
+    params: FineTuneParams,
+    work_dir: Path,
+    system_metrics_interval_s: float | None = 5.0,
+    on_step: Callable[[StepMetrics], None] | None = None,
+) -> TrackedFineTune:
+    from mlflow.entities import Metric, Param
+
+    # Bad data and an unreachable server are both known before a run exists: fail without one.
+    validate_training_set(normalize_columns(training_set))
+    preflight(client, tracking_uri)
+    try:
+        experiment_id = _experiment_id(client, experiment_name)
+        run = client.create_run(
+            experiment_id, run_name=f"{model_name}-{lineage.dagster_run_id[:8]}", tags=lineage.tags()
+        )
+    except Exception as e:
+        if not _is_mlflow_error(e):
+            raise
+        raise MlflowUnavailableError(
+            f"MLflow at {redact_uri(tracking_uri)} could not start a run in experiment {experiment_name!r}: {e}; "
+            "nothing was trained or registered"
+        ) from e
+    run_id = run.info.run_id
+    stage = "logging parameters"
+    monitor = None
+    created_version: str | None = None
+    try:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _flat_params(params, training_set).items()])
+        if system_metrics_interval_s:
+            monitor = _start_system_metrics(run_id, tracking_uri, system_metrics_interval_s)
+
+        stage = "training"
+
+        def report(m: StepMetrics) -> None:
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[
+                    Metric("train_loss", m.loss, now, m.step),
+                    Metric("learning_rate", m.learning_rate, now, m.step),
+                    Metric("tokens_per_second", m.tokens / m.seconds if m.seconds else 0.0, now, m.step),
+                ],
+            )
+            if on_step is not None:
+                on_step(m)
+
+        result = fine_tune(base_dir, training_set, params, work_dir, on_step=report)
+
+        stage = "logging results"
+        now = int(time.time() * 1000)
+        final = {
+            "final_train_loss": result.final_loss,
+            "train_tokens_per_second": result.tokens_per_second,
+            "train_seconds": result.train_seconds,
+            "trainable_parameters": float(result.trainable_parameters),
+        }
+        if result.eval_loss is not None:
+            final["eval_loss"] = result.eval_loss
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, params.steps) for k, v in final.items()])
+        client.set_tag(run_id, "aiplat.merged_sha256", result.merged_sha256)
+        client.set_tag(run_id, "aiplat.device", result.device)
+
+        stage = "uploading artifacts"
+        client.log_artifacts(run_id, str(result.adapter_dir), ADAPTER_ARTIFACT)
+        client.log_artifacts(run_id, str(result.merged_dir), MODEL_ARTIFACT)
+        if monitor is not None:
+            monitor.finish()
+            monitor = None
+
+        stage = "registering the model version"
+        _ensure_registered_model(client, model_name, "LoRA fine-tunes for support-ticket triage")
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        url = run_url(tracking_uri, experiment_id, run_id)
+        version_tags = {
+            **lineage.tags(),
+            "mlflow.run_id": run_id,
+            "aiplat.run_url": url,
+            "aiplat.merged_sha256": result.merged_sha256,
+            "aiplat.adapter_sha256": result.adapter_sha256,
+            "aiplat.adapter_artifact": f"{artifact_uri}/{ADAPTER_ARTIFACT}",
+            "aiplat.final_train_loss": f"{result.final_loss:.6f}",
+        }
+        mv = client.create_model_version(
+            model_name,
+            source=f"{artifact_uri}/{MODEL_ARTIFACT}",
+            run_id=run_id,
+            tags=version_tags,
+            description=f"LoRA r={params.lora_r} on {lineage.base_model_source}, {params.steps} steps",
+        )
+        created_version = str(mv.version)
+        _wait_ready(client, model_name, created_version)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException as e:
+        if monitor is not None:
+            monitor.finish()
+        _roll_back(client, run_id, model_name, created_version, stage, e)
+        if _is_mlflow_error(e) and not isinstance(e, MlflowUnavailableError):
+            raise MlflowUnavailableError(
+                f"MLflow at {redact_uri(tracking_uri)} failed while {stage} (run {run_id}): {e}; "
+                "no model version was registered"
+            ) from e
+        raise
+    return TrackedFineTune(
+        result=result,
+        experiment_id=experiment_id,
+        run_id=run_id,
+        run_url=url,
+        model_name=model_name,
+        model_version=created_version,
+        model_version_url=model_version_url(tracking_uri, model_name, created_version),
+    )
+
+
+def _is_mlflow_error(e: BaseException) -> bool:
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(e, (MlflowException, requests.RequestException, ConnectionError))
+
+
+def _roll_back(client, run_id: str, model_name: str, version: str | None, stage: str, error: BaseException) -> None:
+    """Best effort: MLflow may be the thing that failed. The version is deleted first."""
+    if version is not None:
+        try:
+            client.delete_model_version(model_name, version)
+        except Exception as cleanup:  # noqa: BLE001
+            log.error("could not delete half-registered %s/%s: %s", model_name, version, cleanup)
+    try:
+        client.set_tag(run_id, "aiplat.failure", f"{stage}: {type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception as cleanup:  # noqa: BLE001
+        log.error("could not mark MLflow run %s as FAILED: %s", run_id, cleanup)
+
+
+def _start_system_metrics(run_id: str, tracking_uri: str, interval_s: float):
+    """CPU/memory/disk/network (and GPU when pynvml is present) as system/* metrics of the run."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception as e:  # noqa: BLE001 - system metrics are a nice-to-have, never a reason to fail
+        log.warning("system metrics are off for run %s: %s", run_id, e)
+        return None
+
+
+def _flat_params(params: FineTuneParams, training_set: pd.DataFrame) -> dict[str, object]:
+    flat = {k: (",".join(v) if isinstance(v, list) else v) for k, v in params.model_dump().items()}
+    counts = training_set["split"].value_counts()  # all rows; the fine-tune may use fewer (max_*_examples)
+    for split in ("train", "validation", "test"):
+        flat[f"rows_{split}"] = int(counts.get(split, 0))
+    return flat
+
+

@@ -1,0 +1,160 @@
+"""Group `serving`: the champion model as an OpenAI-compatible vLLM endpoint, and its load test.
+
+Thin: aiplat.serving does the work (the CLI and the tests call the same functions). A new
+champion goes out through a canary; a failing canary leaves the live endpoint untouched, moves
+the `champion` alias back to `previous`, and fails the run with the reason.
+"""
+
+from typing import Optional
+
+import dagster as dg
+from pydantic import Field
+
+from aiplat.provenance import code_version
+from resources.mlflow import MLflowResource
+from resources.vllm import VllmResource
+
+GROUP = "serving"
+OWNERS = ["team:platform"]
+# TODO(serving): depend on eval_report (the promotion gate) once assets/evaluation.py exists; the
+# champion alias is moved by promotion, which follows a passing eval_report.
+CHAMPION_SOURCE = dg.AssetKey("fine_tuned_model")
+
+
+class ServedEndpointConfig(dg.Config):
+    model_folder: Optional[str] = Field(
+        default=None, description="Serve this safetensors folder instead of the registry's `champion` (tests, drills)"
+    )
+    model_version: Optional[str] = Field(default=None, description="Version label of model_folder")
+    load_sample: list[str] = Field(default_factory=list, description="Prompts the canary replays a share of")
+
+
+def _rollback(mlflow: MLflowResource, model_name: str):
+    def rollback() -> str:
+        from aiplat.serving.champion import restore_previous_alias
+
+        try:
+            return restore_previous_alias(mlflow.client, model_name)
+        except Exception as e:  # the verdict must still reach the run, whatever the registry says
+            return f"could not move {model_name!r} back to 'previous': {type(e).__name__}: {e}"
+
+    return rollback
+
+
+def _server_metadata(result) -> dict:
+    live = result.live
+    return {
+        "endpoint": result.endpoint,
+        "endpoint_url": dg.MetadataValue.url(live.url),
+        "model_version": live.model_version,
+        "served_model_name": live.served_model_name,
+        "model_path": live.model_path,
+        "start_time": live.started_at,
+        "health": live.health,
+        "action": result.action,
+        "log_file": dg.MetadataValue.path(live.log_file) if live.log_file else "",
+        "pid": live.pid,
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"vllm", "kubernetes"},
+    deps=[CHAMPION_SOURCE],
+    description=(
+        "The OpenAI-compatible vLLM endpoint serving the model version behind the MLflow `champion` alias. "
+        "A new version runs as a canary beside the live one and replaces it only if it matches it on error "
+        "rate, p95 latency and answers; otherwise it is torn down and the alias returns to `previous`."
+    ),
+)
+def served_endpoint(
+    context: dg.AssetExecutionContext, config: ServedEndpointConfig, vllm: VllmResource, mlflow: MLflowResource
+) -> dg.MaterializeResult:
+    from aiplat.serving.champion import FolderSource, MlflowAliasSource, ModelResolutionError
+    from aiplat.serving.rollout import RolloutFailed
+
+    try:
+        if config.model_folder:
+            source = FolderSource(config.model_folder, config.model_version or "folder")
+            rollback = None
+        else:
+            name = mlflow.registered_model_name
+            source = MlflowAliasSource(mlflow.client, name, tracking_uri=mlflow.uri)
+            rollback = _rollback(mlflow, name)
+        model = source.resolve()
+    except (ModelResolutionError, ValueError) as e:
+        raise dg.Failure(f"no model to serve: {e}") from e
+
+    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {vllm.endpoint}")
+    try:
+        result = vllm.roll_out(model, rollback, tuple(config.load_sample))
+    except RolloutFailed as e:
+        verdict = e.verdict
+        metadata = {"candidate_version": model.version}
+        if verdict is not None:
+            metadata.update({"live_version": verdict.live_version, "reasons": dg.MetadataValue.json(verdict.reasons),
+                             "canary": dg.MetadataValue.json(verdict.to_dict()), "rollback": verdict.rollback})
+        raise dg.Failure(description=str(e), metadata=metadata) from e
+
+    metadata = _server_metadata(result)
+    metadata.update({"model_uri": model.uri, "code_version": code_version(), "owner": OWNERS[0]})
+    if result.verdict is not None:
+        v = result.verdict
+        metadata.update({
+            "canary_prompts": v.prompts,
+            "canary_agreement": dg.MetadataValue.float(v.agreement),
+            "canary_candidate_p95_ms": dg.MetadataValue.float(v.candidate.p95_ms),
+            "canary_live_p95_ms": dg.MetadataValue.float(v.live.p95_ms),
+            "canary_candidate_error_rate": dg.MetadataValue.float(v.candidate.error_rate),
+            "previous_version": v.live_version,
+        })
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"{result.live.model_version}@{result.live.url}"))
+
+
+class LoadTestConfig(dg.Config):
+    concurrencies: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    num_prompts: Optional[int] = Field(default=None, description="Requests per concurrency; unset = max(sample, 2 x concurrency)")
+    output_len: int = 32
+    prompts: list[str] = Field(default_factory=list, description="Load sample; empty = the built-in one")
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"vllm"},
+    deps=[served_endpoint],
+    description=(
+        "`vllm bench serve` against the live endpoint at several concurrencies: requests/s, output tokens/s, "
+        "time to first token and end-to-end latency p50/p95/p99 (float metadata, plotted over time)."
+    ),
+)
+def endpoint_load_test(context: dg.AssetExecutionContext, config: LoadTestConfig, vllm: VllmResource) -> dg.MaterializeResult:
+    from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE, LoadTestError
+
+    if not hasattr(vllm, "load_test"):
+        raise dg.Failure(f"{type(vllm).__name__} runs no load tests; run `vllm bench serve` against the gateway")
+    try:
+        report = vllm.load_test(tuple(config.concurrencies), tuple(config.prompts or DEFAULT_LOAD_SAMPLE),
+                                config.num_prompts, config.output_len, progress=context.log.info)
+    except (LoadTestError, LookupError) as e:
+        raise dg.Failure(str(e)) from e
+    metadata: dict = {name: dg.MetadataValue.float(value) for name, value in report.metrics().items()}
+    metadata.update({
+        "endpoint_url": dg.MetadataValue.url(report.url),
+        "served_model_name": report.served_model_name,
+        "tool": report.tool,
+        "output_len": report.output_len,
+        "levels": dg.MetadataValue.md(_levels_table(report)),
+        "owner": OWNERS[0],
+    })
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _levels_table(report) -> str:
+    rows = ["| concurrency | req/s | out tok/s | TTFT p50/p95/p99 ms | E2E p50/p95/p99 ms | failed |", "|---|---|---|---|---|---|"]
+    for lv in report.levels:
+        rows.append(f"| {lv.concurrency} | {lv.requests_per_s:.2f} | {lv.output_tokens_per_s:.1f} | "
+                    f"{lv.ttft_ms['p50']:.0f}/{lv.ttft_ms['p95']:.0f}/{lv.ttft_ms['p99']:.0f} | "
+                    f"{lv.e2e_ms['p50']:.0f}/{lv.e2e_ms['p95']:.0f}/{lv.e2e_ms['p99']:.0f} | {lv.failed} |")
+    return "\n".join(rows)

@@ -1,0 +1,174 @@
+"""vLLM: the model-serving system. Local backend = vLLM on the CPU, one server per deployed
+version, managed by the platform (aiplat.serving.manager). Prod backend = vLLM on GPUs in
+Kubernetes: per-version Deployment + Service and a Gateway API HTTPRoute whose weights carry the
+canary split (aiplat.serving.k8s), reached through the gateway URL from dg.EnvVar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+DEFAULT_ENDPOINT = "ticket-triage"
+
+
+class VllmResource(dg.ConfigurableResource):
+    """What both backends share: which endpoint, and the canary policy."""
+
+    endpoint: str = Field(default=DEFAULT_ENDPOINT, description="Endpoint name (also the served model name)")
+    canary_load_share: float = Field(default=0.25, ge=0, le=1, description="Share of the load sample the canary replays")
+    canary_max_error_rate: float = Field(default=0.0, ge=0, le=1)
+    canary_max_p95_ratio: float = Field(default=1.5, gt=0)
+    canary_p95_slack_ms: float = Field(default=500.0, ge=0)
+    canary_min_agreement: float = Field(default=0.8, ge=0, le=1)
+    canary_max_tokens: int = Field(default=24, ge=1)
+    canary_concurrency: int = Field(default=4, ge=1)
+
+    def canary_policy(self) -> Any:
+        from aiplat.serving.canary import CanaryPolicy
+
+        return CanaryPolicy(
+            load_share=self.canary_load_share, max_tokens=self.canary_max_tokens, concurrency=self.canary_concurrency,
+            max_error_rate=self.canary_max_error_rate, max_p95_ratio=self.canary_max_p95_ratio,
+            p95_slack_ms=self.canary_p95_slack_ms, min_agreement=self.canary_min_agreement,
+        )
+
+
+class LocalVllmResource(VllmResource):
+    """vLLM on this machine's CPU from the venv built by scripts/setup_vllm_env.sh."""
+
+    max_num_seqs: int = Field(default=8, ge=1, description="Requests decoded together")
+    max_num_queued_reqs: int = Field(default=64, ge=1, description="In flight per server; past it vLLM answers 503")
+    max_model_len: int = 1024
+    kv_cache_gib: int = Field(default=1, ge=1)
+    enforce_eager: bool = Field(default=False, description="Start faster (~22 s), decode slower")
+    start_timeout_s: float = Field(default=300.0, gt=0)
+    vllm_python: Optional[str] = Field(default=None, description="Interpreter of the vLLM venv; unset = <state>/venvs/vllm")
+    registry_path: Optional[str] = Field(default=None, description="Endpoints file; unset = <state>/serving/endpoints.json")
+
+    _manager: Any = PrivateAttr(default=None)
+
+    def server_settings(self) -> Any:
+        from aiplat.serving.server import ServerSettings
+
+        return ServerSettings(
+            max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
+            max_num_queued_reqs=self.max_num_queued_reqs, kv_cache_gib=self.kv_cache_gib,
+            enforce_eager=self.enforce_eager, start_timeout_s=self.start_timeout_s, python=self.vllm_python,
+        )
+
+    def _build(self, progress=None) -> Any:
+        from aiplat.serving.manager import EndpointManager
+        from aiplat.serving.registry import EndpointRegistry
+
+        registry = EndpointRegistry(Path(self.registry_path)) if self.registry_path else EndpointRegistry()
+        return EndpointManager(self.server_settings(), registry, progress)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        log = context.log
+        self._manager = self._build(progress=log.info if log else None)
+
+    @property
+    def manager(self) -> Any:
+        """The EndpointManager (built on first use outside a Dagster step: CLI, tests)."""
+        return self._manager if self._manager is not None else self._build()
+
+    def roll_out(self, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = ()) -> Any:
+        """Deploy, keep, or canary-then-switch `model` (aiplat.serving.rollout.roll_out)."""
+        from aiplat.serving.rollout import roll_out
+
+        return roll_out(self.manager, self.endpoint, model, self.canary_policy(), rollback, load_sample=load_sample)
+
+    def live_server(self) -> Any:
+        return self.manager.get(self.endpoint).live
+
+    def load_test(self, concurrencies: tuple[int, ...], prompts: tuple[str, ...], num_prompts: int | None,
+                  output_len: int, progress=None) -> Any:
+        from aiplat.serving.loadtest import run_load_test
+
+        live = self.manager.refresh(self.endpoint).live
+        if live.health != "ready":
+            from aiplat.serving.loadtest import LoadTestError
+
+            raise LoadTestError(f"endpoint {self.endpoint!r} is {live.health} on {live.url}; not load-testing it")
+        return run_load_test(live.url, live.served_model_name, live.model_path, concurrencies, prompts, num_prompts,
+                             output_len, self.server_settings(), progress=progress)
+
+
+class ProdVllmResource(VllmResource):
+    """vLLM in Kubernetes behind the inference Gateway. Rollouts are rendered as manifests (applied
+    by the cluster's GitOps / `kubectl apply -f`); the endpoint is reached at `gateway_url`."""
+
+    gateway_url: str = Field(description="Base URL of the inference gateway, e.g. https://inference.internal")
+    api_key: str = Field(default="", description="Bearer token for the gateway; a secret, never logged")
+    namespace: str = "team-ml"
+    image: str = "vllm/vllm-openai:v0.32.0"
+    gpus: int = Field(default=1, description="GPUs per pod; the tensor-parallel size follows from it")
+    model_store_prefix: str = Field(default="", description="s3://bucket/prefix holding <model>/v<version>/ folders")
+    gateway: str = "inference-gateway"
+    gateway_namespace: str = "gateway-system"
+    canary_weight: int = Field(default=10, ge=0, le=100, description="Per cent of live traffic the candidate gets")
+    manifests_dir: Optional[str] = Field(default=None, description="Where rendered manifests are written")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "ProdVllmResource":
+        fields: dict[str, Any] = {
+            "gateway_url": dg.EnvVar("AIPLAT_VLLM_GATEWAY_URL"),
+            "api_key": dg.EnvVar("AIPLAT_VLLM_API_KEY"),
+            "model_store_prefix": dg.EnvVar("AIPLAT_MODEL_STORE_PREFIX"),
+            "manifests_dir": dg.EnvVar("AIPLAT_SERVING_MANIFESTS_DIR"),
+        }
+        return cls(**{**fields, **overrides})
+
+    def endpoint_url(self) -> str:
+        return f"{self.gateway_url.rstrip('/')}/{self.endpoint}"
+
+    def spec(self, model_version: str, model_name: str) -> Any:
+        from aiplat.serving.k8s import EndpointSpec
+
+        uri = f"{self.model_store_prefix.rstrip('/')}/{model_name}/v{model_version}"
+        return EndpointSpec(endpoint=self.endpoint, model_version=str(model_version), model_uri=uri,
+                            served_model_name=self.endpoint, namespace=self.namespace, image=self.image, gpus=self.gpus)
+
+    def roll_out(self, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
+                 live_version: str | None = None) -> Any:
+        """Render the rollout's manifests into `manifests_dir` for the cluster to apply; the canary
+        split then runs through the HTTPRoute weights."""
+        from datetime import datetime, timezone
+
+        from aiplat.serving.k8s import to_yaml
+        from aiplat.serving.registry import ServerRecord
+        from aiplat.serving.rollout import RolloutResult
+
+        docs = self.render_rollout(live_version, model.version, model.registered_name or self.endpoint)
+        out = Path(self.manifests_dir or ".") / f"{self.endpoint}-v{model.version}.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(to_yaml(docs))
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        live = ServerRecord(url=self.endpoint_url(), port=443, pid=0, create_time=0.0, model_version=str(model.version),
+                            model_path=self.spec(model.version, model.registered_name or self.endpoint).model_uri,
+                            served_model_name=self.endpoint, started_at=now, log_file="", pid_file=str(out),
+                            health="manifests rendered", checked_at=now)
+        return RolloutResult(self.endpoint, "manifests rendered", live)
+
+    def render_rollout(self, live_version: str | None, candidate_version: str, model_name: str) -> list[dict]:
+        """The candidate beside the live version with `canary_weight`% of the traffic (or the
+        first version alone at 100%)."""
+        from aiplat.serving.k8s import render_endpoint
+
+        candidate = self.spec(candidate_version, model_name)
+        if live_version is None or str(live_version) == str(candidate_version):
+            return render_endpoint(candidate, gateway=self.gateway, gateway_namespace=self.gateway_namespace)
+        return render_endpoint(self.spec(live_version, model_name), candidate, self.canary_weight,
+                               gateway=self.gateway, gateway_namespace=self.gateway_namespace)
+
+
+def local_vllm(**overrides: Any) -> LocalVllmResource:
+    return LocalVllmResource(**overrides)
+
+
+def prod_vllm(**overrides: Any) -> ProdVllmResource:
+    return ProdVllmResource.from_env(**overrides)
