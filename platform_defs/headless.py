@@ -66,8 +66,12 @@ def materialize_all(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     on_run: Callable[[RunSummary], None] = lambda s: None,
+    downstream_config: dict | None = None,
 ) -> list[RunSummary]:
-    """Ingest every landed batch not yet taken in, then rebuild everything downstream."""
+    """Ingest every landed batch not yet taken in, then rebuild everything downstream.
+
+    `downstream_config` is run config for the downstream job (e.g. fewer training steps).
+    """
     summaries = []
     for batch in pending_batches(defs, instance):
         summaries.append(ingest_batch(defs, instance, batch))
@@ -75,7 +79,10 @@ def materialize_all(
     if any(job.name == "refresh_downstream" for job in defs.jobs or []):
         downstream = defs.resolve_job_def("refresh_downstream")
         result = downstream.execute_in_process(
-            instance=instance, raise_on_error=False, run_config=QUIET, tags={"aiplat/trigger": "cli"}
+            instance=instance,
+            raise_on_error=False,
+            run_config={**QUIET, **(downstream_config or {})},
+            tags={"aiplat/trigger": "cli"},
         )
         summaries.append(_summarize("refresh_downstream", None, result))
         on_run(summaries[-1])

@@ -8,8 +8,15 @@ from aiplat.commands._dagster import instance_and_defs
 
 
 @click.command("materialize")
-def cli() -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Run config (YAML) for the downstream run, e.g. ops: {fine_tuned_model: {config: {steps: 4}}}.",
+)
+def cli(config_file: str | None) -> None:
     """Ingest every landed batch not yet taken in, then rebuild everything downstream."""
+    import yaml
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -32,7 +39,8 @@ def cli() -> None:
                 "\n".join(s.materialized) or "-", "\n".join(s.failed_checks) or "-",
             )
 
-        summaries = materialize_all(defs, instance, on_run=on_run)
+        downstream_config = yaml.safe_load(open(config_file)) if config_file else None
+        summaries = materialize_all(defs, instance, on_run=on_run, downstream_config=downstream_config)
     console.print(table)
     failed = [s for s in summaries if not s.success]
     if failed:
