@@ -16,9 +16,9 @@ from resources.vllm import VllmResource
 
 GROUP = "serving"
 OWNERS = ["team:platform"]
-# TODO(serving): depend on eval_report (the promotion gate) once assets/evaluation.py exists; the
-# champion alias is moved by promotion, which follows a passing eval_report.
-CHAMPION_SOURCE = dg.AssetKey("fine_tuned_model")
+# The endpoint serves whatever the `champion` alias points at, and the alias only moves in
+# `champion_model`, after a passing eval gate.
+CHAMPION_SOURCE = dg.AssetKey("champion_model")
 
 
 class ServedEndpointConfig(dg.Config):

@@ -65,12 +65,12 @@ def world(tmp_path_factory):
 def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
     from assets.serving import endpoint_load_test, served_endpoint
 
-    @dg.asset(name="fine_tuned_model")
-    def fine_tuned_model() -> None:  # stands in for the training asset
+    @dg.asset(name="champion_model")
+    def champion_model() -> None:  # stands in for the promotion asset
         return None
 
     return dg.materialize(
-        [fine_tuned_model, served_endpoint, endpoint_load_test], selection=[asset.key],
+        [champion_model, served_endpoint, endpoint_load_test], selection=[asset.key],
         resources={"vllm": world["vllm"], "mlflow": world["mlflow"]},
         run_config={"ops": {asset.key.path[-1]: {"config": config}}},
     )

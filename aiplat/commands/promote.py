@@ -1,0 +1,51 @@
+"""`aiplat promote NAME VERSION`: move the `champion` alias, only on a passing, current eval report."""
+
+from __future__ import annotations
+
+import click
+
+
+def mlflow_client(tracking_uri: str | None):
+    from resources.mlflow import MLflowResource
+
+    resource = MLflowResource(tracking_uri=tracking_uri)
+    try:
+        resource.check_available()
+    except Exception as e:  # noqa: BLE001 - shown to the operator as is
+        raise click.ClickException(str(e)) from None
+    return resource.client
+
+
+def actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@click.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--report", "report_sha256", default=None, help="Only promote on this report hash (sha256).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI (default: the local stack's server).")
+def cli(name: str, version: str, report_sha256: str | None, tracking_uri: str | None) -> None:
+    """Make VERSION of model NAME the champion. Refuses without a passing, current eval report."""
+    from aiplat.evaluation.gate import alert_line, emit_alert
+    from aiplat.evaluation.promotion import PromotionRefused, promote
+    from aiplat.evaluation.registry import ModelVersionNotFound
+
+    client = mlflow_client(tracking_uri)
+    try:
+        out = promote(client, name, version, dagster_run_id=None, actor=actor(), expected_report_sha256=report_sha256)
+    except PromotionRefused as e:
+        emit_alert(alert_line("promotion", name, version, e.reason, actor=actor()))
+        raise click.ClickException(str(e)) from None
+    except ModelVersionNotFound as e:
+        raise click.ClickException(str(e)) from None
+    if out.status == "noop":
+        click.echo(f"{name} version {version} is already the champion; nothing changed (recorded)")
+    else:
+        click.echo(f"{name}: {out.detail} (report {str(out.report_sha256)[:12]}, log run {out.log_run_id})")

@@ -1,0 +1,1 @@
+"""Evaluation of candidate models, the promotion gate, and the `champion` alias in the registry."""

@@ -1,0 +1,208 @@
+"""Promotion and rollback of the registered-model alias `champion`, and their log.
+
+Promotion moves `champion` to a version whose eval report is present, intact, passing and current,
+and moves `previous` to the old champion; rollback moves `champion` back to `previous`. Both are
+idempotent: asking for the state that already holds is a recorded no-op.
+
+The promotion log lives in MLflow, next to the registry it describes: every promote, rollback,
+no-op and refusal is one finished run in the experiment `aiplat-promotion-log`, tagged with the
+model, version, previous champion, report hash, Dagster run id and actor. (A local JSONL would be
+lost with the pod that wrote it in prod.)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from aiplat.evaluation.registry import (
+    CHAMPION,
+    PREVIOUS,
+    TAG_EVAL_SHA,
+    ModelRef,
+    ReportMissing,
+    _experiment_id,
+    alias_version,
+    model_version,
+    version_report,
+)
+
+PROMOTION_LOG_EXPERIMENT = "aiplat-promotion-log"
+TAG_PROMOTED_SHA = "aiplat.promotion.report_sha256"
+TAG_PROMOTED_RUN = "aiplat.promotion.dagster_run_id"
+TAG_PROMOTED_AT = "aiplat.promotion.promoted_at"
+TAG_PROMOTED_FROM = "aiplat.promotion.previous_version"
+TAG_PROMOTED_BY = "aiplat.promotion.actor"
+
+
+class PromotionRefused(RuntimeError):
+    """The version may not become champion; `reason` says why in one line."""
+
+    def __init__(self, name: str, version: str, reason: str):
+        super().__init__(f"{name} version {version} was not promoted: {reason}")
+        self.name, self.version, self.reason = name, version, reason
+
+
+class RollbackImpossible(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str  # promote | rollback
+    status: str  # promoted | rolled_back | noop | refused
+    name: str
+    version: str | None
+    previous_version: str | None
+    report_sha256: str | None
+    dagster_run_id: str | None
+    log_run_id: str | None
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VerifiedReport:
+    report: dict
+    sha256: str
+    eval_run_id: str
+
+
+def verify_report(
+    client, ref: ModelRef, champion: ModelRef | None, expected_sha256: str | None = None
+) -> VerifiedReport:
+    """The version's report, when it may promote the version now; else PromotionRefused.
+
+    Refused: no report; bytes that do not hash to the tagged sha256; a report naming another model
+    or version, other model bytes, or made before the version existed; a report whose comparison
+    was made against another champion than the current one (stale); a failed gate; or a report
+    other than the one the caller expected.
+    """
+    try:
+        report, sha, run_id = version_report(client, ref)
+    except ReportMissing as e:
+        raise PromotionRefused(ref.name, ref.version, f"missing report: {e}") from None
+    tagged = ref.tags.get(TAG_EVAL_SHA)
+    if sha != tagged:
+        raise PromotionRefused(ref.name, ref.version, f"report bytes hash to {sha[:12]}, the version is tagged "
+                               f"{str(tagged)[:12]}: the report was altered")
+    if expected_sha256 and expected_sha256 != sha:
+        raise PromotionRefused(ref.name, ref.version, f"stale report: asked to promote on report {expected_sha256[:12]}, "
+                               f"the version's current report is {sha[:12]}")
+    model = report.get("model", {})
+    if model.get("name") != ref.name or str(model.get("version")) != ref.version:
+        raise PromotionRefused(ref.name, ref.version, f"stale report: it evaluated {model.get('name')} version "
+                               f"{model.get('version')}, not this version")
+    if ref.sha256 and model.get("model_sha256") != ref.sha256:
+        raise PromotionRefused(ref.name, ref.version, "stale report: it evaluated other model bytes "
+                               f"({str(model.get('model_sha256'))[:12]}) than the version holds ({ref.sha256[:12]})")
+    if int(report.get("created_at_ms", 0)) < ref.created_ms:
+        raise PromotionRefused(ref.name, ref.version, "stale report: it is older than the model version")
+    current = champion.version if champion else None
+    if (report.get("champion_version") or None) != current:
+        raise PromotionRefused(ref.name, ref.version, f"stale report: it compared against champion "
+                               f"{report.get('champion_version') or 'none'}, the champion is now {current or 'none'}; "
+                               "re-evaluate")
+    gate = report.get("gate", {})
+    if gate.get("passed") is not True:
+        reasons = "; ".join(gate.get("reasons", [])) or "gate did not pass"
+        raise PromotionRefused(ref.name, ref.version, f"failed report: {reasons}")
+    return VerifiedReport(report, sha, run_id)
+
+
+def promote(
+    client,
+    name: str,
+    version: str,
+    *,
+    dagster_run_id: str | None,
+    actor: str,
+    expected_report_sha256: str | None = None,
+) -> Outcome:
+    """Make `version` the champion (and the old champion `previous`) on a passing, current report."""
+    version = str(version)
+    ref = model_version(client, name, version)
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None and champion.version == version:
+        sha = ref.tags.get(TAG_PROMOTED_SHA)
+        return _record(client, Outcome("promote", "noop", name, version, None, sha, dagster_run_id, None,
+                                       f"version {version} is already the champion"), actor)
+    try:
+        verified = verify_report(client, ref, champion, expected_report_sha256)
+    except PromotionRefused as refused:
+        _record(client, Outcome("promote", "refused", name, version, champion.version if champion else None,
+                                ref.tags.get(TAG_EVAL_SHA), dagster_run_id, None, refused.reason), actor)
+        raise
+    # `previous` first: a failure between the two calls leaves champion unchanged and previous
+    # pointing at it, which is a consistent state (rollback is then a no-op).
+    if champion is not None:
+        client.set_registered_model_alias(name, PREVIOUS, champion.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for key, value in {
+        TAG_PROMOTED_SHA: verified.sha256,
+        TAG_PROMOTED_RUN: dagster_run_id or "",
+        TAG_PROMOTED_AT: str(int(time.time() * 1000)),
+        TAG_PROMOTED_FROM: champion.version if champion else "",
+        TAG_PROMOTED_BY: actor,
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+    detail = f"champion {champion.version if champion else 'none'} -> {version}"
+    return _record(client, Outcome("promote", "promoted", name, version, champion.version if champion else None,
+                                   verified.sha256, dagster_run_id, None, detail), actor)
+
+
+def rollback(client, name: str, *, dagster_run_id: str | None, actor: str) -> Outcome:
+    """Point `champion` back at `previous`. Rolling back again is a no-op (they already agree)."""
+    champion = alias_version(client, name, CHAMPION)
+    previous = alias_version(client, name, PREVIOUS)
+    if champion is None or previous is None:
+        missing = CHAMPION if champion is None else PREVIOUS
+        raise RollbackImpossible(f"{name} has no {missing!r} alias; there is nothing to roll back to")
+    if champion.version == previous.version:
+        return _record(client, Outcome("rollback", "noop", name, previous.version, champion.version, None,
+                                       dagster_run_id, None, f"champion is already version {previous.version}"), actor)
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.set_model_version_tag(name, champion.version, "aiplat.promotion.rolled_back_at", str(int(time.time() * 1000)))
+    return _record(client, Outcome("rollback", "rolled_back", name, previous.version, champion.version,
+                                   previous.tags.get(TAG_PROMOTED_SHA), dagster_run_id, None,
+                                   f"champion {champion.version} -> {previous.version}"), actor)
+
+
+def _record(client, outcome: Outcome, actor: str) -> Outcome:
+    """One finished run in the promotion-log experiment; returns the outcome with its log run id."""
+    experiment_id = _experiment_id(client, PROMOTION_LOG_EXPERIMENT)
+    tags = {
+        "aiplat.action": outcome.action,
+        "aiplat.status": outcome.status,
+        "aiplat.model_name": outcome.name,
+        "aiplat.model_version": outcome.version or "",
+        "aiplat.previous_version": outcome.previous_version or "",
+        "aiplat.report_sha256": outcome.report_sha256 or "",
+        "dagster.run_id": outcome.dagster_run_id or "",
+        "aiplat.actor": actor,
+        "aiplat.detail": outcome.detail[:4000],
+    }
+    run = client.create_run(experiment_id, run_name=f"{outcome.action}-{outcome.name}-v{outcome.version}", tags=tags)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return Outcome(**{**outcome.to_dict(), "log_run_id": run.info.run_id})
+
+
+def history(client, name: str, max_results: int = 100) -> list[dict]:
+    """The promotion log of a model, oldest first."""
+    experiment = client.get_experiment_by_name(PROMOTION_LOG_EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`aiplat.model_name` = '{name}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=max_results,
+    )
+    keys = ("aiplat.action", "aiplat.status", "aiplat.model_version", "aiplat.previous_version",
+            "aiplat.report_sha256", "dagster.run_id", "aiplat.actor", "aiplat.detail")
+    return [
+        {"at_ms": r.info.start_time, "run_id": r.info.run_id, **{k.split(".", 1)[1]: r.data.tags.get(k, "") for k in keys}}
+        for r in runs
+    ]

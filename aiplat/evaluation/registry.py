@@ -1,0 +1,208 @@
+"""The MLflow side of evaluation: which model version is evaluated, where its files come from,
+where its report goes (a dedicated eval run), and how a report is read back and verified.
+
+A version's report is found through tags on the version (`aiplat.eval.run_id`,
+`aiplat.eval.report_sha256`); the report itself is the eval run's `eval_report/report.json`
+artifact, and it only counts when its bytes hash to the tagged sha256.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiplat.config import local_paths
+from aiplat.evaluation.report import REPORT_JSON, load_report_bytes
+from aiplat.models.manifest import compute_manifest
+from aiplat.provenance import sha256_bytes
+
+EVAL_EXPERIMENT = "ticket-triage-evaluation"
+REPORT_ARTIFACT_DIR = "eval_report"
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+TAG_MODEL_SHA = "aiplat.merged_sha256"
+TAG_EVAL_RUN = "aiplat.eval.run_id"
+TAG_EVAL_SHA = "aiplat.eval.report_sha256"
+TAG_EVAL_PASSED = "aiplat.eval.passed"
+TAG_EVAL_URL = "aiplat.eval.report_url"
+
+
+class ReportMissing(LookupError):
+    pass
+
+
+class ModelVersionNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    source: str
+    run_id: str | None
+    sha256: str | None  # the version's content hash tag (set by the fine-tune), when present
+    created_ms: int
+    tags: dict
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "source": self.source, "run_id": self.run_id}
+
+
+def _ref(mv) -> ModelRef:
+    tags = dict(mv.tags or {})
+    return ModelRef(mv.name, str(mv.version), mv.source, mv.run_id, tags.get(TAG_MODEL_SHA),
+                    int(mv.creation_timestamp or 0), tags)
+
+
+def model_version(client, name: str, version: str) -> ModelRef:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ref(client.get_model_version(name, str(version)))
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ModelVersionNotFound(f"model {name!r} has no version {version!r}") from None
+        raise
+
+
+def alias_version(client, name: str, alias: str) -> ModelRef | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ref(client.get_model_version_by_alias(name, alias))
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def model_cache_dir() -> Path:
+    return local_paths().models / "eval-cache"
+
+
+def model_folder(tracking_uri: str, ref: ModelRef, local_hint: Path | None = None) -> Path:
+    """A local folder holding exactly this version's files (verified against its sha256 tag)."""
+    import mlflow.artifacts
+
+    if local_hint is not None and Path(local_hint).is_dir() and ref.sha256:
+        if compute_manifest(Path(local_hint)).folder_sha256 == ref.sha256:
+            return Path(local_hint)
+    dest = model_cache_dir() / ref.name / ref.version
+    if dest.is_dir() and ref.sha256 and compute_manifest(dest).folder_sha256 == ref.sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{ref.version}.download-{uuid.uuid4().hex[:8]}"
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(staging), tracking_uri=tracking_uri)
+        # download_artifacts puts a directory artifact under its own name inside dst_path.
+        inner = [p for p in staging.iterdir()]
+        folder = inner[0] if len(inner) == 1 and inner[0].is_dir() and not (staging / "config.json").exists() else staging
+        got = compute_manifest(folder).folder_sha256
+        if ref.sha256 and got != ref.sha256:
+            raise ValueError(
+                f"{ref.name} version {ref.version}: downloaded files hash to {got[:12]}, but the version is "
+                f"tagged {TAG_MODEL_SHA}={ref.sha256[:12]}; refusing to evaluate other bytes than were registered"
+            )
+        if dest.exists():
+            shutil.rmtree(dest)
+        folder.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(name)
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    from aiplat.training.tracking import run_url as training_run_url
+
+    return training_run_url(tracking_uri, experiment_id, run_id)
+
+
+def artifact_url(tracking_uri: str, run_id: str, path: str) -> str:
+    """A direct link the tracking server answers with the file (the HTML report renders as a page)."""
+    from aiplat.training.tracking import redact_uri
+
+    return f"{redact_uri(tracking_uri).rstrip('/')}/get-artifact?path={path}&run_uuid={run_id}"
+
+
+@dataclass(frozen=True)
+class LoggedReport:
+    run_id: str
+    run_url: str
+    report_url: str
+    html_url: str
+
+
+def log_report(client, tracking_uri: str, report: dict, sha: str, folder: Path, tags: dict[str, str]) -> LoggedReport:
+    """A finished eval run holding the report folder, its metrics, and the tags that find it.
+
+    The version's pointer tags are set last, so a failure part-way leaves the previous report
+    (if any) as the version's report.
+    """
+    from mlflow.entities import Metric
+
+    m = report["model"]
+    experiment_id = _experiment_id(client, EVAL_EXPERIMENT)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"eval-{m['name']}-v{m['version']}",
+        tags={
+            **tags,
+            "aiplat.model_name": m["name"],
+            "aiplat.model_version": str(m["version"]),
+            TAG_EVAL_SHA: sha,
+            TAG_EVAL_PASSED: str(report["gate"]["passed"]).lower(),
+            "aiplat.champion_version": str(report["champion_version"] or ""),
+        },
+    )
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        metrics = []
+        for metric, row in report["comparison"].items():
+            for role in ("candidate", "base", "champion"):
+                if row.get(role) is not None:
+                    metrics.append(Metric(f"{role}_{metric}", float(row[role]), now, 0))
+        client.log_batch(run_id, metrics=metrics)
+        client.log_artifacts(run_id, str(folder), REPORT_ARTIFACT_DIR)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    url = run_url(tracking_uri, experiment_id, run_id)
+    html_url = artifact_url(tracking_uri, run_id, f"{REPORT_ARTIFACT_DIR}/report.html")
+    for key, value in {TAG_EVAL_RUN: run_id, TAG_EVAL_SHA: sha, TAG_EVAL_PASSED: str(report["gate"]["passed"]).lower(),
+                       TAG_EVAL_URL: html_url}.items():
+        client.set_model_version_tag(m["name"], str(m["version"]), key, value)
+    return LoggedReport(run_id, url, f"{url}/artifacts/{REPORT_ARTIFACT_DIR}", html_url)
+
+
+def read_report(client, run_id: str) -> tuple[dict, str]:
+    """The report JSON of an eval run and the sha256 of its bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, f"{REPORT_ARTIFACT_DIR}/{REPORT_JSON}", tmp)
+        except Exception as e:  # noqa: BLE001 - absent artifact or run: both mean "no report"
+            raise ReportMissing(f"eval run {run_id} holds no {REPORT_ARTIFACT_DIR}/{REPORT_JSON} ({e})") from e
+        data = Path(path).read_bytes()
+    return load_report_bytes(data), sha256_bytes(data)
+
+
+def version_report(client, ref: ModelRef) -> tuple[dict, str, str]:
+    """(report, sha256 of its bytes, eval run id) for the version's current report."""
+    run_id = ref.tags.get(TAG_EVAL_RUN)
+    if not run_id:
+        raise ReportMissing(f"{ref.name} version {ref.version} has no eval report (tag {TAG_EVAL_RUN} is unset)")
+    report, sha = read_report(client, run_id)
+    return report, sha, run_id

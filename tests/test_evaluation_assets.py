@@ -1,0 +1,151 @@
+"""The evaluation assets in Dagster, against a real MLflow server and a real instance: a passing
+report promotes in the same run; a failing one fails the blocking check, skips promotion and logs
+an AIPLAT_ALERT line; the promotion sensor requests one run per new passing report (deterministic
+run key, cursor) and the promotion it requests is a no-op the second time."""
+
+
+import logging
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from aiplat.evaluation.gate import ALERT_PATTERN
+from aiplat.evaluation.registry import CHAMPION, PREVIOUS, alias_version
+from assets.evaluation import EvalReportConfig, champion_model, eval_gate, eval_report
+from resources.mlflow import MLflowResource
+from sensors.promotion import promotion_job, promotion_run_key, promotion_sensor
+from tests.evaluation_helpers import (
+    TEST_SETTINGS,
+    TEST_THRESHOLDS,
+    mlflow_server,
+    register,
+    session_models,
+    triage_data,
+)
+
+pytestmark = pytest.mark.slow
+NAME = "triage-assets"
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-assets")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return session_models(tmp_path_factory.getbasetemp())
+
+
+class CandidateConfig(dg.Config):
+    which: str  # good | shuffled
+
+
+def upstream_assets(models: dict[str, Path]) -> list:
+    """Stand-ins for the training and feature stages: the same asset keys and metadata contract."""
+
+    @dg.asset(name="base_model")
+    def base_model() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(models["base"]))})
+
+    @dg.asset(name="fine_tuned_model", deps=[base_model])
+    def fine_tuned_model(config: CandidateConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
+        version = register(mlflow.client, NAME, models[config.which])
+        return dg.MaterializeResult(metadata={
+            "registered_model": NAME, "model_version": version,
+            "merged_path": dg.MetadataValue.path(str(models[config.which])),
+        })
+
+    @dg.asset(name="training_set")
+    def training_set() -> pd.DataFrame:
+        return triage_data()
+
+    return [base_model, fine_tuned_model, training_set]
+
+
+def eval_config() -> EvalReportConfig:
+    settings = TEST_SETTINGS.model_dump()
+    settings["canaries"] = list(settings["canaries"])
+    return EvalReportConfig(**settings | TEST_THRESHOLDS.model_dump())
+
+
+def run(instance, models, tracking_uri: str, which: str, with_promotion: bool = True):
+    upstream = upstream_assets(models)
+    selection = [*upstream, eval_report, eval_gate] + ([champion_model] if with_promotion else [])
+    return dg.materialize(
+        selection,
+        instance=instance,
+        resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0)},
+        run_config=dg.RunConfig(ops={"fine_tuned_model": CandidateConfig(which=which), "eval_report": eval_config()}),
+        raise_on_error=False,
+    )
+
+
+def check_passed(result) -> bool:
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 1 and evaluations[0].check_name == "eval_gate"
+    return evaluations[0].passed
+
+
+def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, state_dir: Path, caplog) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with dg.instance_for_test() as instance:
+        # a good candidate passes the gate and is promoted in the same run
+        first = run(instance, models, tracking_uri, "good")
+        assert first.success and check_passed(first)
+        promoted = first.asset_materializations_for_node("champion_model")[0].metadata
+        assert promoted["status"].value == "promoted" and promoted["champion_version"].value == "1"
+        report_meta = first.asset_materializations_for_node("eval_report")[0].metadata
+        assert report_meta["gate_passed"].value is True
+        assert report_meta["report_page"].value.startswith(tracking_uri)
+        assert client.get_model_version(NAME, "1").tags["aiplat.promotion.dagster_run_id"] == first.run_id
+
+        # a degraded candidate: report materialized, check fails, promotion skipped, alert line logged
+        with caplog.at_level(logging.ERROR, logger="aiplat.alerts"):
+            second = run(instance, models, tracking_uri, "shuffled")
+        assert not check_passed(second)
+        assert second.asset_materializations_for_node("eval_report")
+        assert not second.asset_materializations_for_node("champion_model")
+        assert alias_version(client, NAME, CHAMPION).version == "1"
+        alerts = [r.getMessage() for r in caplog.records if r.name == "aiplat.alerts"]
+        assert len(alerts) == 1
+        match = ALERT_PATTERN.match(alerts[0])
+        assert match and match["gate"] == "eval" and match["model"] == NAME and match["version"] == "2"
+        assert "accuracy" in match["reason"]
+
+        # sensor: the first report was promoted in its own run, the second failed: nothing to do
+        context = dg.build_sensor_context(instance=instance)
+        tick = promotion_sensor(context)
+        assert tick.run_requests == [] and tick.cursor is not None
+
+        # a new passing report without promotion in its run: the sensor asks for exactly one run
+        third = run(instance, models, tracking_uri, "good", with_promotion=False)
+        assert third.success and check_passed(third)
+        sha = third.asset_materializations_for_node("eval_report")[0].metadata["report_sha256"].value
+        new_tick = promotion_sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+        assert [r.run_key for r in new_tick.run_requests] == [promotion_run_key(NAME, "3", sha)]
+        again = promotion_sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in new_tick.run_requests]
+        assert promotion_sensor(dg.build_sensor_context(instance=instance, cursor=new_tick.cursor)).run_requests == []
+
+        # the requested promotion run moves the alias; running it again is a recorded no-op
+        defs = dg.Definitions(
+            assets=[*upstream_assets(models), eval_report, champion_model],
+            jobs=[promotion_job],
+            resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0)},
+        )
+        job = defs.resolve_job_def("promotion_job")
+        request = new_tick.run_requests[0]
+        done = job.execute_in_process(run_config=request.run_config, instance=instance)
+        meta = done.asset_materializations_for_node("champion_model")[0].metadata
+        assert meta["status"].value == "promoted" and meta["report_sha256"].value == sha
+        assert alias_version(client, NAME, CHAMPION).version == "3"
+        assert alias_version(client, NAME, PREVIOUS).version == "1"
+        rerun = job.execute_in_process(run_config=request.run_config, instance=instance)
+        assert rerun.asset_materializations_for_node("champion_model")[0].metadata["status"].value == "noop"
+        assert alias_version(client, NAME, PREVIOUS).version == "1"
