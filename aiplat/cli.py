@@ -22,6 +22,7 @@ COMMAND_MODULES: dict[str, str] = {
     "chat": "aiplat.commands.chat",
     "promote": "aiplat.commands.promote",
     "rollback": "aiplat.commands.rollback",
+    "cost": "aiplat.commands.cost",
 }
 
 

@@ -120,3 +120,13 @@ def dagster_home() -> Path:
     """DAGSTER_HOME when set (prod, tests), else the local runtime's instance folder."""
     configured = os.environ.get("DAGSTER_HOME")
     return Path(configured) if configured else local_paths().dagster_home
+
+
+def actor_from_env() -> str | None:
+    """Who runs a local command (AIPLAT_ACTOR), for access checks; prod identity comes from the deployment."""
+    return (os.environ.get("AIPLAT_ACTOR") or "").strip() or None
+
+
+def team_from_env() -> str | None:
+    """The team the local actor acts for (AIPLAT_TEAM), e.g. `ml` or `team:ml`."""
+    return (os.environ.get("AIPLAT_TEAM") or "").strip() or None

@@ -17,7 +17,9 @@ from resources.feast import feast_resource_for
 from resources.lake import LakeIOManager
 from resources.milvus import MilvusResource
 from resources.mlflow import MLflowResource
+from resources.operations import OperationsResource
 from resources.presidio import local_presidio, prod_presidio
+from resources.signing import ModelSigningResource
 from resources.vllm import LocalVllmResource, ProdVllmResource
 from resources.landing_zone import LocalLandingZone, S3LandingZone
 
@@ -36,6 +38,8 @@ def local_resources() -> dict[str, Any]:
         "milvus": MilvusResource.local(),
         "mlflow": MLflowResource.local(),
         "vllm": LocalVllmResource(),
+        "operations": OperationsResource.local(),
+        "model_signing": ModelSigningResource.local(),
         "embeddings": EmbeddingResource(),
     } | _lake(LakeIOManager(base_uri=str(paths.lake)))
 
@@ -53,6 +57,8 @@ def prod_resources() -> dict[str, Any]:
         "milvus": MilvusResource.prod(),
         "mlflow": MLflowResource.prod(),
         "vllm": ProdVllmResource.from_env(),
+        "operations": OperationsResource.prod(),
+        "model_signing": ModelSigningResource.prod(),
         "embeddings": EmbeddingResource(),
     } | _lake(LakeIOManager(base_uri=dg.EnvVar("AIPLAT_LAKE_URI"), s3_region=dg.EnvVar("AWS_REGION")))
 

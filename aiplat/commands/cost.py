@@ -1,0 +1,57 @@
+"""`aiplat cost report`: token cost and GPU-hours per team and feature, from the request log."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import click
+
+
+def _day(_ctx, _param, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@click.group("cost")
+def cli() -> None:
+    """Cost attribution per team and feature."""
+
+
+@cli.command("report")
+@click.option("--team", default=None, help="Only this team (e.g. ml or team:ml).")
+@click.option("--since", callback=_day, default=None, help="First UTC day (YYYY-MM-DD); default yesterday.")
+@click.option("--until", callback=_day, default=None, help="Last UTC day (YYYY-MM-DD); default today when --since is given.")
+@click.option("--request-log", type=click.Path(dir_okay=False), default=None, help="Request log JSONL (default: the state folder's).")
+@click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Also write the chart (PNG) here.")
+def report(team: str | None, since: date | None, until: date | None, request_log: str | None, chart: str | None) -> None:
+    """Print the attributed cost; exit 1 when a team went over its daily budget."""
+    from pathlib import Path
+
+    from aiplat.operations.cost import log, filter_team, markdown_table, write_chart
+    from resources.operations import OperationsResource
+
+    ops = OperationsResource(request_log_path=request_log) if request_log else OperationsResource()
+    result = ops.cost_report(since, until)
+    rows = filter_team(result, team) if team else result.rows
+    first, last = result.window
+    click.echo(f"cost report {first}..{last} from {ops.request_log().path}")
+    click.echo(markdown_table(rows))
+    if team:
+        click.echo(f"team total: {rows['total_cost'].sum():.4f} ({rows['gpu_hours'].sum():.4f} GPU-h)")
+    t = result.totals
+    click.echo(f"whole total: {t['total_cost']:.4f} = tokens {t['token_cost']:.4f} + GPU {t['gpu_cost']:.4f} "
+               f"({t['gpu_hours']:.4f} GPU-h, {int(t['requests'])} requests)")
+    for bad in result.rejected:
+        click.echo(f"skipped unreadable line {bad.reason}", err=True)
+    if chart:
+        click.echo(f"chart: {write_chart(result, Path(chart))}")
+    breaches = [b for b in result.breaches if not team or b.team == (team if team.startswith("team:") else f"team:{team}")]
+    if breaches:
+        for b in breaches:
+            log.error(b.alert_line())
+            click.echo(b.alert_line(), err=True)
+        raise click.ClickException(f"{len(breaches)} team-day(s) over budget")

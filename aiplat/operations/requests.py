@@ -1,0 +1,144 @@
+"""The request log: one JSON line per inference request, labelled with the team and feature it served.
+
+Whoever fronts the endpoints (the gateway in prod, `aiplat chat` and the load tests locally) appends
+a line per request with `RequestLog.append`. The team and feature come from the request's headers
+(`X-AIPLAT-Team`, `X-AIPLAT-Feature`) or, when absent, from the API key: the mapping holds the
+sha256 of each key, never the key, so configuration and metadata stay free of secrets.
+A line that does not parse is never dropped silently: `read` returns it with its line number and
+the reason, and the reports show the count.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from aiplat.config import state_dir
+
+UNATTRIBUTED = "unattributed"
+HEADER_TEAM = "x-aiplat-team"
+HEADER_FEATURE = "x-aiplat-feature"
+FIELDS = ("timestamp", "endpoint", "model", "team", "feature", "prompt_tokens", "completion_tokens", "latency_ms", "status")
+
+
+class RequestLogError(ValueError):
+    pass
+
+
+def default_request_log_path() -> Path:
+    return state_dir() / "operations" / "requests.jsonl"
+
+
+def key_fingerprint(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def labels_for_request(headers: Mapping[str, str], api_key_teams: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(team, feature) of a request: its headers first, else the team its API key maps to."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    team = (lower.get(HEADER_TEAM) or "").strip()
+    feature = (lower.get(HEADER_FEATURE) or "").strip() or UNATTRIBUTED
+    if not team:
+        auth = lower.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        team = (api_key_teams or {}).get(key_fingerprint(key), "") if key else ""
+    if team and not team.startswith("team:"):
+        team = f"team:{team}"
+    return team or UNATTRIBUTED, feature
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    timestamp: datetime  # when the response finished (UTC)
+    endpoint: str
+    model: str
+    team: str
+    feature: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    status: int  # HTTP status
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+    @property
+    def day(self) -> date:
+        return self.timestamp.date()
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["timestamp"] = self.timestamp.isoformat(timespec="milliseconds")
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RequestRecord:
+        missing = [f for f in FIELDS if f not in data]
+        if missing:
+            raise RequestLogError(f"missing fields {missing}")
+        try:
+            ts = datetime.fromisoformat(str(data["timestamp"]))
+        except ValueError:
+            raise RequestLogError(f"timestamp {data['timestamp']!r} is not ISO 8601") from None
+        ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        try:
+            record = cls(ts, str(data["endpoint"]), str(data["model"]), str(data["team"] or UNATTRIBUTED),
+                         str(data["feature"] or UNATTRIBUTED), int(data["prompt_tokens"]),
+                         int(data["completion_tokens"]), float(data["latency_ms"]), int(data["status"]))
+        except (TypeError, ValueError) as e:
+            raise RequestLogError(f"a numeric field is not a number: {e}") from None
+        if record.prompt_tokens < 0 or record.completion_tokens < 0 or record.latency_ms < 0:
+            raise RequestLogError("token counts and latency must not be negative")
+        return record
+
+
+@dataclass(frozen=True)
+class RejectedLine:
+    line: int
+    reason: str
+
+
+class RequestLog:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path else default_request_log_path()
+
+    def append(self, record: RequestRecord) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, (record.to_json() + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def read(self, since: date | None = None, until: date | None = None) -> tuple[list[RequestRecord], list[RejectedLine]]:
+        """Records with since <= day <= until, and every line that could not be read."""
+        records: list[RequestRecord] = []
+        rejected: list[RejectedLine] = []
+        try:
+            f = self.path.open(encoding="utf-8")
+        except FileNotFoundError:
+            return records, rejected
+        with f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                    if not isinstance(raw, dict):
+                        raise RequestLogError("not a JSON object")
+                    record = RequestRecord.from_dict(raw)
+                except (ValueError, RequestLogError) as e:
+                    rejected.append(RejectedLine(number, f"{self.path}:{number}: {e}"))
+                    continue
+                if (since and record.day < since) or (until and record.day > until):
+                    continue
+                records.append(record)
+        return records, rejected

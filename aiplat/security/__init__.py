@@ -1,0 +1,1 @@
+"""AI security controls: signed model artifacts, access control and the hash-chained audit log."""

@@ -1,0 +1,76 @@
+"""Operations settings: where the request and audit logs live, cost rates, team budgets, who owns
+which model and which API key (by sha256, never the key) belongs to which team.
+
+Local: files under <state>/operations and <state>/audit with demo rates. Prod: the log locations
+come from dg.EnvVar (a volume or bucket mount shared by the gateway and the Dagster pods); rates and
+budgets are reviewed configuration, not secrets.
+"""
+
+from datetime import date
+from typing import Any, Optional
+
+import dagster as dg
+from pydantic import Field
+
+
+class OperationsResource(dg.ConfigurableResource):
+    request_log_path: Optional[str] = Field(default=None, description="Request log JSONL; unset = <state>/operations/requests.jsonl")
+    audit_log_path: Optional[str] = Field(default=None, description="Audit log JSONL; unset = <state>/audit/audit.jsonl")
+    reports_dir: Optional[str] = Field(default=None, description="Where charts go; unset = <state>/operations/reports")
+    prompt_per_1k_tokens: float = Field(default=0.0005, ge=0)
+    completion_per_1k_tokens: float = Field(default=0.0015, ge=0)
+    gpu_hour: float = Field(default=2.50, ge=0, description="Cost of one GPU-hour")
+    gpus_per_endpoint: float = Field(default=1.0, gt=0)
+    team_daily_budgets: dict[str, float] = Field(default_factory=lambda: {"team:ml": 25.0, "team:search": 25.0},
+                                                 description="Daily budget per team (same unit as the rates)")
+    api_key_teams: dict[str, str] = Field(default_factory=dict, description="sha256(API key) -> team")
+    model_owner_teams: dict[str, str] = Field(default_factory=lambda: {"ticket-triage": "team:ml"},
+                                              description="Owner team per registered model when MLflow has no owner_team tag")
+    scrape_timeout_s: float = Field(default=5.0, gt=0)
+
+    @classmethod
+    def local(cls) -> "OperationsResource":
+        return cls()
+
+    @classmethod
+    def prod(cls) -> "OperationsResource":
+        return cls(request_log_path=dg.EnvVar("AIPLAT_REQUEST_LOG"), audit_log_path=dg.EnvVar("AIPLAT_AUDIT_LOG"),
+                   reports_dir=dg.EnvVar("AIPLAT_REPORTS_DIR"))
+
+    def rates(self) -> Any:
+        from aiplat.operations.cost import CostRates
+
+        return CostRates(self.prompt_per_1k_tokens, self.completion_per_1k_tokens, self.gpu_hour, self.gpus_per_endpoint)
+
+    def request_log(self) -> Any:
+        from pathlib import Path
+
+        from aiplat.operations.requests import RequestLog
+
+        return RequestLog(Path(self.request_log_path) if self.request_log_path else None)
+
+    def audit_log(self) -> Any:
+        from pathlib import Path
+
+        from aiplat.security.audit_log import AuditLog
+
+        return AuditLog(Path(self.audit_log_path) if self.audit_log_path else None)
+
+    def reports_path(self) -> Any:
+        from pathlib import Path
+
+        from aiplat.config import state_dir
+
+        return Path(self.reports_dir) if self.reports_dir else state_dir() / "operations" / "reports"
+
+    def cost_report(self, since: Optional[date], until: Optional[date]) -> Any:
+        """The attributed report for since..until (UTC days, inclusive); yesterday when both are None."""
+        from datetime import datetime, timezone
+
+        from aiplat.operations.cost import attribute, day_window
+
+        since, until = day_window(since, until, datetime.now(timezone.utc).date())
+        records, rejected = self.request_log().read(since, until)
+        report = attribute(records, self.rates(), self.team_daily_budgets, rejected)
+        report.window = (since, until)
+        return report

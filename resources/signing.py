@@ -1,0 +1,51 @@
+"""Model signing keys: OpenSSF model-signing with an elliptic-curve key pair.
+
+Local: no configuration; a development key pair is generated under <state>/security/ on first use.
+Prod: key paths (mounted secrets) and the key's password come from dg.EnvVar; the verifying side
+(serving) needs only the public key. Sigstore keyless signing can replace this in prod later.
+"""
+
+from typing import Any, Optional
+
+import dagster as dg
+from pydantic import Field
+
+
+class ModelSigningResource(dg.ConfigurableResource):
+    private_key_path: Optional[str] = Field(default=None, description="PEM EC private key; unset locally = dev key")
+    public_key_path: Optional[str] = Field(default=None, description="PEM EC public key; unset locally = dev key")
+    key_password: Optional[str] = Field(default=None, description="Password of the private key (a secret)")
+    key_label: str = Field(default="configured", description="Shown in tags and metadata to name the key")
+
+    @classmethod
+    def local(cls) -> "ModelSigningResource":
+        return cls()
+
+    @classmethod
+    def prod(cls) -> "ModelSigningResource":
+        return cls(
+            private_key_path=dg.EnvVar("AIPLAT_SIGNING_PRIVATE_KEY"),
+            public_key_path=dg.EnvVar("AIPLAT_SIGNING_PUBLIC_KEY"),
+            key_password=dg.EnvVar("AIPLAT_SIGNING_KEY_PASSWORD"),
+            key_label="prod",
+        )
+
+    def key_pair(self) -> Any:
+        from pathlib import Path
+
+        from aiplat.security.signing import KeyPair, dev_key_pair
+
+        if not self.public_key_path:
+            return dev_key_pair()
+        return KeyPair(Path(self.private_key_path) if self.private_key_path else None, Path(self.public_key_path),
+                       label=self.key_label, password=self.key_password or None)
+
+    def sign(self, folder: str) -> Any:
+        from aiplat.security.signing import sign_model
+
+        return sign_model(folder, self.key_pair())
+
+    def verify(self, folder: str) -> str:
+        from aiplat.security.signing import verify_model
+
+        return verify_model(folder, self.key_pair().public_key)

@@ -1,0 +1,95 @@
+"""Access control for promote/rollback/deploy and the hash-chained audit log (real files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aiplat.security.access import (
+    AccessDenied,
+    Identity,
+    authorize,
+    current_identity,
+    identity_from_env,
+    owner_team,
+)
+from aiplat.security.audit_log import AuditLog, AuditLogTampered
+
+
+@pytest.fixture
+def log(state_dir: Path) -> AuditLog:
+    return AuditLog()
+
+
+def test_wrong_team_is_refused_and_logged(log: AuditLog) -> None:
+    who = Identity("mallory", "team:search", "env")
+    with pytest.raises(AccessDenied, match="team:search is neither the owner \\(team:ml\\)"):
+        authorize("promote", "ticket-triage", "3", who, "team:ml", log)
+    (entry,) = list(log.entries())
+    assert entry["decision"] == "refused" and entry["actor"] == "mallory" and entry["action"] == "promote"
+    assert log.verify().entries == 1
+
+
+def test_owner_and_platform_are_allowed_and_logged(log: AuditLog) -> None:
+    authorize("deploy", "ticket-triage", "3", Identity("alice", "team:ml", "env"), "team:ml", log)
+    authorize("rollback", "ticket-triage", "2", Identity("ops", "team:platform", "dagster-run"), "team:ml", log)
+    entries = list(log.entries())
+    assert [(e["actor"], e["decision"], e["reason"]) for e in entries] == [
+        ("alice", "allowed", "owner team"), ("ops", "allowed", "platform team")]
+    assert entries[1]["prev"] == entries[0]["hash"]
+
+
+def test_no_team_and_unowned_model(log: AuditLog) -> None:
+    with pytest.raises(AccessDenied, match="no team"):
+        authorize("deploy", "m", "1", Identity("bob", None, "env"), "team:ml", log)
+    # A model without owner is the platform team's alone.
+    with pytest.raises(AccessDenied):
+        authorize("deploy", "m", "1", Identity("alice", "team:ml", "env"), None, log)
+    authorize("deploy", "m", "1", Identity("ops", "team:platform", "env"), None, log)
+    assert [e["decision"] for e in log.entries()] == ["refused", "refused", "allowed"]
+
+
+def test_identity_from_env_and_run_tags(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_ACTOR", "alice")
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    assert identity_from_env() == Identity("alice", "team:ml", "env")
+    tagged = current_identity({"aiplat/actor": "sensor", "aiplat/team": "team:platform"})
+    assert tagged == Identity("sensor", "team:platform", "dagster-run")
+    assert current_identity({"dagster/partition": "x"}).source == "env"
+
+
+@pytest.mark.parametrize("edit", ["change", "delete", "reorder"])
+def test_tampered_log_is_detected(log: AuditLog, edit: str) -> None:
+    for team in ("team:ml", "team:platform", "team:ml"):
+        authorize("deploy", "ticket-triage", "3", Identity("a", team, "env"), "team:ml", log)
+    assert log.verify().entries == 3
+    lines = log.path.read_text().splitlines()
+    if edit == "change":
+        entry = json.loads(lines[0])
+        entry["actor"] = "someone-else"
+        lines[0] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        expected = "line 1 was altered"
+    elif edit == "delete":
+        del lines[1]
+        expected = "line 2: its prev hash"
+    else:
+        lines[1], lines[2] = lines[2], lines[1]
+        expected = "line 2: its prev hash"
+    log.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AuditLogTampered, match=expected):
+        log.verify()
+
+
+def test_owner_team_from_mlflow_tag_then_mapping(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("tagged", tags={"owner_team": "ml"})
+    client.create_registered_model("untagged")
+    mapping = {"untagged": "team:search", "tagged": "team:other"}
+    assert owner_team(client, "tagged", mapping) == "team:ml"  # the registry wins over configuration
+    assert owner_team(client, "untagged", mapping) == "team:search"
+    assert owner_team(client, "absent", {}) is None
