@@ -24,7 +24,9 @@ from sensors.reindex import kb_reindex_job, kb_reindex_sensor
 STAGE_MODULES = [assets.intake, assets.pii, assets.features, assets.training, assets.evaluation, assets.retrieval, assets.serving, assets.operations]
 
 
-def build_definitions() -> dg.Definitions:
+def build_definitions(resource_overrides: dict | None = None) -> dg.Definitions:
+    """The Definitions for the current runtime; `resource_overrides` replaces resources by key
+    (tests and drills use it to shorten timeouts, never to swap in fakes)."""
     all_assets = list(dg.load_assets_from_modules(STAGE_MODULES))
     jobs = ingest_jobs(all_assets)
     downstream = downstream_job(all_assets)
@@ -34,7 +36,7 @@ def build_definitions() -> dg.Definitions:
         jobs=[*jobs.values(), *([downstream] if downstream else []), kb_reindex_job, assets.training.fine_tuning_job, promotion_job],
         schedules=[feature_refresh_schedule(), cost_report_schedule()],
         sensors=[build_landing_sensor(jobs, BATCHES), kb_reindex_sensor, promotion_sensor],
-        resources=resources_for(runtime()),
+        resources={**resources_for(runtime()), **(resource_overrides or {})},
     )
 
 
