@@ -146,6 +146,16 @@ def test_batched_parallel_findings_equal_the_naive_loop(config) -> None:
         assert parallel.scan(texts) == scan_naive(texts, config)
 
 
+def test_the_batched_path_runs_without_the_parser_and_the_naive_path_with_it(config) -> None:
+    from aiplat.pii.engine import analyzer
+
+    full = analyzer(config).nlp_engine.nlp[config.nlp.language]
+    pruned = analyzer(config, pruned=True).nlp_engine.nlp[config.nlp.language]
+    assert "parser" in full.pipe_names
+    assert "parser" not in pruned.pipe_names
+    assert {"ner", "lemmatizer"} <= set(pruned.pipe_names)
+
+
 def test_quality_scoring_counts_coverage_and_redundancy() -> None:
     examples = [quality.EvalExample("Ann Lee, 1 Main St, Springfield, IL 62704", (Span(0, 7, "PERSON"),
                                                                                  Span(9, 42, "POSTAL_ADDRESS")))]

@@ -78,8 +78,15 @@ def quiet_presidio_logs() -> None:
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
 
 
+# Components Presidio never reads: it uses tokens, lemmas (tagger + attribute_ruler + lemmatizer)
+# and entities. The dependency parse is about a fifth of the pipeline's time; NER has its own
+# tok2vec in spaCy's packaged pipelines, so its entities do not change without it (the
+# benchmark and a test compare findings with the full pipeline's).
+UNUSED_PIPES = ("parser",)
+
+
 @lru_cache(maxsize=4)
-def _analyzer_for(config_json: str):
+def _analyzer_for(config_json: str, pruned: bool = False):
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
     quiet_presidio_logs()
@@ -92,14 +99,20 @@ def _analyzer_for(config_json: str):
     if ner is not None:
         recognizers.append(ner)
     registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[config.nlp.language])
-    return AnalyzerEngine(registry=registry, nlp_engine=_spacy_engine(config),
-                          supported_languages=[config.nlp.language])
+    nlp_engine = _spacy_engine(config)
+    if pruned:
+        for nlp in getattr(nlp_engine, "nlp", {}).values():
+            for name in UNUSED_PIPES:
+                if name in nlp.pipe_names:
+                    nlp.disable_pipe(name)
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[config.nlp.language])
 
 
-def analyzer(config: PiiConfig):
-    """The process-wide Presidio AnalyzerEngine for `config` (built on first use)."""
+def analyzer(config: PiiConfig, pruned: bool = False):
+    """The process-wide Presidio AnalyzerEngine for `config` (built on first use); `pruned` drops
+    the pipeline components Presidio does not read (the platform's batched path)."""
     try:
-        return _analyzer_for(config.model_dump_json())
+        return _analyzer_for(config.model_dump_json(), pruned)
     except PiiScanError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to build the engine is "scanner unavailable"
@@ -168,7 +181,7 @@ def scan_naive(texts: Sequence[str], config: PiiConfig) -> list[list[Finding]]:
 
 def _scan_chunk(config_json: str, texts: Sequence[str], batch_size: int) -> list[list[Finding]]:
     config = PiiConfig.model_validate_json(config_json)
-    engine = analyzer(config)
+    engine = analyzer(config, pruned=True)
     kwargs = analyze_kwargs(config)
     out: list[list[Finding]] = []
     try:
@@ -185,7 +198,7 @@ def _scan_chunk(config_json: str, texts: Sequence[str], batch_size: int) -> list
 
 
 def _warm(config_json: str) -> None:
-    analyzer(PiiConfig.model_validate_json(config_json))
+    analyzer(PiiConfig.model_validate_json(config_json), pruned=True)
 
 
 class Scanner:
@@ -221,7 +234,7 @@ class Scanner:
 
     def warm_up(self) -> None:
         """Load the engine here and in every worker, so that timings measure scanning only."""
-        analyzer(self.config)
+        analyzer(self.config, pruned=True)
         if self.workers > 1:
             futures = [self._executor().submit(_warm, self._config_json) for _ in range(self.workers)]
             for f in futures:
@@ -239,9 +252,9 @@ class Scanner:
     def scan(self, texts: Sequence[str]) -> list[list[Finding]]:
         texts = list(texts)
         if self.workers == 1 or len(texts) < self.min_parallel:
-            analyzer(self.config)  # raises PiiScanError when the engine is unavailable
+            analyzer(self.config, pruned=True)  # raises PiiScanError when the engine is unavailable
             return _scan_chunk(self._config_json, texts, self.batch_size)
-        analyzer(self.config)  # fail fast here, before workers start
+        analyzer(self.config, pruned=True)  # fail fast here, before workers start
         # Several chunks per worker keep both busy when texts differ in length.
         size = max(self.batch_size, -(-len(texts) // (self.workers * 4)))
         chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
