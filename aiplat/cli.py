@@ -23,6 +23,7 @@ COMMAND_MODULES: dict[str, str] = {
     "promote": "aiplat.commands.promote",
     "rollback": "aiplat.commands.rollback",
     "cost": "aiplat.commands.cost",
+    "audit": "aiplat.commands.audit",
 }
 
 

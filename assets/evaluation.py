@@ -25,6 +25,7 @@ from aiplat.evaluation.settings import EvalSettings, GateThresholds
 from aiplat.models.base import prepare_base_model
 from aiplat.provenance import code_version
 from resources.mlflow import MLflowResource
+from resources.operations import OperationsResource
 
 OWNER = "team:ml"
 GROUP = "evaluation"
@@ -195,7 +196,10 @@ class PromotionConfig(dg.Config):
     description="The registered model's `champion` alias: moved to a version only on its passing, current "
                 "eval report (the old champion becomes `previous`); tagged with the report hash and run id.",
 )
-def champion_model(context: dg.AssetExecutionContext, config: PromotionConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
+def champion_model(context: dg.AssetExecutionContext, config: PromotionConfig, mlflow: MLflowResource,
+                   operations: OperationsResource) -> dg.MaterializeResult:
+    from aiplat.security.access import AccessDenied, current_identity
+
     if config.model_name and config.model_version:
         name, version, sha = config.model_name, config.model_version, config.report_sha256
     else:
@@ -205,7 +209,10 @@ def champion_model(context: dg.AssetExecutionContext, config: PromotionConfig, m
         name, version, sha = str(meta["registered_model"]), str(meta["model_version"]), str(meta["report_sha256"])
     try:
         out = promote(mlflow.client, name, version, dagster_run_id=context.run_id, actor="dagster",
-                      expected_report_sha256=sha)
+                      expected_report_sha256=sha, identity=current_identity(context.run.tags),
+                      owners=operations.model_owner_teams, audit=operations.audit_log())
+    except AccessDenied as e:
+        raise dg.Failure(f"access denied: {e}") from e
     except (PromotionRefused, ModelVersionNotFound) as e:
         reason = e.reason if isinstance(e, PromotionRefused) else str(e)
         emit_alert(alert_line("promotion", name, version, reason, run=context.run_id), context.log)

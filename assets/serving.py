@@ -3,6 +3,10 @@
 Thin: aiplat.serving does the work (the CLI and the tests call the same functions). A new
 champion goes out through a canary; a failing canary leaves the live endpoint untouched, moves
 the `champion` alias back to `previous`, and fails the run with the reason.
+
+Before anything starts: the caller must be the model's owner team or the platform team
+(aiplat.security.access; the decision goes to the audit log), and the model folder must verify
+against its signature (aiplat.security.signing); either refusal leaves the live endpoint as it is.
 """
 
 from typing import Optional
@@ -12,6 +16,8 @@ from pydantic import Field
 
 from aiplat.provenance import code_version
 from resources.mlflow import MLflowResource
+from resources.operations import OperationsResource
+from resources.signing import ModelSigningResource
 from resources.vllm import VllmResource
 
 GROUP = "serving"
@@ -69,26 +75,53 @@ def _server_metadata(result) -> dict:
     ),
 )
 def served_endpoint(
-    context: dg.AssetExecutionContext, config: ServedEndpointConfig, vllm: VllmResource, mlflow: MLflowResource
+    context: dg.AssetExecutionContext,
+    config: ServedEndpointConfig,
+    vllm: VllmResource,
+    mlflow: MLflowResource,
+    model_signing: ModelSigningResource,
+    operations: OperationsResource,
 ) -> dg.MaterializeResult:
+    from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
+    from aiplat.security.signing import SignatureError, check_against_version
     from aiplat.serving.champion import FolderSource, MlflowAliasSource, ModelResolutionError
     from aiplat.serving.rollout import RolloutFailed
 
+    name = mlflow.registered_model_name
     try:
         if config.model_folder:
             source = FolderSource(config.model_folder, config.model_version or "folder")
             rollback = None
         else:
-            name = mlflow.registered_model_name
             source = MlflowAliasSource(mlflow.client, name, tracking_uri=mlflow.uri)
             rollback = _rollback(mlflow, name)
         model = source.resolve()
     except (ModelResolutionError, ValueError) as e:
         raise dg.Failure(f"no model to serve: {e}") from e
 
-    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {vllm.endpoint}")
+    audit = operations.audit_log()
+    identity = current_identity(context.run.tags)
+    # A folder drill names no registry version: its owner comes from configuration only.
+    owner = owner_team(None if config.model_folder else mlflow.client, name, operations.model_owner_teams)
     try:
-        result = vllm.roll_out(model, rollback, tuple(config.load_sample))
+        authorize("deploy", name, model.version, identity, owner, audit, endpoint=vllm.endpoint,
+                  dagster_run_id=context.run_id)
+    except AccessDenied as e:
+        raise dg.Failure(description=str(e), metadata={"candidate_version": model.version, "owner_team": owner or ""}) from e
+
+    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {vllm.endpoint}")
+    public_key = model_signing.key_pair().public_key
+    try:
+        if not config.model_folder:
+            # Also the exact signature recorded on this MLflow version, not just any signed folder.
+            check_against_version(mlflow.client, name, model.version, model.path, public_key)
+        result = vllm.roll_out(model, rollback, tuple(config.load_sample), public_key=public_key)
+    except SignatureError as e:
+        record("deploy refused: signature", name, model.version, identity, audit, endpoint=vllm.endpoint,
+               reason=str(e), dagster_run_id=context.run_id)
+        raise dg.Failure(description=f"refusing to deploy {name} version {model.version}: {e}; "
+                         f"endpoint {vllm.endpoint!r} is unchanged",
+                         metadata={"candidate_version": model.version}) from e
     except RolloutFailed as e:
         verdict = e.verdict
         metadata = {"candidate_version": model.version}
@@ -98,7 +131,10 @@ def served_endpoint(
         raise dg.Failure(description=str(e), metadata=metadata) from e
 
     metadata = _server_metadata(result)
-    metadata.update({"model_uri": model.uri, "code_version": code_version(), "owner": OWNERS[0]})
+    record("deployed", name, result.live.model_version, identity, audit, endpoint=vllm.endpoint, action=result.action,
+           url=result.live.url, dagster_run_id=context.run_id)
+    metadata.update({"model_uri": model.uri, "registered_model": name, "deployed_by": identity.actor,
+                     "deployed_by_team": identity.team or "", "code_version": code_version(), "owner": OWNERS[0]})
     if result.verdict is not None:
         v = result.verdict
         metadata.update({

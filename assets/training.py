@@ -19,6 +19,7 @@ from aiplat.training.lora import FineTuneParams
 from aiplat.training.tracking import Lineage, MlflowUnavailableError, tracked_fine_tune
 from resources.kubernetes import GPU_TRAINING_POOL, gpu_training_tags
 from resources.mlflow import MLflowResource
+from resources.signing import ModelSigningResource
 
 OWNER = "team:ml"
 GROUP = "training"
@@ -109,8 +110,11 @@ def fine_tuned_model(
     context: dg.AssetExecutionContext,
     config: FineTuneConfig,
     mlflow: MLflowResource,
+    model_signing: ModelSigningResource,
     training_set: pd.DataFrame,
 ) -> dg.MaterializeResult:
+    from aiplat.security.signing import SignatureError
+
     params = config.params()
     base = _base_model_record(context)
     # Re-prepares from the same source in a fresh pod; a no-op where the folder is already there.
@@ -145,10 +149,13 @@ def fine_tuned_model(
             work_dir,
             system_metrics_interval_s=mlflow.system_metrics_interval_s or None,
             on_step=lambda m: context.log.debug(f"step {m.step}: loss {m.loss:.4f}"),
+            signing_keys=model_signing.key_pair(),
+            owner_team=OWNER,
         )
-    except (TrainingSetError, MlflowUnavailableError) as e:
+    except (TrainingSetError, MlflowUnavailableError, SignatureError) as e:
         raise dg.Failure(str(e)) from e
     result = tracked.result
+    signed = tracked.signature
     return dg.MaterializeResult(
         metadata={
             "mlflow_run": dg.MetadataValue.url(tracked.run_url),
@@ -168,6 +175,10 @@ def fine_tuned_model(
             "merged_path": dg.MetadataValue.path(str(result.merged_dir)),
             "adapter_path": dg.MetadataValue.path(str(result.adapter_dir)),
             "hyperparameters": dg.MetadataValue.json(params.model_dump()),
+            "signature_sha256": signed.signature_sha256,
+            "signature_model_digest": signed.model_digest,
+            "signing_key_fingerprint": signed.key_fingerprint,
+            "signing_key_label": signed.key_label,
             "code_version": lineage.code_version,
             "owner": OWNER,
         },

@@ -76,11 +76,16 @@ class LocalVllmResource(VllmResource):
         """The EndpointManager (built on first use outside a Dagster step: CLI, tests)."""
         return self._manager if self._manager is not None else self._build()
 
-    def roll_out(self, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = ()) -> Any:
-        """Deploy, keep, or canary-then-switch `model` (aiplat.serving.rollout.roll_out)."""
+    def roll_out(self, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
+                 public_key: Optional[Path] = None) -> Any:
+        """Deploy, keep, or canary-then-switch `model` (aiplat.serving.rollout.roll_out); with
+        `public_key`, only after its signature verified (SignatureError otherwise, nothing started)."""
+        from dataclasses import replace
+
         from aiplat.serving.rollout import roll_out
 
-        return roll_out(self.manager, self.endpoint, model, self.canary_policy(), rollback, load_sample=load_sample)
+        manager = self.manager if public_key is None else replace(self.manager, public_key=Path(public_key))
+        return roll_out(manager, self.endpoint, model, self.canary_policy(), rollback, load_sample=load_sample)
 
     def live_server(self) -> Any:
         return self.manager.get(self.endpoint).live
@@ -134,9 +139,14 @@ class ProdVllmResource(VllmResource):
                             served_model_name=self.endpoint, namespace=self.namespace, image=self.image, gpus=self.gpus)
 
     def roll_out(self, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
-                 live_version: str | None = None) -> Any:
+                 live_version: str | None = None, public_key: Optional[Path] = None) -> Any:
         """Render the rollout's manifests into `manifests_dir` for the cluster to apply; the canary
-        split then runs through the HTTPRoute weights."""
+        split then runs through the HTTPRoute weights. With `public_key`, the local copy of the
+        model is verified first (the cluster pulls the same signed folder from the model store)."""
+        if public_key is not None:
+            from aiplat.security.signing import verify_model
+
+            verify_model(model.path, Path(public_key))
         from datetime import datetime, timezone
 
         from aiplat.serving.k8s import to_yaml

@@ -217,12 +217,13 @@ def test_training_job_resolves_with_its_tags_and_resources() -> None:
     from assets.training import base_model, fine_tuned_model, fine_tuning_job
     from resources.kubernetes import GPU_POOL_TAG, K8S_CONFIG_TAG
     from resources.mlflow import MLflowResource
+    from resources.signing import ModelSigningResource
 
     @dg.asset(name="training_set")
     def training_set() -> None: ...
 
     defs = dg.Definitions(assets=[training_set, base_model, fine_tuned_model], jobs=[fine_tuning_job],
-                          resources={"mlflow": MLflowResource()})
+                          resources={"mlflow": MLflowResource(), "model_signing": ModelSigningResource()})
     job = defs.resolve_job_def("fine_tuning_job")
     assert job.tags[GPU_POOL_TAG] == "gpu_training" and K8S_CONFIG_TAG in job.tags
     assert [n.name for n in job.nodes_in_topological_order] == ["fine_tuned_model"]

@@ -15,6 +15,7 @@ from aiplat.evaluation.gate import ALERT_PATTERN
 from aiplat.evaluation.registry import CHAMPION, PREVIOUS, alias_version
 from assets.evaluation import EvalReportConfig, champion_model, eval_gate, eval_report
 from resources.mlflow import MLflowResource
+from resources.operations import OperationsResource
 from sensors.promotion import promotion_job, promotion_run_key, promotion_sensor
 from tests.evaluation_helpers import (
     TEST_SETTINGS,
@@ -72,14 +73,20 @@ def eval_config() -> EvalReportConfig:
     return EvalReportConfig(**settings | TEST_THRESHOLDS.model_dump())
 
 
+# The team the promotion step acts for: a Dagster run tag (the owner team of the model).
+RUN_TAGS = {"aiplat/team": "team:ml", "aiplat/actor": "ml-bot"}
+
+
 def run(instance, models, tracking_uri: str, which: str, with_promotion: bool = True):
     upstream = upstream_assets(models)
     selection = [*upstream, eval_report, eval_gate] + ([champion_model] if with_promotion else [])
     return dg.materialize(
         selection,
         instance=instance,
-        resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0)},
+        resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0),
+                   "operations": OperationsResource(model_owner_teams={NAME: "team:ml"})},
         run_config=dg.RunConfig(ops={"fine_tuned_model": CandidateConfig(which=which), "eval_report": eval_config()}),
+        tags=RUN_TAGS,
         raise_on_error=False,
     )
 
@@ -90,8 +97,14 @@ def check_passed(result) -> bool:
     return evaluations[0].passed
 
 
-def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, state_dir: Path, caplog) -> None:
+def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, state_dir: Path, caplog,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
+
+    from aiplat.security.audit_log import AuditLog
+
+    # Sensor-requested runs carry no team tag: the deployment's identity (here the environment) acts.
+    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     with dg.instance_for_test() as instance:
@@ -104,6 +117,9 @@ def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, st
         assert report_meta["gate_passed"].value is True
         assert report_meta["report_page"].value.startswith(tracking_uri)
         assert client.get_model_version(NAME, "1").tags["aiplat.promotion.dagster_run_id"] == first.run_id
+        (allowed,) = [e for e in AuditLog().entries() if e["event"] == "access"]
+        assert (allowed["actor"], allowed["team"], allowed["identity_source"], allowed["decision"]) == \
+            ("ml-bot", "team:ml", "dagster-run", "allowed")
 
         # a degraded candidate: report materialized, check fails, promotion skipped, alert line logged
         with caplog.at_level(logging.ERROR, logger="aiplat.alerts"):
@@ -137,7 +153,8 @@ def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, st
         defs = dg.Definitions(
             assets=[*upstream_assets(models), eval_report, champion_model],
             jobs=[promotion_job],
-            resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0)},
+            resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0),
+                       "operations": OperationsResource()},
         )
         job = defs.resolve_job_def("promotion_job")
         request = new_tick.run_requests[0]

@@ -1,7 +1,8 @@
 """Gate and promotion against a real MLflow server with tiny models that really learn:
 a degraded candidate (shuffled labels) is blocked, a good one is promoted, a rerun does not
 promote twice, rollback works, reports for another version or against another champion never
-promote, and the leak probe catches a planted canary."""
+promote, the leak probe catches a planted canary, and only the owner team or the platform team
+may promote or roll back (every attempt in the audit log)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ from tests.evaluation_helpers import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def platform_team(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lifecycle tests act as the platform team; the access test below changes teams."""
+    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
+    monkeypatch.setenv("AIPLAT_ACTOR", "tester")
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +201,57 @@ def test_cli_promote_refuses_without_a_passing_report_and_rollback(client, track
     assert alias_version(client, name, CHAMPION).version == v1
     history = promotion.history(client, name)
     assert history[-1]["actor"].startswith("cli") and history[-1]["action"] == "rollback"
+
+
+def test_cli_promotion_and_rollback_only_for_owner_or_platform_team(client, tracking_uri: str, models, evaluate,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from aiplat.cli import cli
+    from aiplat.security.audit_log import AuditLog
+
+    name = "triage-owned"
+    runner = CliRunner()
+    v1 = register(client, name, models["good"])
+    client.set_registered_model_tag(name, "owner_team", "team:ml")
+    assert evaluate(name, v1).passed
+
+    monkeypatch.setenv("AIPLAT_TEAM", "team:search")
+    monkeypatch.setenv("AIPLAT_ACTOR", "eve")
+    refused = runner.invoke(cli, ["promote", name, v1, "--tracking-uri", tracking_uri])
+    assert refused.exit_code != 0
+    assert "access denied: eve (team:search) may not promote triage-owned version 1" in refused.output
+    assert "neither the owner (team:ml) nor team:platform" in refused.output
+    assert alias_version(client, name, CHAMPION) is None
+
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")  # the owner team, short form
+    monkeypatch.setenv("AIPLAT_ACTOR", "alice")
+    assert runner.invoke(cli, ["promote", name, v1, "--tracking-uri", tracking_uri]).exit_code == 0
+    assert alias_version(client, name, CHAMPION).version == v1
+
+    v2 = register(client, name, models["good"])
+    assert evaluate(name, v2).passed
+    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
+    monkeypatch.setenv("AIPLAT_ACTOR", "pat")
+    assert runner.invoke(cli, ["promote", name, v2, "--tracking-uri", tracking_uri]).exit_code == 0
+
+    monkeypatch.setenv("AIPLAT_TEAM", "team:search")
+    monkeypatch.setenv("AIPLAT_ACTOR", "eve")
+    no_rollback = runner.invoke(cli, ["rollback", name, "--tracking-uri", tracking_uri])
+    assert no_rollback.exit_code != 0 and "may not rollback triage-owned" in no_rollback.output
+    assert alias_version(client, name, CHAMPION).version == v2
+
+    log = AuditLog()
+    log.verify()  # the chain holds
+    decisions = [(e["action"], e["actor"], e["team"], e["decision"], e["reason"])
+                 for e in log.entries() if e["event"] == "access" and e["model"] == name]
+    assert decisions == [
+        ("promote", "eve", "team:search", "refused", "team:search is neither the owner (team:ml) nor team:platform"),
+        ("promote", "alice", "team:ml", "allowed", "owner team"),
+        ("promote", "pat", "team:platform", "allowed", "platform team"),
+        ("rollback", "eve", "team:search", "refused", "team:search is neither the owner (team:ml) nor team:platform"),
+    ]
+    done = [(e["event"], e["version"], e["actor"]) for e in log.entries() if e["event"].startswith("promote ")]
+    assert done == [("promote promoted", v1, "alice"), ("promote promoted", v2, "pat")]
+    statuses = [(e["action"], e["status"]) for e in promotion.history(client, name)]
+    assert statuses == [("promote", "refused"), ("promote", "promoted"), ("promote", "promoted"), ("rollback", "refused")]

@@ -45,11 +45,14 @@ def world(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))
     mp.setenv("AIPLAT_ENV", "local")
+    mp.setenv("AIPLAT_TEAM", "team:platform")  # deploys are for the owner or the platform team
     from aiplat.models.base import prepare_base_model
+    from aiplat.security.signing import dev_key_pair, sign_model
     from resources.mlflow import MLflowResource
     from resources.vllm import LocalVllmResource
 
     model = prepare_base_model(dest_root=state / "models").path
+    sign_model(model, dev_key_pair())  # the asset serves only folders that verify (test_serving_signature.py)
     # Small limits so that overload is reachable with a dozen requests; eager mode starts faster.
     vllm = LocalVllmResource(endpoint=ENDPOINT, enforce_eager=True, max_num_seqs=2, max_num_queued_reqs=4,
                              vllm_python=str(env.python), start_timeout_s=900, canary_concurrency=2,
@@ -64,6 +67,8 @@ def world(tmp_path_factory):
 
 def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
     from assets.serving import endpoint_load_test, served_endpoint
+    from resources.operations import OperationsResource
+    from resources.signing import ModelSigningResource
 
     @dg.asset(name="champion_model")
     def champion_model() -> None:  # stands in for the promotion asset
@@ -71,7 +76,8 @@ def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
 
     return dg.materialize(
         [champion_model, served_endpoint, endpoint_load_test], selection=[asset.key],
-        resources={"vllm": world["vllm"], "mlflow": world["mlflow"]},
+        resources={"vllm": world["vllm"], "mlflow": world["mlflow"], "model_signing": ModelSigningResource(),
+                   "operations": OperationsResource()},
         run_config={"ops": {asset.key.path[-1]: {"config": config}}},
     )
 

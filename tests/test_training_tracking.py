@@ -1,6 +1,7 @@
 """The fine-tune as a Dagster asset against a real MLflow server: one run with lineage tags,
 params, per-step and system metrics, artifacts, a registered version; and no half-registered
-version when MLflow is down or fails mid-way. Also `aiplat models list|show` over that registry."""
+version when MLflow is down or fails mid-way. The merged model is signed before upload (model.sig
+among the artifacts, the digest on the version) and the model is tagged with its owner team. Also `aiplat models list|show` over that registry."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from aiplat.training.tracking import Lineage, MlflowUnavailableError, tracked_fi
 from assets.training import base_model, fine_tuned_model
 from resources.lake import LakeIOManager
 from resources.mlflow import MLflowResource
+from resources.signing import ModelSigningResource
 from tests.training_helpers import TINY_PARAMS, build_tiny, tiny_params
 
 MLFLOW_BIN = Path(sys.executable).parent / "mlflow"
@@ -95,6 +97,7 @@ def _materialize(uri: str, tiny_model: Path, lake: Path, model_name: str, **over
         resources={
             "mlflow": MLflowResource(tracking_uri=uri, experiment_name="tests", system_metrics_interval_s=1),
             "io_manager": LakeIOManager(base_uri=str(lake)),
+            "model_signing": ModelSigningResource(),  # the dev key pair under the private state dir
         },
         run_config=dg.RunConfig(
             ops={
@@ -152,6 +155,35 @@ def test_run_has_params_step_metrics_system_metrics_and_artifacts(mlflow_server:
     assert {"model.safetensors", "tokenizer.json", "config.json"} <= model_files
     assert "adapter_model.safetensors" in adapter_files
     assert not [f for f in model_files | adapter_files if f.endswith((".bin", ".pt", ".pkl"))]
+
+
+def test_registered_model_is_signed_and_owned(mlflow_server: str, materialized, tmp_path: Path, state_dir: Path) -> None:
+    import mlflow.artifacts
+
+    from aiplat.evaluation.registry import model_folder, model_version
+    from aiplat.security import signing
+
+    _, meta = materialized
+    client = _client(mlflow_server)
+    mv = client.get_model_version("triage-tiny", meta["model_version"])
+    assert mv.tags[signing.TAG_SIGNATURE_SHA] == meta["signature_sha256"]
+    assert mv.tags[signing.TAG_MODEL_DIGEST] == meta["signature_model_digest"]
+    assert mv.tags[signing.TAG_KEY_LABEL] == "dev-local" and int(mv.tags[signing.TAG_SIGNED_FILES]) >= 3
+    assert client.get_registered_model("triage-tiny").tags["owner_team"] == "team:ml"
+    model_files = {Path(a.path).name for a in client.list_artifacts(mv.run_id, "model")}
+    assert signing.SIGNATURE_NAME in model_files
+    # What the registry holds verifies under the key that signed it, and is exactly this version.
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "dl"),
+                                                      tracking_uri=mlflow_server))
+    state = Path(meta["merged_path"]).parents[4]  # <state>/models/fine_tuned/<name>/<run>/merged
+    public = state / "security" / "dev-signing-key" / "public.pem"
+    assert signing.check_against_version(client, "triage-tiny", meta["model_version"], folder, public) == \
+        meta["signature_model_digest"]
+    # model.sig in the folder does not change the merged hash evaluation checks downloads against.
+    assert model_folder(mlflow_server, model_version(client, "triage-tiny", meta["model_version"])).is_dir()
+    (folder / "model.safetensors").write_bytes(b"\0" + (folder / "model.safetensors").read_bytes()[1:])
+    with pytest.raises(signing.SignatureError, match="changed since signing: model.safetensors"):
+        signing.verify_model(folder, public)
 
 
 def test_mlflow_down_fails_before_training(mlflow_server: str, tiny_model: Path, state_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""`aiplat promote NAME VERSION`: move the `champion` alias, only on a passing, current eval report."""
+"""`aiplat promote NAME VERSION`: move the `champion` alias, only on a passing, current eval report,
+and only for the model's owner team or the platform team (AIPLAT_TEAM; every attempt is audited)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ def mlflow_client(tracking_uri: str | None):
     except Exception as e:  # noqa: BLE001 - shown to the operator as is
         raise click.ClickException(str(e)) from None
     return resource.client
+
+
+def access_settings() -> dict:
+    """Who owns which model (when MLflow has no owner_team tag) and where the audit log is."""
+    from resources.operations import OperationsResource
+
+    operations = OperationsResource()
+    return {"owners": operations.model_owner_teams, "audit": operations.audit_log()}
 
 
 def actor() -> str:
@@ -36,10 +45,14 @@ def cli(name: str, version: str, report_sha256: str | None, tracking_uri: str | 
     from aiplat.evaluation.gate import alert_line, emit_alert
     from aiplat.evaluation.promotion import PromotionRefused, promote
     from aiplat.evaluation.registry import ModelVersionNotFound
+    from aiplat.security.access import AccessDenied
 
     client = mlflow_client(tracking_uri)
     try:
-        out = promote(client, name, version, dagster_run_id=None, actor=actor(), expected_report_sha256=report_sha256)
+        out = promote(client, name, version, dagster_run_id=None, actor=actor(), expected_report_sha256=report_sha256,
+                      **access_settings())
+    except AccessDenied as e:
+        raise click.ClickException(f"access denied: {e}") from None
     except PromotionRefused as e:
         emit_alert(alert_line("promotion", name, version, e.reason, actor=actor()))
         raise click.ClickException(str(e)) from None

@@ -8,11 +8,16 @@ The promotion log lives in MLflow, next to the registry it describes: every prom
 no-op and refusal is one finished run in the experiment `aiplat-promotion-log`, tagged with the
 model, version, previous champion, report hash, Dagster run id and actor. (A local JSONL would be
 lost with the pod that wrote it in prod.)
+
+Only the model's owner team or the platform team may promote or roll back
+(aiplat.security.access): the decision, allowed or refused, is appended to the audit log before
+anything moves, and what an allowed call did is appended after it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from aiplat.evaluation.registry import (
@@ -26,6 +31,9 @@ from aiplat.evaluation.registry import (
     model_version,
     version_report,
 )
+
+from aiplat.security.access import AccessDenied, Identity, authorize, current_identity, owner_team, record
+from aiplat.security.audit_log import AuditLog
 
 PROMOTION_LOG_EXPERIMENT = "aiplat-promotion-log"
 TAG_PROMOTED_SHA = "aiplat.promotion.report_sha256"
@@ -112,6 +120,22 @@ def verify_report(
     return VerifiedReport(report, sha, run_id)
 
 
+def _authorize(client, action: str, name: str, version: str | None, identity: Identity | None,
+               owners: Mapping[str, str] | None, audit: AuditLog | None, dagster_run_id: str | None,
+               actor: str) -> Identity:
+    """The caller's identity when it may act on the model; else the refusal is logged twice (audit
+    log, promotion log) and AccessDenied raised."""
+    identity = identity or current_identity()
+    owner = owner_team(client, name, owners)
+    try:
+        authorize(action, name, version, identity, owner, audit, dagster_run_id=dagster_run_id or "")
+    except AccessDenied as denied:
+        _record(client, Outcome(action, "refused", name, version, None, None, dagster_run_id, None,
+                                f"access denied: {denied}"), actor)
+        raise
+    return identity
+
+
 def promote(
     client,
     name: str,
@@ -120,9 +144,26 @@ def promote(
     dagster_run_id: str | None,
     actor: str,
     expected_report_sha256: str | None = None,
+    identity: Identity | None = None,
+    owners: Mapping[str, str] | None = None,
+    audit: AuditLog | None = None,
 ) -> Outcome:
-    """Make `version` the champion (and the old champion `previous`) on a passing, current report."""
+    """Make `version` the champion (and the old champion `previous`) on a passing, current report.
+
+    `identity` defaults to the environment's (AIPLAT_ACTOR / AIPLAT_TEAM); `owners` maps model
+    names to owner teams where the registered model has no `owner_team` tag. AccessDenied when the
+    caller is neither the owner team nor the platform team.
+    """
     version = str(version)
+    who = _authorize(client, "promote", name, version, identity, owners, audit, dagster_run_id, actor)
+    outcome = _promote(client, name, version, dagster_run_id, actor, expected_report_sha256)
+    record(f"promote {outcome.status}", name, version, who, audit, detail=outcome.detail,
+           report_sha256=outcome.report_sha256 or "", dagster_run_id=dagster_run_id or "")
+    return outcome
+
+
+def _promote(client, name: str, version: str, dagster_run_id: str | None, actor: str,
+             expected_report_sha256: str | None) -> Outcome:
     ref = model_version(client, name, version)
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and champion.version == version:
@@ -153,8 +194,18 @@ def promote(
                                    verified.sha256, dagster_run_id, None, detail), actor)
 
 
-def rollback(client, name: str, *, dagster_run_id: str | None, actor: str) -> Outcome:
-    """Point `champion` back at `previous`. Rolling back again is a no-op (they already agree)."""
+def rollback(client, name: str, *, dagster_run_id: str | None, actor: str, identity: Identity | None = None,
+             owners: Mapping[str, str] | None = None, audit: AuditLog | None = None) -> Outcome:
+    """Point `champion` back at `previous`. Rolling back again is a no-op (they already agree).
+    AccessDenied when the caller is neither the owner team nor the platform team."""
+    who = _authorize(client, "rollback", name, None, identity, owners, audit, dagster_run_id, actor)
+    outcome = _rollback(client, name, dagster_run_id, actor)
+    record(f"rollback {outcome.status}", name, outcome.version, who, audit, detail=outcome.detail,
+           dagster_run_id=dagster_run_id or "")
+    return outcome
+
+
+def _rollback(client, name: str, dagster_run_id: str | None, actor: str) -> Outcome:
     champion = alias_version(client, name, CHAMPION)
     previous = alias_version(client, name, PREVIOUS)
     if champion is None or previous is None:

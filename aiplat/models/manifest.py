@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST_NAME = "aiplat-manifest.json"
+# The signature (aiplat.security.signing) is written into the folder after the manifest: the folder
+# hash stays the hash of the model's own files, and the signature is checked by verify_model instead.
+SIGNATURE_NAME = "model.sig"
 # Files a model folder must never hold: they deserialize with pickle.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -51,7 +54,7 @@ def compute_manifest(folder: Path, extra: dict | None = None) -> FolderManifest:
     files: dict[str, dict[str, int | str]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel == MANIFEST_NAME:
+        if rel in (MANIFEST_NAME, SIGNATURE_NAME):
             continue
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     lines = "\n".join(f"{rel} {meta['sha256']}" for rel, meta in sorted(files.items()))

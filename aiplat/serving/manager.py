@@ -3,6 +3,10 @@
 The registry entry of an endpoint changes only after its new server completed a token, so a
 start that fails (bad model, crash, timeout) leaves the previous server serving and the entry
 as it was; the error names the cause from the new server's log.
+
+With a `public_key`, a model folder is verified against its signature (aiplat.security.signing)
+before any server starts for it: a changed, added or missing file raises SignatureError, and
+neither the registry nor the live server is touched.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ class EndpointManager:
     settings: ServerSettings = ServerSettings()
     registry: EndpointRegistry | None = None
     progress: Progress | None = None
+    public_key: Path | None = None  # set: only folders signed by its private key are started
+
+    def verify(self, model: ModelRef) -> str | None:
+        """The model's signed digest, or SignatureError; None when this manager checks no signatures."""
+        if self.public_key is None:
+            return None
+        from aiplat.security.signing import verify_model
+
+        return verify_model(model.path, self.public_key)
 
     def __post_init__(self) -> None:
         if self.registry is None:
@@ -100,6 +113,7 @@ class EndpointManager:
         endpoint's registry entry is then unchanged.
         """
         validate_endpoint_name(name)
+        self.verify(model)  # before anything starts or is written
         current = self.registry.get(name)
         if current and current.candidate:
             raise CandidateBusy(

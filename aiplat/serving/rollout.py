@@ -3,6 +3,8 @@
 No live endpoint yet: start it (a failed start leaves nothing behind and says why).
 Live endpoint already serves this version and is healthy: nothing to do.
 Otherwise: canary, then switch or roll back (aiplat.serving.canary).
+A manager with a public key verifies the model's signature first; a SignatureError leaves the
+endpoint's registry entry and servers exactly as they were (not even a leftover canary is cleared).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def roll_out(
     probes: Sequence[str] = DEFAULT_PROBES,
     load_sample: Sequence[str] = (),
 ) -> RolloutResult:
+    manager.verify(model)
     current = manager.registry.get(name)
     if current is not None and current.candidate is not None:
         # A canary that died half-way (killed step): its candidate takes no traffic; clear it.

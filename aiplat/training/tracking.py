@@ -1,6 +1,9 @@
 """One tracked fine-tune: an MLflow run with lineage tags, params, per-step and system metrics,
 artifacts, and, only after all of that succeeded, a new registered model version.
 
+The merged folder is signed (aiplat.security.signing) before it is uploaded, so `model.sig` lies
+beside the weights in the artifact store, and the signature's digest is tagged on the version.
+
 Failure rules: MLflow unreachable -> MlflowUnavailableError before any training. A failure after
 the run was created marks the run FAILED and deletes any model version this call created, so the
 registry never holds a version whose artifacts are incomplete.
@@ -17,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from aiplat.security.signing import KeyPair, SignedModel, sign_model, tag_model_version
 from aiplat.training.data import normalize_columns, validate_training_set
 from aiplat.training.lora import FineTuneParams, FineTuneResult, StepMetrics, fine_tune
 
@@ -103,6 +107,7 @@ class TrackedFineTune:
     model_name: str
     model_version: str
     model_version_url: str
+    signature: SignedModel | None = None
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -120,19 +125,30 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name)
 
 
-def _ensure_registered_model(client, name: str, description: str) -> None:
+def _ensure_registered_model(client, name: str, description: str, owner_team: str | None = None) -> None:
+    """Create the registered model (tagged with its owner team) unless it exists.
+
+    An existing model without an owner gets one; an existing owner is never replaced here, or any
+    training run could take a model over (change it deliberately with `set_registered_model_tag`).
+    """
     from mlflow.exceptions import MlflowException
 
+    from aiplat.security.access import OWNER_TAG
+
     try:
-        client.get_registered_model(name)
+        existing = client.get_registered_model(name)
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
+        tags = {"aiplat.task": "ticket-triage", **({OWNER_TAG: owner_team} if owner_team else {})}
         try:
-            client.create_registered_model(name, description=description, tags={"aiplat.task": "ticket-triage"})
+            client.create_registered_model(name, description=description, tags=tags)
         except MlflowException as race:  # another run created it meanwhile
             if race.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        return
+    if owner_team and not (existing.tags or {}).get(OWNER_TAG):
+        client.set_registered_model_tag(name, OWNER_TAG, owner_team)
 
 
 def _wait_ready(client, name: str, version: str, timeout_s: float = 60.0) -> None:
@@ -158,7 +174,11 @@ def tracked_fine_tune(
     work_dir: Path,
     system_metrics_interval_s: float | None = 5.0,
     on_step: Callable[[StepMetrics], None] | None = None,
+    signing_keys: KeyPair | None = None,
+    owner_team: str | None = None,
 ) -> TrackedFineTune:
+    """Train, sign (when `signing_keys` are given: the Dagster asset always passes them), upload,
+    register. `owner_team` becomes the registered model's `owner_team` tag when it has none."""
     from mlflow.entities import Metric, Param
 
     # Bad data and an unreachable server are both known before a run exists: fail without one.
@@ -180,6 +200,7 @@ def tracked_fine_tune(
     stage = "logging parameters"
     monitor = None
     created_version: str | None = None
+    signed: SignedModel | None = None
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _flat_params(params, training_set).items()])
         if system_metrics_interval_s:
@@ -216,6 +237,11 @@ def tracked_fine_tune(
         client.set_tag(run_id, "aiplat.merged_sha256", result.merged_sha256)
         client.set_tag(run_id, "aiplat.device", result.device)
 
+        if signing_keys is not None:
+            stage = "signing the model"
+            signed = sign_model(result.merged_dir, signing_keys)
+            client.set_tag(run_id, "aiplat.signature.sha256", signed.signature_sha256)
+
         stage = "uploading artifacts"
         client.log_artifacts(run_id, str(result.adapter_dir), ADAPTER_ARTIFACT)
         client.log_artifacts(run_id, str(result.merged_dir), MODEL_ARTIFACT)
@@ -224,7 +250,7 @@ def tracked_fine_tune(
             monitor = None
 
         stage = "registering the model version"
-        _ensure_registered_model(client, model_name, "LoRA fine-tunes for support-ticket triage")
+        _ensure_registered_model(client, model_name, "LoRA fine-tunes for support-ticket triage", owner_team)
         artifact_uri = client.get_run(run_id).info.artifact_uri
         url = run_url(tracking_uri, experiment_id, run_id)
         version_tags = {
@@ -244,6 +270,8 @@ def tracked_fine_tune(
             description=f"LoRA r={params.lora_r} on {lineage.base_model_source}, {params.steps} steps",
         )
         created_version = str(mv.version)
+        if signed is not None:
+            tag_model_version(client, model_name, created_version, signed)
         _wait_ready(client, model_name, created_version)
         client.set_terminated(run_id, "FINISHED")
     except BaseException as e:
@@ -264,6 +292,7 @@ def tracked_fine_tune(
         model_name=model_name,
         model_version=created_version,
         model_version_url=model_version_url(tracking_uri, model_name, created_version),
+        signature=signed,
     )
 
 
