@@ -98,3 +98,20 @@ def test_cli_report_team_since_and_budget_exit(state_dir: Path, caplog: pytest.L
     assert any(r.getMessage().startswith("AIPLAT_ALERT budget team=team:ml") for r in caplog.records)
     bad = runner.invoke(cli, ["report", "--since", "yesterday"])
     assert bad.exit_code == 2 and "is not a date" in bad.output
+
+
+def test_a_day_without_traffic_reports_zero_float_totals(tmp_path):
+    import dagster as dg
+
+    from assets.operations import cost_report
+    from resources.operations import OperationsResource
+
+    result = dg.materialize(
+        [cost_report],
+        resources={"operations": OperationsResource(request_log_path=str(tmp_path / "empty.jsonl"),
+                                                    audit_log_path=str(tmp_path / "audit.jsonl"),
+                                                    reports_dir=str(tmp_path / "reports"))},
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("cost_report")[0].metadata
+    assert metadata["total_cost"].value == 0.0

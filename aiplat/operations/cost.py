@@ -113,8 +113,9 @@ def attribute(records: list[RequestRecord], rates: CostRates, budgets: Mapping[s
                      "gpu_hours": g["gpu_hours"], "gpu_cost": gpu_cost, "total_cost": g["token_cost"] + gpu_cost})
     frame = pd.DataFrame(rows, columns=COLUMNS)
 
-    whole_gpu_hours = sum(endpoint_gpu_hours.values())
-    whole_token_cost = sum(token_cost(r, rates) for r in records)
+    # Start the sums at 0.0: a day without traffic still totals floats, not the int 0.
+    whole_gpu_hours = sum(endpoint_gpu_hours.values(), 0.0)
+    whole_token_cost = sum((token_cost(r, rates) for r in records), 0.0)
     totals = {
         "requests": float(len(records)),
         "prompt_tokens": float(sum(r.prompt_tokens for r in records)),
