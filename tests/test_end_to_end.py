@@ -96,17 +96,17 @@ def local_runtime(tmp_path, monkeypatch):
         down(["mlflow", "milvus"])
 
 
+def _text_of(path: Path) -> str:
+    """What a person or a process could read in a file: Parquet decoded, other files as text."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path).to_json(orient="records", date_format="iso")
+    if path.suffix in (".safetensors", ".png", ".bin", ".pt", ".sig"):
+        return ""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
 def _all_text_under(folder: Path) -> str:
-    """Everything a person or a process could read there: Parquet decoded, other files as text."""
-    parts = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.suffix == ".parquet":
-            parts.append(pd.read_parquet(path).to_json(orient="records", date_format="iso"))
-        elif path.suffix in (".safetensors", ".png", ".bin", ".pt", ".sig"):
-            continue
-        else:
-            parts.append(path.read_bytes().decode("utf-8", errors="replace"))
-    return "\n".join(parts)
+    return "\n".join(_text_of(p) for p in sorted(folder.rglob("*")) if p.is_file())
 
 
 def test_the_whole_graph_from_landing_to_a_served_endpoint(local_runtime):
@@ -130,7 +130,10 @@ def test_the_whole_graph_from_landing_to_a_served_endpoint(local_runtime):
     every_asset = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     made = {key for s in summaries for key in s.materialized}
     assert made == every_asset, f"not materialized: {sorted(every_asset - made)}"
-    assert all(not s.failed_checks for s in summaries), [s.failed_checks for s in summaries]
+    # The planted bad lines trip the quarantine-rate warning of their batches (severity WARN); every
+    # other check, the blocking gates included, passed.
+    failed_checks = {c for s in summaries for c in s.failed_checks}
+    assert failed_checks == {"raw_tickets:quarantine_rate"}
 
     # The endpoint answers through the official client.
     from openai import OpenAI
@@ -154,7 +157,7 @@ def test_the_whole_graph_from_landing_to_a_served_endpoint(local_runtime):
     raw_text = _all_text_under(lake / "raw_tickets")
     assert CANARIES["email"] in raw_text, "the canary must have entered the platform"
     downstream = [p for p in lake.iterdir() if p.name.removesuffix(".parquet") not in raw]
-    texts = {str(p): _all_text_under(p) if p.is_dir() else _all_text_under(p.parent) for p in downstream}
+    texts = {str(p): _all_text_under(p) if p.is_dir() else _text_of(p) for p in downstream}
     texts["feast"] = _all_text_under(state / "feast")
     texts["mlflow"] = _all_text_under(state / "mlflow" / "artifacts")
     texts["dagster"] = "\n".join(
