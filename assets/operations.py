@@ -1,4 +1,5 @@
-"""Group `operations`: how every endpoint behaves (endpoint_metrics) and what it costs whom (cost_report).
+"""Group `operations`: how every endpoint behaves (endpoint_metrics), what it costs whom (cost_report)
+and whether the live model still answers the golden set as well as it did (live_quality).
 
 Thin: aiplat.operations does the work; `aiplat cost report` calls the same functions.
 """
@@ -11,7 +12,9 @@ import dagster as dg
 from pydantic import Field
 
 from aiplat.provenance import code_version
+from resources.mlflow import MLflowResource
 from resources.operations import OperationsResource
+from resources.signing import ModelSigningResource
 from resources.vllm import VllmResource
 
 GROUP = "operations"
@@ -149,3 +152,160 @@ def cost_report(context: dg.AssetExecutionContext, config: CostReportConfig,
         description="; ".join(alerts) or "every team within its daily budget",
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+class LiveQualityConfig(dg.Config):
+    rollback_on_regression: Optional[bool] = Field(
+        default=None, description="Override the deployment's OperationsResource.rollback_on_quality_regression")
+    golden_version: str = Field(default="v1", description="Golden set version (aiplat/evaluation/golden_<v>.jsonl)")
+    max_tokens: int = Field(default=48, ge=4, description="Generation budget per answer, as in the offline eval")
+
+
+LIVE_QUALITY = dg.AssetKey("live_quality")
+LIVE_QUALITY_CHECK = "golden_accuracy_holds"
+
+
+@dg.asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"vllm", "mlflow"},
+    deps=[SERVED_ENDPOINT],
+    check_specs=[dg.AssetCheckSpec(LIVE_QUALITY_CHECK, asset="live_quality", description=(
+        "The live endpoint's golden accuracy is within the allowed drop of its baseline, every golden request "
+        "answered, and no PII or canary in the answers"))],
+    description=(
+        "The golden set asked of the live endpoint through its OpenAI API (hourly schedule): accuracy, macro-F1, "
+        "parse and error rates, latency, compared with the version's eval report (or its first live reading). "
+        "A drop beyond the threshold fails the check, logs `AIPLAT_ALERT gate=live_quality ...` and, where "
+        "enabled, rolls the endpoint and the champion alias back."
+    ),
+)
+def live_quality(context: dg.AssetExecutionContext, config: LiveQualityConfig, vllm: VllmResource,
+                 mlflow: MLflowResource, model_signing: ModelSigningResource,
+                 operations: OperationsResource) -> dg.MaterializeResult:
+    from aiplat.evaluation.gate import alert_line, emit_alert
+    from aiplat.evaluation.golden import GoldenSetError, load_golden
+    from aiplat.operations.quality import ask_golden, baseline_from_readings, judge, score
+    from aiplat.serving.manager import EndpointNotFound
+
+    name = mlflow.registered_model_name
+    try:
+        champion = _alias_version(mlflow, name, "champion")
+    except Exception as e:  # noqa: BLE001 - the registry being down must not stop the reading itself
+        context.log.warning(f"model registry unreachable, reading the endpoint without it: {type(e).__name__}: {e}")
+        champion = None
+    try:
+        target = vllm.live_target(champion)
+        golden = load_golden(config.golden_version)
+    except (EndpointNotFound, GoldenSetError) as e:
+        raise dg.Failure(f"no golden-set reading: {e}") from e
+    context.log.info(f"asking {len(golden.rows)} golden tickets of {target.endpoint} version {target.model_version}")
+    answers = ask_golden(target, golden, max_tokens=config.max_tokens, concurrency=operations.live_quality_concurrency,
+                         record=operations.request_log().append, progress=context.log.info)
+    quality = score(target, golden, answers)
+    baseline = _report_baseline(mlflow, name, quality.model_version, golden) or baseline_from_readings(
+        _earlier_readings(context.instance), quality)
+    verdict = judge(quality, baseline, operations.quality_thresholds())
+
+    rollback = "not needed"
+    if not verdict.passed:
+        enabled = operations.rollback_on_quality_regression if config.rollback_on_regression is None \
+            else config.rollback_on_regression
+        emit_alert(alert_line("live_quality", name, quality.model_version, verdict.summary(), endpoint=target.endpoint,
+                              action="rollback" if enabled else "alert"), context.log)
+        rollback = _roll_back(context, name, quality.model_version, champion, vllm, mlflow, model_signing, operations) \
+            if enabled else "disabled (alert only)"
+        context.log.warning(f"rollback: {rollback}")
+
+    metadata: dict = {
+        "endpoint": target.endpoint,
+        "model_version": quality.model_version,
+        "champion_version": champion or "",
+        "golden_version": quality.golden_version,
+        "golden_sha256": quality.golden_sha256,
+        "golden_accuracy": dg.MetadataValue.float(quality.accuracy),
+        "golden_macro_f1": dg.MetadataValue.float(quality.macro_f1),
+        "parse_rate": dg.MetadataValue.float(quality.parse_rate),
+        "error_rate": dg.MetadataValue.float(quality.error_rate),
+        "latency_p50_ms": dg.MetadataValue.float(quality.latency_p50_ms),
+        "latency_p95_ms": dg.MetadataValue.float(quality.latency_p95_ms),
+        "leak_findings": len(quality.leak_findings),
+        "misses": dg.MetadataValue.json(quality.misses),
+        "baseline_accuracy": dg.MetadataValue.float(baseline.accuracy) if baseline else "none yet",
+        "baseline_source": baseline.source if baseline else "this reading",
+        "baseline_eligible": verdict.passed,
+        "verdict": verdict.summary(),
+        "rollback": rollback,
+        "code_version": code_version(),
+        "owner": OWNERS[0],
+    }
+    if verdict.drop is not None:
+        metadata["golden_accuracy_drop"] = dg.MetadataValue.float(verdict.drop)
+    check = dg.AssetCheckResult(
+        check_name=LIVE_QUALITY_CHECK, passed=verdict.passed, severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict.summary(),
+        metadata={"reasons": dg.MetadataValue.json(verdict.reasons), "rollback": rollback,
+                  "findings": dg.MetadataValue.json(quality.leak_findings)},
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+def _alias_version(mlflow: MLflowResource, name: str, alias: str) -> Optional[str]:
+    from aiplat.evaluation.registry import alias_version
+
+    ref = alias_version(mlflow.client, name, alias)
+    return ref.version if ref else None
+
+
+def _report_baseline(mlflow: MLflowResource, name: str, version: str, golden):
+    """The golden accuracy the version's eval report measured; None for a version without one."""
+    from aiplat.evaluation.registry import ModelVersionNotFound, ReportMissing, model_version, version_report
+    from aiplat.operations.quality import baseline_from_report
+
+    try:
+        report, sha, _ = version_report(mlflow.client, model_version(mlflow.client, name, version))
+    except (ModelVersionNotFound, ReportMissing):
+        return None  # a drill served from a folder, or a version evaluated before reports existed
+    except Exception:  # noqa: BLE001 - registry down: the live readings still give a baseline
+        return None
+    return baseline_from_report(report, sha, golden)
+
+
+def _earlier_readings(instance: dg.DagsterInstance) -> list[dict]:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=LIVE_QUALITY), limit=1000,
+                                              ascending=True).records
+    return [{**{k: v.value for k, v in r.asset_materialization.metadata.items()}, "run_id": r.run_id} for r in records]
+
+
+def _roll_back(context: dg.AssetExecutionContext, name: str, version: str, champion: Optional[str],
+               vllm: VllmResource, mlflow: MLflowResource, model_signing: ModelSigningResource,
+               operations: OperationsResource) -> str:
+    """Serve the endpoint's previous version again and, when the regressed version is the champion,
+    move the alias back too. Access-controlled and audited like a rollback by hand; any refusal
+    leaves the live endpoint as it is and says why."""
+    from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
+    from aiplat.security.signing import SignatureError
+    from aiplat.serving.champion import PREVIOUS, MlflowAliasSource, ModelResolutionError, restore_previous_alias
+    from aiplat.serving.manager import EndpointNotFound
+    from aiplat.serving.server import ServerStartError
+
+    audit = operations.audit_log()
+    identity = current_identity(context.run.tags)
+    owner = owner_team(mlflow.client, name, operations.model_owner_teams)
+    why = "live golden-set regression"
+    try:
+        authorize("rollback", name, version, identity, owner, audit, endpoint=vllm.endpoint, reason=why,
+                  dagster_run_id=context.run_id)
+    except AccessDenied as e:
+        return f"refused: {e}"
+    previous = lambda: MlflowAliasSource(mlflow.client, name, PREVIOUS, tracking_uri=mlflow.uri).resolve()  # noqa: E731
+    try:
+        live = vllm.roll_back(model_signing.key_pair().public_key, registry_previous=previous)
+    except (SignatureError, EndpointNotFound, ServerStartError, ModelResolutionError, ValueError) as e:
+        record("rollback failed", name, version, identity, audit, endpoint=vllm.endpoint, reason=str(e),
+               dagster_run_id=context.run_id)
+        return f"failed, version {version} still serves: {e}"
+    alias = restore_previous_alias(mlflow.client, name) if champion == version else "champion alias not involved"
+    record("rolled back", name, live.model_version, identity, audit, endpoint=vllm.endpoint, from_version=version,
+           reason=why, alias=alias, dagster_run_id=context.run_id)
+    return f"{vllm.endpoint} now serves version {live.model_version} (was {version}); {alias}"

@@ -16,7 +16,7 @@ from aiplat.config import runtime
 from assets.intake import BATCHES
 from platform_defs.jobs import downstream_job, ingest_jobs
 from platform_defs.resources import resources_for
-from platform_defs.schedules import cost_report_schedule, feature_refresh_schedule
+from platform_defs.schedules import cost_report_schedule, feature_refresh_schedule, live_quality_schedule
 from sensors.landing import build_landing_sensor
 from sensors.promotion import promotion_job, promotion_sensor
 from sensors.reindex import kb_reindex_job, kb_reindex_sensor
@@ -34,7 +34,7 @@ def build_definitions(resource_overrides: dict | None = None) -> dg.Definitions:
         assets=all_assets,
         asset_checks=list(dg.load_asset_checks_from_modules(STAGE_MODULES)),
         jobs=[*jobs.values(), *([downstream] if downstream else []), kb_reindex_job, assets.training.fine_tuning_job, promotion_job],
-        schedules=[feature_refresh_schedule(), cost_report_schedule()],
+        schedules=[feature_refresh_schedule(), cost_report_schedule(), live_quality_schedule()],
         sensors=[build_landing_sensor(jobs, BATCHES), kb_reindex_sensor, promotion_sensor],
         resources={**resources_for(runtime()), **(resource_overrides or {})},
     )

@@ -27,6 +27,13 @@ class OperationsResource(dg.ConfigurableResource):
     model_owner_teams: dict[str, str] = Field(default_factory=lambda: {"ticket-triage": "team:ml"},
                                               description="Owner team per registered model when MLflow has no owner_team tag")
     scrape_timeout_s: float = Field(default=5.0, gt=0)
+    live_quality_max_golden_drop: float = Field(default=0.10, ge=0, le=1, description=(
+        "Allowed drop of the live endpoint's golden accuracy below its baseline. Looser than the gate's "
+        "regression rule: vLLM in bf16 and transformers in fp32 do not decode identically"))
+    live_quality_max_error_rate: float = Field(default=0.0, ge=0, le=1)
+    rollback_on_quality_regression: bool = Field(default=False, description=(
+        "Roll the endpoint (and the champion alias) back when the live golden-set check fails"))
+    live_quality_concurrency: int = Field(default=4, ge=1)
 
     @classmethod
     def local(cls) -> "OperationsResource":
@@ -36,6 +43,11 @@ class OperationsResource(dg.ConfigurableResource):
     def prod(cls) -> "OperationsResource":
         return cls(request_log_path=dg.EnvVar("AIPLAT_REQUEST_LOG"), audit_log_path=dg.EnvVar("AIPLAT_AUDIT_LOG"),
                    reports_dir=dg.EnvVar("AIPLAT_REPORTS_DIR"))
+
+    def quality_thresholds(self) -> Any:
+        from aiplat.operations.quality import Thresholds
+
+        return Thresholds(self.live_quality_max_golden_drop, self.live_quality_max_error_rate)
 
     def rates(self) -> Any:
         from aiplat.operations.cost import CostRates

@@ -90,6 +90,27 @@ class LocalVllmResource(VllmResource):
     def live_server(self) -> Any:
         return self.manager.get(self.endpoint).live
 
+    def live_target(self, model_version: Optional[str] = None) -> Any:
+        """Where the live server answers (aiplat.operations.quality.Target); EndpointNotFound if none."""
+        from aiplat.operations.quality import Target
+
+        live = self.manager.refresh(self.endpoint).live
+        if live is None:
+            from aiplat.serving.manager import EndpointNotFound
+
+            raise EndpointNotFound(f"endpoint {self.endpoint!r} has no live server")
+        return Target(self.endpoint, live.url, live.served_model_name, live.model_version)
+
+    def roll_back(self, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
+        """Incident path, no canary: serve again the version this endpoint served before its last
+        switch (its own history is what really served here), after that folder verified against its
+        signature. SignatureError / ServerStartError leave the live server as it is."""
+        from dataclasses import replace
+
+        manager = self.manager if public_key is None else replace(self.manager, public_key=Path(public_key))
+        record = manager.deploy(self.endpoint, manager.previous_model(self.endpoint))
+        return record.live
+
     def load_test(self, concurrencies: tuple[int, ...], prompts: tuple[str, ...], num_prompts: int | None,
                   output_len: int, progress=None) -> Any:
         from aiplat.serving.loadtest import run_load_test
@@ -163,6 +184,21 @@ class ProdVllmResource(VllmResource):
                             served_model_name=self.endpoint, started_at=now, log_file="", pid_file=str(out),
                             health="manifests rendered", checked_at=now)
         return RolloutResult(self.endpoint, "manifests rendered", live)
+
+    def live_target(self, model_version: Optional[str] = None) -> Any:
+        """The endpoint behind the inference gateway; the version is the registry's (the cluster
+        serves what the last applied manifests say)."""
+        from aiplat.operations.quality import Target
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return Target(self.endpoint, self.endpoint_url(), self.endpoint, model_version or "unknown", headers)
+
+    def roll_back(self, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
+        """Render the registry's `previous` version alone at 100% (`registry_previous()` resolves and
+        downloads it), verified first like any rollout."""
+        if registry_previous is None:
+            raise ValueError("a prod rollback needs the registry's previous version")
+        return self.roll_out(registry_previous(), public_key=public_key).live
 
     def render_rollout(self, live_version: str | None, candidate_version: str, model_name: str) -> list[dict]:
         """The candidate beside the live version with `canary_weight`% of the traffic (or the

@@ -1,0 +1,200 @@
+"""The live golden-set monitor against real vLLM servers on the CPU (SmolLM2-135M-Instruct), a real
+MLflow registry (SQLite, no server) and real Dagster instances.
+
+The endpoint serves version 2 after version 1 (two signed copies of the same model), so there is a
+version to roll back to. A regression is made by what the monitor compares with: an earlier
+reading of version 2 that scored 1.0 on the golden set (reported to the instance as a real
+materialization), which the untuned model never reaches live. The tests run in order and share
+the servers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+
+from aiplat.evaluation.golden import load_golden
+from aiplat.serving.champion import FolderSource
+from tests.conftest import IN_CI
+
+pytestmark = pytest.mark.slow
+
+ENDPOINT = "ticket-triage"
+ROLLBACK_TAGS = {"aiplat/team": "team:platform", "aiplat/actor": "schedule:hourly_live_quality"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from aiplat.stack import VLLM_SETUP, vllm_env
+
+    env = vllm_env()
+    if not env.ready:
+        message = f"no vLLM environment at {env.path}; build it with {VLLM_SETUP}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI must build it)")
+        pytest.skip(message)
+    state = tmp_path_factory.mktemp("live-quality-state")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIPLAT_STATE_DIR", str(state))
+    mp.setenv("AIPLAT_ENV", "local")
+    mp.setenv("AIPLAT_TEAM", "team:platform")
+    from mlflow.tracking import MlflowClient
+
+    from aiplat.models.base import prepare_base_model
+    from aiplat.security.signing import dev_key_pair, sign_model
+    from resources.mlflow import MLflowResource
+    from resources.vllm import LocalVllmResource
+
+    base = prepare_base_model(dest_root=state / "models").path
+    folders = {"1": state / "v1", "2": state / "v2"}
+    uri = f"sqlite:///{state / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model(ENDPOINT, tags={"owner_team": "team:ml"})
+    for version, folder in folders.items():
+        shutil.copytree(base, folder)
+        sign_model(folder, dev_key_pair())
+        assert client.create_model_version(ENDPOINT, source=str(folder)).version == version
+    client.set_registered_model_alias(ENDPOINT, "previous", "1")
+    client.set_registered_model_alias(ENDPOINT, "champion", "2")
+
+    vllm = LocalVllmResource(endpoint=ENDPOINT, enforce_eager=True, vllm_python=str(env.python), start_timeout_s=900,
+                             max_num_seqs=4)
+    for version, folder in folders.items():
+        vllm.manager.deploy(ENDPOINT, FolderSource(folder, version).resolve())
+    world = {"state": state, "folders": folders, "vllm": vllm, "client": client,
+             "mlflow": MLflowResource(tracking_uri=uri, registered_model_name=ENDPOINT),
+             "instance": dg.DagsterInstance.ephemeral()}
+    try:
+        yield world
+    finally:
+        vllm.manager.stop_all()
+        mp.undo()
+
+
+def _materialize(world, instance: dg.DagsterInstance, tags: dict | None = None, **config) -> dg.ExecuteInProcessResult:
+    from assets.operations import live_quality
+    from resources.operations import OperationsResource
+    from resources.signing import ModelSigningResource
+
+    @dg.asset(name="served_endpoint")
+    def served_endpoint() -> None:  # stands in for the deploy asset: the fixture deployed
+        return None
+
+    return dg.materialize(
+        [served_endpoint, live_quality], selection=[live_quality.key], instance=instance, tags=tags,
+        resources={"vllm": world["vllm"], "mlflow": world["mlflow"], "model_signing": ModelSigningResource(),
+                   "operations": OperationsResource()},
+        run_config={"ops": {"live_quality": {"config": config}}},
+    )
+
+
+def _reading(result: dg.ExecuteInProcessResult) -> tuple[dict, dg.AssetCheckEvaluation]:
+    mat = result.asset_materializations_for_node("live_quality")[0]
+    [check] = result.get_asset_check_evaluations()
+    return {k: v.value for k, v in mat.metadata.items()}, check
+
+
+def _audit_events(world) -> list[dict]:
+    from aiplat.security.audit_log import AuditLog
+
+    return list(AuditLog(world["state"] / "audit" / "audit.jsonl").entries())
+
+
+def _plant_earlier_reading(instance: dg.DagsterInstance, accuracy: float) -> None:
+    golden = load_golden()
+    instance.report_runless_asset_event(dg.AssetMaterialization("live_quality", metadata={
+        "endpoint": ENDPOINT, "model_version": "2", "golden_sha256": golden.sha256,
+        "golden_accuracy": dg.MetadataValue.float(accuracy), "baseline_eligible": True}))
+
+
+def test_first_reading_is_the_baseline_and_billed_to_the_platform_team(world) -> None:
+    from resources.operations import OperationsResource
+
+    result = _materialize(world, world["instance"])
+    meta, check = _reading(result)
+    assert check.passed and meta["baseline_source"] == "this reading"
+    assert meta["model_version"] == "2" and meta["champion_version"] == "2"
+    assert meta["error_rate"] == 0.0 and 0.0 <= meta["golden_accuracy"] <= 1.0
+    assert isinstance(result.asset_materializations_for_node("live_quality")[0].metadata["golden_accuracy"],
+                      dg.FloatMetadataValue)  # plotted over time in the UI
+    records, rejected = OperationsResource().request_log().read()
+    golden = load_golden()
+    assert not rejected and len(records) == len(golden.rows)
+    assert {(r.team, r.feature, r.endpoint, r.model, r.status) for r in records} == {
+        ("team:platform", "golden-regression", ENDPOINT, "2", 200)}
+    assert all(r.prompt_tokens > 0 and r.completion_tokens > 0 for r in records)
+    today = datetime.now(timezone.utc).date()
+    rows = OperationsResource().cost_report(today, today).rows
+    mine = rows[(rows.team == "team:platform") & (rows.feature == "golden-regression")]
+    assert int(mine.requests.sum()) == len(golden.rows) and float(mine.token_cost.sum()) > 0
+    world["first_accuracy"] = meta["golden_accuracy"]
+
+
+def test_next_reading_is_judged_against_the_first(world) -> None:
+    meta, check = _reading(_materialize(world, world["instance"]))
+    assert meta["baseline_source"].startswith("first live reading")
+    assert meta["baseline_accuracy"] == pytest.approx(world["first_accuracy"])
+    assert check.passed and meta["golden_accuracy_drop"] <= 0.10
+
+
+def test_a_drop_alerts_and_by_default_does_not_roll_back(world, caplog: pytest.LogCaptureFixture) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    _plant_earlier_reading(instance, 1.0)
+    with caplog.at_level(logging.ERROR, logger="aiplat.alerts"):
+        meta, check = _reading(_materialize(world, instance))
+    assert not check.passed and meta["baseline_accuracy"] == 1.0 and meta["golden_accuracy"] < 0.9
+    assert meta["rollback"] == "disabled (alert only)"
+    [alert] = [r.getMessage() for r in caplog.records if r.name == "aiplat.alerts"]
+    assert alert.startswith("AIPLAT_ALERT gate=live_quality model=ticket-triage version=2 endpoint=ticket-triage "
+                            "action=alert reason=\"golden accuracy")
+    assert world["vllm"].manager.get(ENDPOINT).live.model_version == "2"
+    world["regressed"] = instance
+
+
+def test_rollback_by_another_team_is_refused_and_audited(world) -> None:
+    meta, check = _reading(_materialize(world, world["regressed"], tags={"aiplat/team": "team:search",
+                                                                         "aiplat/actor": "mallory"},
+                                        rollback_on_regression=True))
+    assert not check.passed and meta["rollback"].startswith("refused: mallory (team:search) may not rollback")
+    refused = [e for e in _audit_events(world) if e.get("decision") == "refused"]
+    assert refused[-1]["action"] == "rollback" and refused[-1]["team"] == "team:search"
+    assert world["vllm"].manager.get(ENDPOINT).live.model_version == "2"
+
+
+def test_rollback_refuses_a_tampered_previous_version_and_version_2_keeps_serving(world) -> None:
+    extra = world["folders"]["1"] / "extra.bin"
+    extra.write_bytes(b"not signed")  # a file added to the folder after signing
+    try:
+        meta, check = _reading(_materialize(world, world["regressed"], tags=ROLLBACK_TAGS, rollback_on_regression=True))
+    finally:
+        extra.unlink()
+    assert not check.passed and meta["rollback"].startswith("failed, version 2 still serves")
+    live = world["vllm"].manager.get(ENDPOINT).live
+    assert live.model_version == "2" and live.health == "ready"
+    assert _audit_events(world)[-1]["event"] == "rollback failed"
+    assert world["client"].get_model_version_by_alias(ENDPOINT, "champion").version == "2"
+
+
+def test_a_drop_rolls_back_the_endpoint_and_the_champion(world) -> None:
+    meta, check = _reading(_materialize(world, world["regressed"], tags=ROLLBACK_TAGS, rollback_on_regression=True))
+    assert not check.passed
+    assert meta["rollback"].startswith("ticket-triage now serves version 1 (was 2)")
+    live = world["vllm"].manager.get(ENDPOINT).live
+    assert live.model_version == "1" and live.model_path == str(world["folders"]["1"].resolve())
+    assert world["client"].get_model_version_by_alias(ENDPOINT, "champion").version == "1"
+    events = _audit_events(world)
+    allowed = [e for e in events if e.get("decision") == "allowed" and e.get("action") == "rollback"]
+    assert allowed and allowed[-1]["actor"] == "schedule:hourly_live_quality"
+    assert events[-1]["event"] == "rolled back" and events[-1]["from_version"] == "2"
+    answer = httpx.post(f"{live.url}/v1/chat/completions", timeout=300, json={
+        "model": ENDPOINT, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 12, "temperature": 0})
+    assert answer.status_code == 200 and "Paris" in json.dumps(answer.json())
+    assert Path(live.log_file).is_file()
