@@ -20,6 +20,7 @@ COMMAND_MODULES: dict[str, str] = {
     "features": "aiplat.commands.features",
     "endpoints": "aiplat.commands.endpoints",
     "chat": "aiplat.commands.chat",
+    "gateway": "aiplat.commands.gateway",
     "promote": "aiplat.commands.promote",
     "rollback": "aiplat.commands.rollback",
     "cost": "aiplat.commands.cost",

@@ -86,6 +86,7 @@ class LocalPorts:
     dagster: int = 3000
     mlflow: int = 5000
     milvus: int = 19530
+    gateway: int = 4000
 
 
 def _port(name: str, default: int) -> int:
@@ -108,6 +109,7 @@ def local_ports() -> LocalPorts:
         dagster=_port("AIPLAT_DAGSTER_PORT", defaults.dagster),
         mlflow=_port("AIPLAT_MLFLOW_PORT", defaults.mlflow),
         milvus=_port("AIPLAT_MILVUS_PORT", defaults.milvus),
+        gateway=_port("AIPLAT_GATEWAY_PORT", defaults.gateway),
     )
 
 

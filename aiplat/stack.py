@@ -1,7 +1,8 @@
 """The local runtime: start, health-check and stop the platform's local services by PID.
 
-Two long-running services (MLflow tracking server, Milvus Lite in TCP server mode) and one
-environment (the separate vLLM-on-CPU venv that the serving stage starts its servers from).
+Three long-running services (MLflow tracking server, Milvus Lite in TCP server mode, the metering
+gateway in front of the endpoints) and one environment (the separate vLLM-on-CPU venv that the
+serving stage starts its servers from).
 All state lives under aiplat.config.local_paths(): data in mlflow/ and milvus/, PID files in
 run/, logs in logs/. Paths and ports are read at call time, so AIPLAT_STATE_DIR and
 AIPLAT_*_PORT set by a test or a shell apply to the next call.
@@ -34,7 +35,7 @@ from aiplat.config import local_paths, local_ports
 from aiplat.net import port_open
 
 HOST = "127.0.0.1"
-SERVICES = ("mlflow", "milvus")
+SERVICES = ("mlflow", "milvus", "gateway")
 VLLM = "vllm"
 ALL = (*SERVICES, VLLM)
 VLLM_STAMP = "aiplat-stamp.txt"
@@ -134,7 +135,7 @@ def _console_script(name: str) -> str:
     return str(candidate)
 
 
-def _mlflow_health(service: Service) -> str | None:
+def _http_health(service: Service) -> str | None:
     try:
         with urllib.request.urlopen(f"{service.url}/health", timeout=2) as response:
             return None if response.status == 200 else f"GET /health answered {response.status}"
@@ -181,7 +182,7 @@ def services() -> dict[str, Service]:
             pid_file=paths.run / "mlflow.pid",
             log_file=paths.logs / "mlflow.log",
             url=f"http://{HOST}:{ports.mlflow}",
-            health=_mlflow_health,
+            health=_http_health,
             # The GenAI job runner starts seven huey consumer processes the platform never uses.
             env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ),
@@ -198,6 +199,20 @@ def services() -> dict[str, Service]:
             log_file=paths.logs / "milvus.log",
             url=f"http://{HOST}:{ports.milvus}",
             health=_milvus_health,
+        ),
+        "gateway": Service(
+            name="gateway",
+            port=ports.gateway,
+            port_env="AIPLAT_GATEWAY_PORT",
+            # Routes by the endpoint registry and appends to the request log, both found through
+            # AIPLAT_STATE_DIR, which the service inherits.
+            argv=(sys.executable, "-m", "aiplat.cli", "gateway", "serve", "--host", HOST, "--port", str(ports.gateway)),
+            workdir=paths.root / "operations",
+            pid_file=paths.run / "gateway.pid",
+            log_file=paths.logs / "gateway.log",
+            url=f"http://{HOST}:{ports.gateway}",
+            health=_http_health,
+            start_timeout=60.0,
         ),
     }
 

@@ -28,7 +28,7 @@ class EndpointMetricsConfig(dg.Config):
 
 def _live_servers(vllm: VllmResource) -> list:
     manager = getattr(vllm, "manager", None)
-    if manager is None:  # prod: Prometheus scrapes the pods (deploy/observability); the log still counts
+    if manager is None:  # prod: Prometheus scrapes the pods (OperationsResource.prometheus_url)
         return []
     return [(record.name, record.live) for record in manager.list() if record.live is not None]
 
@@ -63,6 +63,21 @@ def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsC
                 metadata[f"{endpoint}/{model}/{name}"] = dg.MetadataValue.float(float(value))
             metadata[f"{endpoint}/{model}/model_version"] = live.model_version
 
+    prometheus_series, prometheus_errors = 0, []
+    if operations.prometheus_url:
+        from aiplat.operations.prometheus import PrometheusError
+        from aiplat.operations.prometheus import endpoint_metrics as from_prometheus
+
+        try:
+            per_key = from_prometheus(operations.prometheus_url, f"{config.window_minutes}m", operations.scrape_timeout_s)
+        except PrometheusError as e:
+            prometheus_errors.append(str(e))
+            per_key = {}
+        for key, numbers in per_key.items():
+            prometheus_series += 1
+            for name, value in numbers.items():
+                metadata[f"{key}/{name}"] = dg.MetadataValue.float(float(value))
+
     now = datetime.now(timezone.utc)
     since = now - timedelta(minutes=config.window_minutes)
     records, rejected = operations.request_log().read(since.date(), now.date())
@@ -71,12 +86,14 @@ def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsC
         for name, value in numbers.items():
             metadata[f"{endpoint}/{name}"] = dg.MetadataValue.float(float(value))
 
-    if servers and len(errors) == len(servers) and not recent:
+    errors += prometheus_errors
+    if errors and not (metadata or recent):
         raise dg.Failure("no endpoint could be scraped and the request log is empty: " + "; ".join(errors))
     for problem in errors:
         context.log.warning(problem)
     metadata.update({
-        "endpoints_scraped": len(servers) - len(errors),
+        "endpoints_scraped": len(servers) - (len(errors) - len(prometheus_errors)),
+        "prometheus_series": prometheus_series,
         "scrape_errors": dg.MetadataValue.json(errors),
         "request_log_lines_rejected": len(rejected),
         "window_minutes": config.window_minutes,
@@ -294,7 +311,7 @@ def _roll_back(context: dg.AssetExecutionContext, name: str, version: str, champ
     owner = owner_team(mlflow.client, name, operations.model_owner_teams)
     why = "live golden-set regression"
     try:
-        authorize("rollback", name, version, identity, owner, audit, endpoint=vllm.endpoint, reason=why,
+        authorize("rollback", name, version, identity, owner, audit, endpoint=vllm.endpoint, trigger=why,
                   dagster_run_id=context.run_id)
     except AccessDenied as e:
         return f"refused: {e}"
@@ -307,5 +324,5 @@ def _roll_back(context: dg.AssetExecutionContext, name: str, version: str, champ
         return f"failed, version {version} still serves: {e}"
     alias = restore_previous_alias(mlflow.client, name) if champion == version else "champion alias not involved"
     record("rolled back", name, live.model_version, identity, audit, endpoint=vllm.endpoint, from_version=version,
-           reason=why, alias=alias, dagster_run_id=context.run_id)
+           trigger=why, alias=alias, dagster_run_id=context.run_id)
     return f"{vllm.endpoint} now serves version {live.model_version} (was {version}); {alias}"

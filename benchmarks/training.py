@@ -8,6 +8,11 @@ reported separately by the platform and would be the same for both).
     .venv/bin/python benchmarks/training.py                  # tiny Llama, quick
     .venv/bin/python benchmarks/training.py --model smollm2  # the real base model (prepared first)
     .venv/bin/python benchmarks/training.py --tracking-uri http://127.0.0.1:5000  # + MLflow logging
+    python benchmarks/training.py --model shape:FOLDER --device cuda  # SmolLM2's shape, random weights
+
+`shape:FOLDER` builds a model from FOLDER's config.json and tokenizer with random weights: the
+same architecture and token counts, so the same speed, where the 540 MB of weights cannot go
+(a GPU machine reached through a 64 MiB copy). `--device` applies to both loops.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ def bare_loop(base_dir: Path, df, params: FineTuneParams) -> float:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from aiplat.training.lora import resolve_device
+
+    device = resolve_device(params.device)
     seed_everything(params.seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
     model = get_peft_model(model, LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha,
                                              lora_dropout=params.lora_dropout,
                                              target_modules=list(params.target_modules), task_type="CAUSAL_LM"))
@@ -50,12 +58,29 @@ def bare_loop(base_dir: Path, df, params: FineTuneParams) -> float:
             if not queue:
                 queue = torch.randperm(len(examples), generator=order).tolist()
             batch.append(examples[queue.pop(0)])
-        ids, mask, labels = collate(batch, tok.pad_token_id)
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        ids, mask, labels = (t.to(device) for t in collate(batch, tok.pad_token_id))
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        float(loss.detach().cpu())  # the platform reads each loss too: the same synchronisation
         tokens += int(mask.sum())
     return tokens / (time.perf_counter() - start)
+
+
+def random_weights_like(source: Path, dest: Path) -> Path:
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch.float32)
+    model.save_pretrained(dest, safe_serialization=True)
+    for f in source.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "generation_config")):
+            shutil.copy2(f, dest / f.name)
+    return dest
 
 
 def platform_step(base_dir: Path, df, params: FineTuneParams, out: Path, tracking_uri: str | None) -> float:
@@ -74,7 +99,8 @@ def platform_step(base_dir: Path, df, params: FineTuneParams, out: Path, trackin
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--model", default="tiny", help="tiny | smollm2 | shape:FOLDER")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tracking-uri", default=None)
@@ -88,10 +114,17 @@ def main() -> None:
         base = build_tiny(work / "tiny")
         params = FineTuneParams(steps=args.steps or 30, learning_rate=5e-3, batch_size=4, max_length=160, seed=1)
     else:
-        from aiplat.models.base import prepare_base_model
+        if args.model.startswith("shape:"):
+            base = random_weights_like(Path(args.model.split(":", 1)[1]), work / "shape")
+        elif args.model == "smollm2":
+            from aiplat.models.base import prepare_base_model
 
-        base = prepare_base_model().path
+            base = prepare_base_model().path
+        else:
+            parser.error(f"unknown --model {args.model!r}")
         params = FineTuneParams(steps=args.steps or 6, batch_size=4, max_length=256, seed=1)
+    if args.device != "auto":
+        params = params.model_copy(update={"device": args.device})
 
     bare, plat = [], []
     for i in range(args.repeats):  # interleaved, so drift in machine load hits both alike
@@ -99,8 +132,10 @@ def main() -> None:
         plat.append(platform_step(base, df, params, work / f"run{i}", args.tracking_uri))
         print(f"round {i + 1}: bare {bare[-1]:.0f} tok/s, platform {plat[-1]:.0f} tok/s", flush=True)
     b, p = statistics.median(bare), statistics.median(plat)
-    print(f"model={args.model} steps={params.steps} batch={params.batch_size} "
-          f"tracking={'mlflow' if args.tracking_uri else 'off'}")
+    from aiplat.training.lora import resolve_device
+
+    print(f"model={args.model} device={resolve_device(params.device)} steps={params.steps} "
+          f"batch={params.batch_size} tracking={'mlflow' if args.tracking_uri else 'off'}")
     print(f"bare peft loop:      {b:10.1f} tokens/s (median of {args.repeats})")
     print(f"platform fine-tune:  {p:10.1f} tokens/s (median of {args.repeats})")
     print(f"ratio platform/bare: {p / b:10.3f}")

@@ -27,6 +27,8 @@ class OperationsResource(dg.ConfigurableResource):
     model_owner_teams: dict[str, str] = Field(default_factory=lambda: {"ticket-triage": "team:ml"},
                                               description="Owner team per registered model when MLflow has no owner_team tag")
     scrape_timeout_s: float = Field(default=5.0, gt=0)
+    prometheus_url: Optional[str] = Field(default=None, description=(
+        "Prometheus that scrapes the vLLM pods (prod); unset = scrape the local servers' /metrics directly"))
     live_quality_max_golden_drop: float = Field(default=0.10, ge=0, le=1, description=(
         "Allowed drop of the live endpoint's golden accuracy below its baseline. Looser than the gate's "
         "regression rule: vLLM in bf16 and transformers in fp32 do not decode identically"))
@@ -42,7 +44,7 @@ class OperationsResource(dg.ConfigurableResource):
     @classmethod
     def prod(cls) -> "OperationsResource":
         return cls(request_log_path=dg.EnvVar("AIPLAT_REQUEST_LOG"), audit_log_path=dg.EnvVar("AIPLAT_AUDIT_LOG"),
-                   reports_dir=dg.EnvVar("AIPLAT_REPORTS_DIR"))
+                   reports_dir=dg.EnvVar("AIPLAT_REPORTS_DIR"), prometheus_url=dg.EnvVar("AIPLAT_PROMETHEUS_URL"))
 
     def quality_thresholds(self) -> Any:
         from aiplat.operations.quality import Thresholds

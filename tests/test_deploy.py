@@ -29,6 +29,19 @@ def test_there_is_something_to_validate() -> None:
     assert {"PriorityClass", "ResourceQuota", "Namespace"} <= kinds
 
 
+def test_run_pods_mount_the_volume_the_gateway_writes_the_request_log_to(training_job_manifest: dict) -> None:
+    pod = training_job_manifest["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "aiplat-operations"]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "aiplat-operations"]
+    gateway = list(yaml.safe_load_all((DEPLOY / "serving" / "gateway.yaml").read_text()))
+    [claim] = [d for d in gateway if d and d["kind"] == "PersistentVolumeClaim"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    [deployment] = [d for d in gateway if d and d["kind"] == "Deployment"]
+    gateway_mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert mount["mountPath"] in {m["mountPath"] for m in gateway_mounts}
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_is_valid_kubernetes(path: Path, version: str) -> None:

@@ -22,6 +22,9 @@ def test_labels_from_headers_then_api_key_mapping() -> None:
     assert labels_for_request({"X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "triage"}, mapping) == ("team:ml", "triage")
     assert labels_for_request({"Authorization": "Bearer sk-search-123"}, mapping) == ("team:search", "unattributed")
     assert labels_for_request({"Authorization": "Bearer sk-unknown"}, mapping) == ("unattributed", "unattributed")
+    # A mapped key decides the team: its header cannot bill another team.
+    spoofed = {"Authorization": "Bearer sk-search-123", "X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "faq"}
+    assert labels_for_request(spoofed, mapping) == ("team:search", "faq")
     assert "sk-search-123" not in json.dumps(mapping)  # the mapping holds fingerprints, not keys
 
 

@@ -60,7 +60,7 @@ def world(tmp_path_factory):
     for version, folder in folders.items():
         shutil.copytree(base, folder)
         sign_model(folder, dev_key_pair())
-        assert client.create_model_version(ENDPOINT, source=str(folder)).version == version
+        assert str(client.create_model_version(ENDPOINT, source=str(folder)).version) == version
     client.set_registered_model_alias(ENDPOINT, "previous", "1")
     client.set_registered_model_alias(ENDPOINT, "champion", "2")
 
@@ -179,7 +179,7 @@ def test_rollback_refuses_a_tampered_previous_version_and_version_2_keeps_servin
     live = world["vllm"].manager.get(ENDPOINT).live
     assert live.model_version == "2" and live.health == "ready"
     assert _audit_events(world)[-1]["event"] == "rollback failed"
-    assert world["client"].get_model_version_by_alias(ENDPOINT, "champion").version == "2"
+    assert str(world["client"].get_model_version_by_alias(ENDPOINT, "champion").version) == "2"
 
 
 def test_a_drop_rolls_back_the_endpoint_and_the_champion(world) -> None:
@@ -188,7 +188,7 @@ def test_a_drop_rolls_back_the_endpoint_and_the_champion(world) -> None:
     assert meta["rollback"].startswith("ticket-triage now serves version 1 (was 2)")
     live = world["vllm"].manager.get(ENDPOINT).live
     assert live.model_version == "1" and live.model_path == str(world["folders"]["1"].resolve())
-    assert world["client"].get_model_version_by_alias(ENDPOINT, "champion").version == "1"
+    assert str(world["client"].get_model_version_by_alias(ENDPOINT, "champion").version) == "1"
     events = _audit_events(world)
     allowed = [e for e in events if e.get("decision") == "allowed" and e.get("action") == "rollback"]
     assert allowed and allowed[-1]["actor"] == "schedule:hourly_live_quality"

@@ -149,3 +149,57 @@ def test_cost_report_asset_budget_check_fails_with_alert(state_dir: Path, caplog
                                 reports_dir=str(state_dir / "reports"))
     ok = dg.materialize([cost_report], resources={"operations": within}, run_config=run_config)
     assert ok.get_asset_check_evaluations()[0].passed is True
+
+
+# --- prod: the same numbers asked of Prometheus ---------------------------------------------------
+
+def _vector(*series: tuple[dict, str]) -> dict:
+    """An /api/v1/query answer in the shape Prometheus' HTTP API documents (instant vector)."""
+    return {"status": "success", "data": {"resultType": "vector",
+                                          "result": [{"metric": m, "value": [1795760000.0, v]} for m, v in series]}}
+
+
+def test_prometheus_queries_match_the_dashboard_and_group_by_endpoint() -> None:
+    from aiplat.operations.prometheus import queries
+
+    by_metric = {q.metric: q.promql for q in queries("10m")}
+    assert by_metric["prom_ttft_p95_ms"] == ("histogram_quantile(0.95, sum by (le, endpoint, model_name) "
+                                             "(rate(vllm:time_to_first_token_seconds_bucket[10m])))")
+    assert "rate(vllm:generation_tokens_total[10m])" in by_metric["prom_output_tokens_per_s"]
+    assert 'status=~"[45].."' in by_metric["prom_http_error_rate"]
+    dashboard = (Path(__file__).resolve().parents[1] / "deploy" / "observability" / "grafana-dashboard.json").read_text()
+    assert "vllm:time_to_first_token_seconds_bucket" in dashboard and "vllm:generation_tokens_total" in dashboard
+
+
+def test_prometheus_answers_become_per_endpoint_numbers_and_nan_is_dropped() -> None:
+    """No Prometheus server can run on this machine: httpx's MockTransport answers each query with
+    the JSON of Prometheus' documented HTTP API, so the request building and parsing are real."""
+    import httpx
+
+    from aiplat.operations.prometheus import PrometheusError, endpoint_metrics
+
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        promql = request.url.params["query"]
+        asked.append(promql)
+        labels = {"endpoint": "ticket-triage", "model_name": "ticket-triage"}
+        if "time_to_first_token" in promql and "0.95" in promql:
+            return httpx.Response(200, json=_vector((labels, "0.125")))
+        if "generation_tokens_total" in promql:
+            return httpx.Response(200, json=_vector((labels, "42.5"), ({**labels, "endpoint": "faq"}, "NaN")))
+        if "http_requests_total" in promql:
+            return httpx.Response(200, json=_vector(({"endpoint": "ticket-triage"}, "0.02")))
+        return httpx.Response(200, json=_vector())
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        got = endpoint_metrics("http://prometheus:9090", "5m", client=client)
+    assert got == {"ticket-triage/ticket-triage": {"prom_ttft_p95_ms": 125.0, "prom_output_tokens_per_s": 42.5},
+                   "ticket-triage": {"prom_http_error_rate": 0.02}}
+    assert len(asked) == 10
+
+    def broken(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"status": "error", "errorType": "bad_data", "error": "parse error at char 5"})
+
+    with httpx.Client(transport=httpx.MockTransport(broken)) as client, pytest.raises(PrometheusError, match="bad_data"):
+        endpoint_metrics("http://prometheus:9090", client=client)

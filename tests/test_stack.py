@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +37,10 @@ def _recorded_pid(state: Path, name: str) -> int:
 
 
 def _use_ports(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    ports = {"mlflow": free_port(), "milvus": free_port()}
+    ports = {"mlflow": free_port(), "milvus": free_port(), "gateway": free_port()}
     monkeypatch.setenv("AIPLAT_MLFLOW_PORT", str(ports["mlflow"]))
     monkeypatch.setenv("AIPLAT_MILVUS_PORT", str(ports["milvus"]))
+    monkeypatch.setenv("AIPLAT_GATEWAY_PORT", str(ports["gateway"]))
     return ports
 
 
@@ -174,6 +176,39 @@ def test_down_stops_by_pid_kills_the_group_and_frees_the_ports(running_stack: di
     for proc in [leader, *workers]:
         assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     assert [r.state for r in stack.down(["mlflow", "milvus"])] == ["not running", "not running"]
+
+
+@pytest.mark.slow
+def test_gateway_service_routes_by_the_state_folder_and_writes_its_request_log(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
+
+    ports = _use_ports(monkeypatch)
+    closed = free_port()  # the endpoint's server is down: the gateway answers 502 and records it
+    live = ServerRecord(url=f"http://127.0.0.1:{closed}", port=closed, pid=0, create_time=0.0, model_version="7",
+                        model_path="/m", served_model_name="triage", started_at="t", log_file="l", pid_file="p")
+    EndpointRegistry().update("ticket-triage", lambda _old: EndpointRecord(name="ticket-triage", live=live))
+    try:
+        [started] = stack.up(["gateway"])
+        assert started.state == "started" and started.port == ports["gateway"]
+        assert started.pid == _recorded_pid(state_dir, "gateway")
+        with urllib.request.urlopen(f"{started.url}/v1/models", timeout=10) as response:
+            assert [m["id"] for m in json.load(response)["data"]] == ["ticket-triage"]
+        request = urllib.request.Request(f"{started.url}/v1/completions", headers={
+            "Content-Type": "application/json", "X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "stack-test"},
+            data=json.dumps({"model": "ticket-triage", "prompt": "hi"}).encode())
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == 502
+        [line] = (state_dir / "operations" / "requests.jsonl").read_text().splitlines()
+        assert json.loads(line) | {"timestamp": None, "latency_ms": None} == {
+            "timestamp": None, "endpoint": "ticket-triage", "model": "7", "team": "team:ml", "feature": "stack-test",
+            "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": None, "status": 502}
+        assert [r.state for r in stack.status(["gateway"])] == ["running"]
+    finally:
+        stopped = stack.down(["gateway"])
+    assert [r.state for r in stopped] == ["stopped"]
+    assert not stack.port_in_use(ports["gateway"]) and not _pid_file(state_dir, "gateway").exists()
+    assert (state_dir / "logs" / "gateway.log").stat().st_size > 0
 
 
 def test_port_taken_by_a_foreign_listener_is_a_clear_error_and_starts_nothing(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,42 +1,54 @@
 """`aiplat chat ENDPOINT "prompt"`: one chat completion from a served endpoint, with the official
-openai client (the same way product teams call it)."""
+openai client (the same way product teams call it), through the metering gateway so that the
+request is labelled with a team and a feature and lands in the request log like any other."""
 
 from __future__ import annotations
 
 import click
 
+DEFAULT_FEATURE = "cli-chat"
+
 
 @click.command()
 @click.argument("endpoint")
 @click.argument("prompt")
-@click.option("--url", default=None, help="Base URL of an endpoint outside the local registry (prod gateway).")
+@click.option("--url", default=None, help="Base URL of a gateway other than the local one (prod), without /v1.")
 @click.option("--api-key", envvar="AIPLAT_VLLM_API_KEY", default="not-needed-locally", show_default=False,
               help="Bearer token (prod); read from AIPLAT_VLLM_API_KEY.")
+@click.option("--team", default=None, help="Team billed for the request. Default: AIPLAT_TEAM.")
+@click.option("--feature", default=DEFAULT_FEATURE, show_default=True, help="Feature billed for the request.")
 @click.option("--max-tokens", default=128, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--system", default=None, help="A system message.")
-def cli(endpoint: str, prompt: str, url: str | None, api_key: str, max_tokens: int, temperature: float,
-        system: str | None) -> None:
+def cli(endpoint: str, prompt: str, url: str | None, api_key: str, team: str | None, feature: str, max_tokens: int,
+        temperature: float, system: str | None) -> None:
     """Ask ENDPOINT (a name from `aiplat endpoints list`) one question."""
     import openai
 
-    from aiplat.serving.manager import EndpointManager, EndpointNotFound
+    from aiplat.config import local_ports
+    from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM
+    from aiplat.security.access import identity_from_env
 
-    if url:
-        base, model = url.rstrip("/"), endpoint
-    else:
-        try:
-            live = EndpointManager().get(endpoint).live
+    if not url:
+        from aiplat.serving.manager import EndpointManager, EndpointNotFound
+
+        try:  # a typo is named here, not blamed on a gateway that is not running
+            EndpointManager().get(endpoint)
         except EndpointNotFound as e:
             raise click.ClickException(str(e).strip("'\"")) from e
-        base, model = live.url, live.served_model_name
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0, timeout=300)
+    base = url.rstrip("/") if url else f"http://127.0.0.1:{local_ports().gateway}"
+    team = team or identity_from_env().team
+    headers = {HEADER_FEATURE: feature, **({HEADER_TEAM: team} if team else {})}
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0, timeout=300, default_headers=headers)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     try:
-        answer = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+        answer = client.chat.completions.create(model=endpoint, messages=messages, max_tokens=max_tokens,
                                                 temperature=temperature)
     except openai.APIStatusError as e:
         raise click.ClickException(f"{endpoint} answered HTTP {e.status_code}: {e.message}") from e
+    except openai.APITimeoutError as e:
+        raise click.ClickException(f"{endpoint} did not answer within 300 s through {base}") from e
     except openai.APIConnectionError as e:
-        raise click.ClickException(f"{endpoint} is unreachable at {base}: {e}") from e
+        hint = "" if url else "; start it with `aiplat stack up gateway`"
+        raise click.ClickException(f"no gateway answers at {base}{hint} ({e})") from e
     click.echo(answer.choices[0].message.content)

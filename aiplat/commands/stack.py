@@ -1,4 +1,4 @@
-"""`aiplat stack up|down|status`: the local runtime (MLflow, Milvus Lite, the vLLM environment)."""
+"""`aiplat stack up|down|status`: the local runtime (MLflow, Milvus Lite, the gateway, the vLLM environment)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Whoever fronts the endpoints (the gateway in prod, `aiplat chat` and the load tests locally) appends
 a line per request with `RequestLog.append`. The team and feature come from the request's headers
-(`X-AIPLAT-Team`, `X-AIPLAT-Feature`) or, when absent, from the API key: the mapping holds the
+(`X-AIPLAT-Team`, `X-AIPLAT-Feature`) and the API key, whose team wins: the mapping holds the
 sha256 of each key, never the key, so configuration and metadata stay free of secrets.
 A line that does not parse is never dropped silently: `read` returns it with its line number and
 the reason, and the reports show the count.
@@ -40,14 +40,15 @@ def key_fingerprint(api_key: str) -> str:
 
 
 def labels_for_request(headers: Mapping[str, str], api_key_teams: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """(team, feature) of a request: its headers first, else the team its API key maps to."""
+    """(team, feature) of a request. A mapped API key decides the team: a header must not bill
+    another team with this team's key. The team header counts only for a request whose key maps to
+    no team (local use, or a shared key); the feature always comes from its header."""
     lower = {k.lower(): v for k, v in headers.items()}
-    team = (lower.get(HEADER_TEAM) or "").strip()
+    auth = lower.get("authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    team = (api_key_teams or {}).get(key_fingerprint(key), "") if key else ""
+    team = team or (lower.get(HEADER_TEAM) or "").strip()
     feature = (lower.get(HEADER_FEATURE) or "").strip() or UNATTRIBUTED
-    if not team:
-        auth = lower.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        team = (api_key_teams or {}).get(key_fingerprint(key), "") if key else ""
     if team and not team.startswith("team:"):
         team = f"team:{team}"
     return team or UNATTRIBUTED, feature

@@ -1,0 +1,108 @@
+"""`aiplat gateway serve|hash-key|render`: the metering gateway in front of the endpoints.
+
+Locally `aiplat stack up gateway` runs `serve` with its defaults (the endpoint registry as the
+upstream, the state folder's request log). In prod every setting is an option here; the ones a
+Deployment sets by env are marked with their variable (the same ones the Dagster resources read).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group("gateway")
+def cli() -> None:
+    """The OpenAI-compatible gateway that labels every request with team and feature and records it."""
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=None, help="Default: the local gateway port (AIPLAT_GATEWAY_PORT, 4000).")
+@click.option("--upstream-template", envvar="AIPLAT_GATEWAY_UPSTREAM_TEMPLATE", default=None, show_envvar=True,
+              help="Prod: URL of an endpoint's route with {endpoint} in it, e.g. "
+                   "http://inference-gateway.gateway-system.svc/{endpoint}. Unset: the local endpoint registry.")
+@click.option("--endpoint", "endpoints", multiple=True,
+              help="With --upstream-template: the endpoints to route (repeat); unset = any well-formed name.")
+@click.option("--require-attribution/--no-require-attribution", default=None,
+              help="Refuse (401) requests with no team. Default: on in prod (AIPLAT_ENV=prod), off locally, "
+                   "where they are recorded as team 'unattributed'.")
+@click.option("--api-key-teams", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="AIPLAT_GATEWAY_API_KEY_TEAMS", show_envvar=True,
+              help="JSON/YAML file of {sha256(API key): team} (see `aiplat gateway hash-key`).")
+@click.option("--request-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="AIPLAT_REQUEST_LOG", show_envvar=True,
+              help="Request log to append to. Default: <state>/operations/requests.jsonl.")
+@click.option("--upstream-api-key", envvar="AIPLAT_VLLM_API_KEY", default=None, show_default=False,
+              help="Bearer token the gateway sends upstream; read from AIPLAT_VLLM_API_KEY, never logged.")
+@click.option("--forward-authorization", is_flag=True,
+              help="Pass the client's Authorization header upstream (when no --upstream-api-key is set).")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for an upstream answer.")
+def serve(host: str, port: int | None, upstream_template: str | None, endpoints: tuple[str, ...],
+          require_attribution: bool | None, api_key_teams: Path | None, request_log: Path | None,
+          upstream_api_key: str | None, forward_authorization: bool, timeout: float) -> None:
+    """Run the gateway until interrupted."""
+    import logging
+
+    import uvicorn
+
+    from aiplat.config import local_ports, runtime
+    from aiplat.operations.requests import RequestLog
+    from aiplat.serving.gateway import GatewaySettings, build_app
+    from aiplat.serving.gateway_routing import RegistryResolver, TemplateResolver, load_api_key_teams
+
+    try:
+        resolver = TemplateResolver(upstream_template, endpoints) if upstream_template else RegistryResolver()
+        mapping = load_api_key_teams(api_key_teams) if api_key_teams else {}
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if endpoints and not upstream_template:
+        raise click.ClickException("--endpoint needs --upstream-template; locally the endpoint registry says what exists")
+    settings = GatewaySettings(
+        resolver=resolver, request_log=RequestLog(request_log),
+        require_attribution=runtime() == "prod" if require_attribution is None else require_attribution,
+        api_key_teams=mapping, upstream_api_key=upstream_api_key or None,
+        forward_authorization=forward_authorization, timeout_s=timeout,
+    )
+    port = port or local_ports().gateway
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    upstream = upstream_template or "the local endpoint registry"
+    click.echo(f"gateway on http://{host}:{port}/v1 -> {upstream}; request log {settings.request_log.path}; "
+               f"attribution {'required' if settings.require_attribution else 'optional'}; "
+               f"{len(mapping)} API key(s) mapped", err=True)
+    uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+@cli.command("hash-key")
+def hash_key() -> None:
+    """Read an API key from stdin and print its sha256, the form the API-key mapping file stores."""
+    from aiplat.operations.requests import key_fingerprint
+
+    if sys.stdin.isatty():
+        key = click.prompt("API key", hide_input=True, err=True)
+    else:
+        key = sys.stdin.read()
+    key = key.strip()
+    if not key:
+        raise click.ClickException("no API key on stdin")
+    click.echo(key_fingerprint(key))
+
+
+@cli.command()
+@click.option("--namespace", default="team-ml", show_default=True)
+@click.option("--image", default="registry.internal/ai-platform:1.0.0", show_default=True,
+              help="The platform image (the one Dagster's run pods use).")
+@click.option("--upstream-template", default=None, help="Default: the in-cluster inference Gateway.")
+@click.option("--storage-class", default=None, help="A ReadWriteMany storage class for the request log.")
+def render(namespace: str, image: str, upstream_template: str | None, storage_class: str | None) -> None:
+    """Print the gateway's Kubernetes objects (request-log volume, Deployment, Service) as YAML."""
+    from aiplat.serving.gateway_k8s import DEFAULT_UPSTREAM, GatewaySpec, render_gateway, to_yaml
+
+    spec = GatewaySpec(namespace=namespace, image=image, upstream_template=upstream_template or DEFAULT_UPSTREAM,
+                       storage_class=storage_class)
+    try:
+        click.echo(to_yaml(render_gateway(spec)), nl=False)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None

@@ -1,0 +1,121 @@
+"""Kubernetes objects of the metering gateway in prod: its Deployment and Service, and the
+ReadWriteMany volume that holds the request log it writes and the Dagster run pods read.
+
+The API-key -> team mapping is a ConfigMap (`aiplat-gateway-api-keys`, key api-key-teams.json)
+that operators create from reviewed hashes; the upstream bearer token comes from the platform's
+`aiplat-secrets` Secret as an env variable, never from a file in the image or the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiplat.serving import k8s
+
+NAME = "aiplat-gateway"
+PORT = 4000
+API_KEYS_CONFIGMAP = "aiplat-gateway-api-keys"
+API_KEYS_FILE = "api-key-teams.json"
+API_KEYS_DIR = "/etc/aiplat/gateway"
+REQUEST_LOG_CLAIM = "aiplat-request-log"
+REQUEST_LOG_DIR = "/var/lib/aiplat/operations"
+REQUEST_LOG_PATH = f"{REQUEST_LOG_DIR}/requests.jsonl"
+SECRET = "aiplat-secrets"
+UPSTREAM_KEY_ENV = "AIPLAT_VLLM_API_KEY"
+DEFAULT_UPSTREAM = "http://inference-gateway.gateway-system.svc/{endpoint}"
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    namespace: str = "team-ml"
+    image: str = "registry.internal/ai-platform:1.0.0"
+    upstream_template: str = DEFAULT_UPSTREAM
+    replicas: int = 1
+    storage: str = "10Gi"
+    storage_class: str | None = None
+
+    def labels(self) -> dict[str, str]:
+        return {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "ai-platform",
+                "app.kubernetes.io/component": "gateway"}
+
+    def command(self) -> list[str]:
+        return ["aiplat", "gateway", "serve", "--host", "0.0.0.0", "--port", str(PORT),
+                "--upstream-template", self.upstream_template, "--require-attribution",
+                "--api-key-teams", f"{API_KEYS_DIR}/{API_KEYS_FILE}", "--request-log", REQUEST_LOG_PATH]
+
+
+def request_log_claim(spec: GatewaySpec) -> dict:
+    claim: dict = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": REQUEST_LOG_CLAIM, "namespace": spec.namespace, "labels": spec.labels()},
+        # Shared by the gateway and the Dagster run pods on other nodes: it must be ReadWriteMany.
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": spec.storage}}},
+    }
+    if spec.storage_class:
+        claim["spec"]["storageClassName"] = spec.storage_class
+    return claim
+
+
+def deployment(spec: GatewaySpec) -> dict:
+    labels = spec.labels()
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2}
+    container = {
+        "name": "gateway",
+        "image": spec.image,
+        "command": spec.command(),
+        "env": [
+            {"name": "AIPLAT_ENV", "value": "prod"},
+            {"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": UPSTREAM_KEY_ENV, "optional": True}}},
+        ],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
+        "volumeMounts": [
+            {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True},
+            {"name": "request-log", "mountPath": REQUEST_LOG_DIR},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": spec.namespace, "labels": labels},
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "priorityClassName": "inference",  # on the request path, like the endpoints behind it
+                    "terminationGracePeriodSeconds": 60,  # lets streams in flight finish and be recorded
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "api-keys", "configMap": {"name": API_KEYS_CONFIGMAP,
+                                                           "items": [{"key": API_KEYS_FILE, "path": API_KEYS_FILE}]}},
+                        {"name": "request-log", "persistentVolumeClaim": {"claimName": REQUEST_LOG_CLAIM}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(spec: GatewaySpec) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": NAME, "namespace": spec.namespace, "labels": spec.labels()},
+        "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": NAME},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def render_gateway(spec: GatewaySpec) -> list[dict]:
+    if "{endpoint}" not in spec.upstream_template:
+        raise ValueError(f"upstream template {spec.upstream_template!r} has no {{endpoint}} placeholder")
+    if spec.replicas < 1:
+        raise ValueError(f"replicas={spec.replicas} must be at least 1")
+    return [request_log_claim(spec), deployment(spec), service(spec)]
+
+
+to_yaml = k8s.to_yaml
