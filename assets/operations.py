@@ -323,6 +323,6 @@ def _roll_back(context: dg.AssetExecutionContext, name: str, version: str, champ
                dagster_run_id=context.run_id)
         return f"failed, version {version} still serves: {e}"
     alias = restore_previous_alias(mlflow.client, name) if champion == version else "champion alias not involved"
-    record("rolled back", name, live.model_version, identity, audit, endpoint=vllm.endpoint, from_version=version,
+    record("endpoint rolled back", name, live.model_version, identity, audit, endpoint=vllm.endpoint, from_version=version,
            trigger=why, alias=alias, dagster_run_id=context.run_id)
     return f"{vllm.endpoint} now serves version {live.model_version} (was {version}); {alias}"

@@ -192,7 +192,7 @@ def test_a_drop_rolls_back_the_endpoint_and_the_champion(world) -> None:
     events = _audit_events(world)
     allowed = [e for e in events if e.get("decision") == "allowed" and e.get("action") == "rollback"]
     assert allowed and allowed[-1]["actor"] == "schedule:hourly_live_quality"
-    assert events[-1]["event"] == "rolled back" and events[-1]["from_version"] == "2"
+    assert events[-1]["event"] == "endpoint rolled back" and events[-1]["from_version"] == "2"
     answer = httpx.post(f"{live.url}/v1/chat/completions", timeout=300, json={
         "model": ENDPOINT, "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 12, "temperature": 0})

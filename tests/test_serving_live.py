@@ -1,7 +1,8 @@
 """Real vLLM servers on the CPU with the real SmolLM2-135M-Instruct folder.
 
-Two servers start in this module (live version 1, then candidate version 2), plus a start that
-times out and a broken candidate that crashes at start-up; they run in order and share state.
+Three servers start in this module (live version 1, candidate version 2, and version 1 again by
+`aiplat endpoints rollback` after the crash), plus a start that times out and a broken candidate
+that crashes at start-up; they run in order and share state.
 Needs the vLLM venv (scripts/setup_vllm_env.sh): skipped on a laptop without it, a failure in CI.
 """
 
@@ -196,16 +197,59 @@ def test_load_test_asset_records_plottable_numbers(world) -> None:
     assert isinstance(mat.metadata["c2_e2e_p95_ms"], dg.FloatMetadataValue)
 
 
-def test_cli_lists_and_chats(world) -> None:
+def test_cli_deploy_refuses_a_tampered_copy_and_audits_an_allowed_deploy(world) -> None:
+    """`aiplat endpoints deploy` guards like the asset (no server starts here): a flipped byte is
+    refused while v2 keeps answering, and an allowed deploy of what already serves is audited."""
     from aiplat.cli import cli
+    from aiplat.security.audit_log import AuditLog
+
+    tampered = world["state"] / "tampered-model"
+    shutil.copytree(world["model"], tampered)
+    shard = next(tampered.glob("*.safetensors"))
+    with shard.open("r+b") as f:
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0x01]))
+    runner = CliRunner()
+    before = world["vllm"].manager.get(ENDPOINT)
+    refused = runner.invoke(cli, ["endpoints", "deploy", ENDPOINT, str(tampered), "--version", "3"])
+    assert refused.exit_code == 1 and f"changed since signing: {shard.name}" in refused.output
+    assert world["vllm"].manager.get(ENDPOINT) == before and before.live.url == world["v2"].url
+    assert "Paris" in _ask(world["v2"].url).json()["choices"][0]["message"]["content"]
+
+    kept = runner.invoke(cli, ["endpoints", "deploy", ENDPOINT, str(world["model"]), "--version", "2"])
+    assert kept.exit_code == 0 and f"{ENDPOINT}: unchanged; version 2 serves on {world['v2'].url}" in kept.output
+    tail = [(e["event"], e.get("decision"), e.get("version")) for e in AuditLog().entries()][-4:]
+    assert tail == [("access", "allowed", "3"), ("deploy refused: signature", None, "3"),
+                    ("access", "allowed", "2"), ("deployed", None, "2")]
+
+
+def test_cli_lists_and_chats_through_the_metering_gateway(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiplat import stack
+    from aiplat.cli import cli
+    from aiplat.net import free_port
+    from aiplat.operations.requests import RequestLog
 
     runner = CliRunner()
     listed = runner.invoke(cli, ["endpoints", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     [entry] = json.loads(listed.output)
     assert entry["name"] == ENDPOINT and entry["live"]["model_version"] == "2" and entry["live"]["health"] == "ready"
-    chat = runner.invoke(cli, ["chat", ENDPOINT, "What is the capital of France?"])
-    assert chat.exit_code == 0 and "Paris" in chat.output
+    down = runner.invoke(cli, ["chat", ENDPOINT, "hello"])
+    assert down.exit_code != 0 and "aiplat stack up gateway" in down.output
+    monkeypatch.setenv("AIPLAT_GATEWAY_PORT", str(free_port()))
+    [started] = stack.up(["gateway"], timeout=120)
+    try:
+        assert started.ok, started
+        chat = runner.invoke(cli, ["chat", ENDPOINT, "What is the capital of France?", "--feature", "faq-bot"])
+        assert chat.exit_code == 0 and "Paris" in chat.output
+    finally:
+        stack.down(["gateway"])
+    records, _ = RequestLog().read()
+    last = records[-1]
+    assert (last.endpoint, last.model, last.team, last.feature, last.status) == (ENDPOINT, "2", "team:platform", "faq-bot", 200)
+    assert last.prompt_tokens > 0 and last.completion_tokens > 0
 
 
 def test_a_crashed_server_shows_as_down(world) -> None:
@@ -219,3 +263,23 @@ def test_a_crashed_server_shows_as_down(world) -> None:
     assert world["vllm"].manager.refresh(ENDPOINT).live.health == "down"
     listed = CliRunner().invoke(cli, ["endpoints", "list"])
     assert "down" in listed.output
+
+
+def test_cli_rollback_after_the_crash_verifies_and_restarts_version_1(world) -> None:
+    """The one server this module starts through the CLI: rollback to the version served before the
+    last switch, after its folder verified; the decision and the result are in the audit log."""
+    from aiplat.cli import cli
+    from aiplat.security.audit_log import AuditLog
+    from aiplat.stack import vllm_env
+
+    # The CLI's LocalVllmResource looks for the vLLM venv under the (private) state dir.
+    (world["state"] / "venvs").mkdir(exist_ok=True)
+    (world["state"] / "venvs" / "vllm").symlink_to(Path(world["vllm"].vllm_python).parent.parent)
+    assert vllm_env().ready
+    result = CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT])
+    assert result.exit_code == 0, result.output
+    live = world["vllm"].manager.get(ENDPOINT).live
+    assert live.model_version == "1" and live.url != world["v2"].url
+    assert process_of(live) is not None and _ask(live.url).json()["choices"][0]["message"]["content"]
+    tail = [(e["event"], e.get("action") or e.get("from_version"), e.get("version")) for e in AuditLog().entries()][-2:]
+    assert tail == [("access", "rollback", "1"), ("endpoint rolled back", "2", "1")]

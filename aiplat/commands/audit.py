@@ -20,13 +20,14 @@ def cli(model: str, version: str, tracking_uri: str | None, as_json: bool) -> No
 
     import dagster as dg
 
+    from aiplat.commands import _resources
     from aiplat.commands.promote import mlflow_client
     from aiplat.config import dagster_home
     from aiplat.evaluation.registry import ModelVersionNotFound, model_version
     from aiplat.security.lineage import audit_trail, render
-    from resources.operations import OperationsResource
 
     client = mlflow_client(tracking_uri)
+    audit_log = _resources.operations().audit_log()  # prod: AIPLAT_AUDIT_LOG
     try:
         model_version(client, model, version)
     except ModelVersionNotFound as e:
@@ -37,7 +38,7 @@ def cli(model: str, version: str, tracking_uri: str | None, as_json: bool) -> No
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
-        trail = audit_trail(model, version, instance, client, OperationsResource().audit_log())
+        trail = audit_trail(model, version, instance, client, audit_log)
     if as_json:
         click.echo(json.dumps(trail.to_dict(), indent=2, default=str))
     else:

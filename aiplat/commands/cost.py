@@ -32,9 +32,11 @@ def report(team: str | None, since: date | None, until: date | None, request_log
     from pathlib import Path
 
     from aiplat.operations.cost import log, filter_team, markdown_table, write_chart
-    from resources.operations import OperationsResource
+    from aiplat.commands import _resources
 
-    ops = OperationsResource(request_log_path=request_log) if request_log else OperationsResource()
+    ops = _resources.operations()  # prod: AIPLAT_REQUEST_LOG, the gateway's log
+    if request_log:
+        ops = ops.model_copy(update={"request_log_path": request_log})
     result = ops.cost_report(since, until)
     rows = filter_team(result, team) if team else result.rows
     first, last = result.window

@@ -1,6 +1,9 @@
 """`aiplat endpoints`: what serves where, deploy (with canary), roll back, load-test, render manifests.
 
-Calls the same functions as the `served_endpoint` and `endpoint_load_test` assets.
+Calls the same functions as the `served_endpoint` and `endpoint_load_test` assets, with the same
+guards: deploy and rollback are for the model's owner team or the platform team (every decision in
+the runtime's audit log), and a model folder must verify against its signature under the runtime's
+public key before any server starts for it; a refusal leaves the live endpoint as it was.
 Heavy imports stay inside the commands: `aiplat --help` imports this module.
 """
 
@@ -46,6 +49,60 @@ def _resource(**overrides):
     return LocalVllmResource(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _owner_registry(tracking_uri: str | None):
+    """MLflow, for the model's `owner_team` tag, when one is named or the runtime is prod; else None
+    (a local folder deploy then takes its owner from configuration, like the asset's folder drill)."""
+    from aiplat.commands import _resources
+    from aiplat.commands.promote import mlflow_client
+
+    if not tracking_uri and _resources.runtime() != "prod":
+        return None
+    return mlflow_client(tracking_uri)
+
+
+def _authorize(action: str, model_name: str, version: str, endpoint: str, tracking_uri: str | None):
+    """The caller's identity and the audit log once `action` is allowed; a click error (logged) if not."""
+    from aiplat.commands import _resources
+    from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team
+
+    operations = _resources.operations()
+    audit = operations.audit_log()
+    identity = current_identity()
+    owner = owner_team(_owner_registry(tracking_uri), model_name, operations.model_owner_teams)
+    try:
+        authorize(action, model_name, version, identity, owner, audit, endpoint=endpoint)
+    except AccessDenied as e:
+        raise click.ClickException(f"access denied: {e}; endpoint {endpoint!r} is unchanged") from None
+    return identity, audit
+
+
+@contextmanager
+def _signature_checked(action: str, model_name: str, version: str, endpoint: str, identity, audit) -> Iterator[None]:
+    from aiplat.security.access import record
+    from aiplat.security.signing import SignatureError
+
+    try:
+        yield
+    except SignatureError as e:
+        record(f"{action} refused: signature", model_name, version, identity, audit, endpoint=endpoint, reason=str(e))
+        raise click.ClickException(f"refusing to {action} {model_name} version {version} on {endpoint!r}: {e}; "
+                                   f"endpoint {endpoint!r} is unchanged") from None
+
+
+def _verifying(manager):
+    """`manager` that starts only folders signed by the runtime's key (the check runs before any start)."""
+    from dataclasses import replace
+
+    from aiplat.commands import _resources
+
+    return replace(manager, public_key=_resources.verifying_public_key())
+
+
+_MODEL_NAME_HELP = ("Registered model NAME serves (its owner team may deploy and roll it back; default: NAME, "
+                    "so an endpoint named after no model is the platform team's alone).")
+_TRACKING_HELP = "MLflow to read the model's owner_team tag from (default: prod's MLflow; locally configuration only)."
+
+
 @click.group()
 def cli() -> None:
     """Served model endpoints (vLLM): list, deploy, roll back, load-test."""
@@ -80,20 +137,32 @@ def list_(check: bool, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("model_folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--version", "version", required=True, help="Version label of the model (e.g. the MLflow version).")
+@click.option("--model-name", default=None, help=_MODEL_NAME_HELP)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=_TRACKING_HELP)
 @click.option("--load-share", type=float, default=None, help="Share of the load sample the canary replays.")
 @click.option("--enforce-eager", is_flag=True, help="Start faster (no torch.compile), decode slower.")
-def deploy(name: str, model_folder: Path, version: str, load_share: float | None, enforce_eager: bool) -> None:
-    """Serve MODEL_FOLDER as endpoint NAME: started directly when NAME is new, else through a canary."""
+def deploy(name: str, model_folder: Path, version: str, model_name: str | None, tracking_uri: str | None,
+           load_share: float | None, enforce_eager: bool) -> None:
+    """Serve MODEL_FOLDER as endpoint NAME: started directly when NAME is new, else through a canary.
+
+    Only for the model's owner team or the platform team (AIPLAT_TEAM), and only a folder that
+    verifies against its signature (model.sig); a refusal leaves the live endpoint as it was."""
+    from aiplat.security.access import record
     from aiplat.serving.champion import FolderSource
+    from aiplat.serving.rollout import roll_out
 
+    model_name = model_name or name
     vllm = _resource(endpoint=name, canary_load_share=load_share, enforce_eager=enforce_eager or None)
-    with _failures(), _spinner(f"deploying {name} version {version}") as say:
-        manager = vllm.manager
+    with _failures():
+        model = FolderSource(model_folder, version, model_name).resolve()
+    manager = _verifying(vllm.manager)  # its settings first: a misconfigured host logs no decision
+    identity, audit = _authorize("deploy", model_name, model.version, name, tracking_uri)
+    with _failures(), _signature_checked("deploy", model_name, model.version, name, identity, audit), \
+            _spinner(f"deploying {name} version {version}") as say:
         manager.progress = say
-        model = FolderSource(model_folder, version).resolve()
-        from aiplat.serving.rollout import roll_out
-
         result = roll_out(manager, name, model, vllm.canary_policy())
+    record("deployed", model_name, result.live.model_version, identity, audit, endpoint=name, action=result.action,
+           url=result.live.url)
     click.echo(f"{name}: {result.action}; version {result.live.model_version} serves on {result.live.url}")
     if result.verdict:
         click.echo(result.verdict.summary)
@@ -101,14 +170,29 @@ def deploy(name: str, model_folder: Path, version: str, load_share: float | None
 
 @cli.command()
 @click.argument("name")
-def rollback(name: str) -> None:
-    """Switch NAME back to the version it served before its last switch (no canary: incident path)."""
-    with _failures(), _spinner(f"rolling {name} back") as say:
+@click.option("--model-name", default=None, help=_MODEL_NAME_HELP)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=_TRACKING_HELP)
+def rollback(name: str, model_name: str | None, tracking_uri: str | None) -> None:
+    """Switch NAME back to the version it served before its last switch (no canary: incident path).
+
+    Same guards as deploy: owner team or platform team, and the earlier folder must still verify
+    against its signature before it starts again."""
+    from aiplat.security.access import record
+
+    model_name = model_name or name
+    with _failures():
         manager = _resource().manager
-        manager.progress = say
         previous = manager.previous_model(name)
-        record = manager.deploy(name, previous)
-    click.echo(f"{name}: rolled back to version {record.live.model_version} on {record.live.url}")
+        current = manager.get(name).live.model_version
+    manager = _verifying(manager)
+    identity, audit = _authorize("rollback", model_name, previous.version, name, tracking_uri)
+    with _failures(), _signature_checked("rollback", model_name, previous.version, name, identity, audit), \
+            _spinner(f"rolling {name} back") as say:
+        manager.progress = say
+        entry = manager.deploy(name, previous)
+    record("endpoint rolled back", model_name, entry.live.model_version, identity, audit, endpoint=name,
+           from_version=current, url=entry.live.url)
+    click.echo(f"{name}: rolled back to version {entry.live.model_version} on {entry.live.url}")
 
 
 @cli.command()

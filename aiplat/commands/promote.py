@@ -7,9 +7,10 @@ import click
 
 
 def mlflow_client(tracking_uri: str | None):
-    from resources.mlflow import MLflowResource
+    """The runtime's MLflow (prod: MLFLOW_TRACKING_URI), or the one at `tracking_uri`, checked reachable."""
+    from aiplat.commands import _resources
 
-    resource = MLflowResource(tracking_uri=tracking_uri)
+    resource = _resources.mlflow(tracking_uri)
     try:
         resource.check_available()
     except Exception as e:  # noqa: BLE001 - shown to the operator as is
@@ -18,10 +19,11 @@ def mlflow_client(tracking_uri: str | None):
 
 
 def access_settings() -> dict:
-    """Who owns which model (when MLflow has no owner_team tag) and where the audit log is."""
-    from resources.operations import OperationsResource
+    """Who owns which model (when MLflow has no owner_team tag) and where the audit log is
+    (the runtime's `operations`: prod writes to AIPLAT_AUDIT_LOG like the Dagster pods)."""
+    from aiplat.commands import _resources
 
-    operations = OperationsResource()
+    operations = _resources.operations()
     return {"owners": operations.model_owner_teams, "audit": operations.audit_log()}
 
 

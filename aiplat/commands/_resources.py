@@ -1,0 +1,78 @@
+"""The runtime's resources for CLI commands, resolved as a Dagster step would get them.
+
+They are the set the Definitions use (platform_defs.resources, picked by aiplat.config.runtime()),
+so `AIPLAT_ENV=prod aiplat ...` writes the audit log and reads the request log the prod pods use,
+not local defaults. A resource holding dg.EnvVar settings is only usable once its config has been
+processed; outside a run that happens here, and a variable that is not set becomes a click error
+naming it. Imports stay inside the functions: `aiplat --help` imports every command module.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+_UNSET_VAR = re.compile(r'environment variable "([^"]+)" which is not set')
+
+
+def runtime() -> str:
+    from aiplat import config
+
+    try:
+        return config.runtime()
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def declared(key: str) -> Any:
+    """Resource `key` of the runtime's set as declared (dg.EnvVar settings not yet read)."""
+    from platform_defs.resources import resources_for
+
+    return resources_for(runtime())[key]  # type: ignore[arg-type]
+
+
+def resolve(resource: Any, key: str) -> Any:
+    """`resource` with its config processed (env vars read) and setup_for_execution run."""
+    import dagster as dg
+
+    try:
+        return resource.process_config_and_initialize()
+    except dg.DagsterInvalidConfigError as e:
+        missing = sorted(set(_UNSET_VAR.findall(str(e))))
+        if not missing:
+            raise click.ClickException(f"resource {key!r} ({type(resource).__name__}): {str(e).splitlines()[0]}") from None
+        raise click.ClickException(
+            f"AIPLAT_ENV={runtime()}: resource {key!r} needs {', '.join(missing)} set in the environment "
+            f"(see platform_defs/resources.py)"
+        ) from None
+
+
+def runtime_resource(key: str) -> Any:
+    """Resource `key` of the runtime's set, resolved and ready to use outside Dagster."""
+    return resolve(declared(key), key)
+
+
+def operations() -> Any:
+    """resources.operations.OperationsResource: audit log, request log, owners, rates."""
+    return runtime_resource("operations")
+
+
+def mlflow(tracking_uri: str | None = None) -> Any:
+    """resources.mlflow.MLflowResource: the runtime's, or the one at an explicit `tracking_uri`."""
+    if not tracking_uri:
+        return runtime_resource("mlflow")
+    from resources.mlflow import MLflowResource
+
+    return resolve(MLflowResource(tracking_uri=tracking_uri), "mlflow")
+
+
+def verifying_public_key() -> Path:
+    """The public key serving verifies model signatures with (the runtime's `model_signing`)."""
+    signing = declared("model_signing")
+    # Verifying needs only the public key: a host that deploys must not need the private key or its
+    # password set, so only the public half of the runtime's settings is resolved.
+    verifier = type(signing)(public_key_path=signing.public_key_path, key_label=signing.key_label)
+    return Path(resolve(verifier, "model_signing").key_pair().public_key)

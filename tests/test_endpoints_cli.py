@@ -1,0 +1,238 @@
+"""`aiplat endpoints deploy` and `rollback` guard like the `served_endpoint` asset: the caller must be
+the model's owner team or the platform team, and the folder must verify against its signature, both
+before any vLLM process starts; every decision is in the runtime's audit log (prod: AIPLAT_AUDIT_LOG).
+
+No vLLM is needed: every case here is refused before a server would start, and a check that let
+a folder through would try to start one, leaving a PID file and a log under the state dir and
+changing the registry (the assertions catch that). The allowed paths, which do start servers, are
+in tests/test_serving_live.py.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from aiplat.cli import cli
+from aiplat.security.audit_log import AuditLog
+from aiplat.security.signing import dev_key_pair
+from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
+from tests.test_serving_signature import ENDPOINT, _nothing_started, _tamper, registry, signed_folder  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("no_mlflow")
+
+
+@pytest.fixture
+def no_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Locally the owner comes from configuration unless an MLflow is named; the developer's
+    MLFLOW_TRACKING_URI must not make these tests depend on a server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _deploy(folder: Path, *extra: str):
+    return CliRunner().invoke(cli, ["endpoints", "deploy", ENDPOINT, str(folder), "--version", "2", *extra])
+
+
+def _events(log: AuditLog | None = None) -> list[tuple[str, str | None]]:
+    return [(e["event"], e.get("decision")) for e in (log or AuditLog()).entries()]
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "added file", "missing shard"])
+def test_deploy_refuses_a_tampered_folder_and_the_live_endpoint_stays(
+        state_dir: Path, signed_folder: Path, registry: EndpointRegistry, how: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
+    expected = _tamper(signed_folder, how)
+    before = registry.path.read_bytes()
+    result = _deploy(signed_folder)
+    assert result.exit_code == 1, result.output
+    assert expected in result.output and f"endpoint {ENDPOINT!r} is unchanged" in result.output
+    assert registry.path.read_bytes() == before
+    _nothing_started(state_dir)
+    entries = list(AuditLog().entries())
+    assert _events() == [("access", "allowed"), ("deploy refused: signature", None)]
+    assert entries[0]["action"] == "deploy" and entries[0]["endpoint"] == ENDPOINT and entries[0]["version"] == "2"
+    assert expected in entries[1]["reason"] and entries[1]["team"] == "team:platform"
+    AuditLog().verify()
+
+
+def test_deploy_refuses_an_unsigned_folder(state_dir: Path, tmp_path: Path, registry: EndpointRegistry,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    folder = tmp_path / "unsigned"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    result = _deploy(folder)
+    assert result.exit_code == 1 and "is not signed: model.sig is missing" in result.output
+    assert _events() == [("access", "allowed"), ("deploy refused: signature", None)]
+    _nothing_started(state_dir)
+
+
+@pytest.mark.parametrize("team, reason", [("search", "team:search is neither the owner (team:ml) nor team:platform"),
+                                          ("", "no team in the caller's identity")])
+def test_deploy_refuses_a_team_that_does_not_own_the_model(state_dir: Path, signed_folder: Path,
+                                                           registry: EndpointRegistry, team: str, reason: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", team)
+    monkeypatch.setenv("AIPLAT_ACTOR", "eve")
+    before = registry.path.read_bytes()
+    result = _deploy(signed_folder)  # intact: only the team stops it
+    assert result.exit_code == 1
+    assert f"access denied: eve ({'team:' + team if team else 'no team'}) may not deploy ticket-triage version 2" \
+        in result.output and reason in result.output
+    assert registry.path.read_bytes() == before
+    _nothing_started(state_dir)
+    (entry,) = AuditLog().entries()
+    assert entry["decision"] == "refused" and entry["action"] == "deploy" and entry["actor"] == "eve"
+    assert entry["owner_team"] == "team:ml" and entry["identity_source"] == "env" and entry["endpoint"] == ENDPOINT
+
+
+def test_model_name_decides_the_owner(state_dir: Path, signed_folder: Path, registry: EndpointRegistry,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner team of ticket-triage may not deploy it under a model name nobody owns: such a
+    model is the platform team's alone."""
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    result = _deploy(signed_folder, "--model-name", "unowned-model")
+    assert result.exit_code == 1 and "may not deploy unowned-model version 2" in result.output
+    (entry,) = AuditLog().entries()
+    assert entry["model"] == "unowned-model" and entry["owner_team"] is None
+
+
+@pytest.fixture
+def switched(registry: EndpointRegistry, signed_folder: Path) -> EndpointRegistry:
+    """The endpoint switched from version 1 (the signed folder) to version 2: rollback returns to 1."""
+    def change(entry: EndpointRecord) -> EndpointRecord:
+        live = ServerRecord(**{**entry.live.__dict__, "model_version": "2", "model_path": "/models/v2"})
+        event = {"at": "t", "event": "switched", "version": "2", "url": live.url, "model_path": "/models/v2",
+                 "previous_version": "1", "previous_path": str(signed_folder), "reason": "canary passed"}
+        return EndpointRecord(entry.name, live, history=[event])
+
+    registry.update(ENDPOINT, change)
+    return registry
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "added file"])
+def test_rollback_refuses_a_tampered_previous_folder(state_dir: Path, signed_folder: Path, switched: EndpointRegistry,
+                                                     how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    expected = _tamper(signed_folder, how)
+    before = switched.path.read_bytes()
+    result = CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT])
+    assert result.exit_code == 1, result.output
+    assert expected in result.output and f"endpoint {ENDPOINT!r} is unchanged" in result.output
+    assert switched.path.read_bytes() == before and switched.get(ENDPOINT).live.model_version == "2"
+    _nothing_started(state_dir)
+    entries = list(AuditLog().entries())
+    assert _events() == [("access", "allowed"), ("rollback refused: signature", None)]
+    assert entries[0]["action"] == "rollback" and entries[0]["version"] == "1" and entries[0]["reason"] == "owner team"
+
+
+def test_rollback_refuses_a_team_that_does_not_own_the_model(state_dir: Path, switched: EndpointRegistry,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", "search")
+    before = switched.path.read_bytes()
+    result = CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT])
+    assert result.exit_code == 1 and "may not rollback ticket-triage version 1" in result.output
+    assert switched.path.read_bytes() == before
+    _nothing_started(state_dir)
+    assert _events() == [("access", "refused")]
+
+
+@pytest.fixture
+def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The prod runtime's operations and signing settings, and a real MLflow registry (SQLite, no
+    server) in which the registered model's owner is team:search, not the configured team:ml."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri, registry_uri=uri).create_registered_model(ENDPOINT, tags={"owner_team": "team:search"})
+    prod = tmp_path / "prod"
+    env = {
+        "AIPLAT_ENV": "prod",
+        "AIPLAT_AUDIT_LOG": str(prod / "audit.jsonl"),
+        "AIPLAT_REQUEST_LOG": str(prod / "requests.jsonl"),
+        "AIPLAT_REPORTS_DIR": str(prod / "reports"),
+        "AIPLAT_PROMETHEUS_URL": "http://127.0.0.1:9",  # part of the prod operations settings; never called here
+        # Only the public key: a host that deploys needs neither the private key nor its password.
+        "AIPLAT_SIGNING_PUBLIC_KEY": str(dev_key_pair().public_key),
+        "MLFLOW_TRACKING_URI": uri,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AIPLAT_SIGNING_PRIVATE_KEY", "AIPLAT_SIGNING_KEY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    return env
+
+
+def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_mlflow(
+        state_dir: Path, prod_env: dict[str, str], signed_folder: Path, registry: EndpointRegistry,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", "search")  # allowed only because MLflow names team:search the owner
+    expected = _tamper(signed_folder, "flipped byte")
+    result = _deploy(signed_folder)
+    assert result.exit_code == 1 and expected in result.output, result.output
+    prod_log = AuditLog(Path(prod_env["AIPLAT_AUDIT_LOG"]))
+    assert _events(prod_log) == [("access", "allowed"), ("deploy refused: signature", None)]
+    entry = next(prod_log.entries())
+    assert entry["owner_team"] == "team:search" and entry["reason"] == "owner team"
+    assert not (state_dir / "audit").exists()  # nothing went to the local default
+    _nothing_started(state_dir)
+
+
+def test_prod_refusal_by_team_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
+                                                   registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")  # the configured owner, but MLflow's tag says team:search
+    result = _deploy(signed_folder)
+    assert result.exit_code == 1 and "team:ml is neither the owner (team:search)" in result.output
+    assert _events(AuditLog(Path(prod_env["AIPLAT_AUDIT_LOG"]))) == [("access", "refused")]
+    assert not (state_dir / "audit").exists()
+
+
+def test_prod_cost_report_reads_the_prod_request_log(state_dir: Path, prod_env: dict[str, str]) -> None:
+    from aiplat.operations.requests import RequestLog, RequestRecord
+
+    RequestLog(Path(prod_env["AIPLAT_REQUEST_LOG"])).append(RequestRecord(
+        datetime(2026, 11, 25, 12, tzinfo=timezone.utc), ENDPOINT, ENDPOINT, "team:search", "triage", 1000, 500, 200.0, 200))
+    result = CliRunner().invoke(cli, ["cost", "report", "--since", "2026-11-25", "--until", "2026-11-25"])
+    assert result.exit_code == 0, result.output
+    assert f"from {prod_env['AIPLAT_REQUEST_LOG']}" in result.output and "1 requests" in result.output
+
+
+@pytest.mark.parametrize("command", [["endpoints", "deploy", ENDPOINT, "{folder}", "--version", "2"],
+                                     ["cost", "report"]])
+def test_prod_without_the_audit_log_setting_names_the_variable(state_dir: Path, prod_env: dict[str, str],
+                                                               signed_folder: Path, command: list[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIPLAT_AUDIT_LOG")
+    monkeypatch.setenv("AIPLAT_TEAM", "platform")
+    result = CliRunner().invoke(cli, [c.format(folder=signed_folder) for c in command])
+    assert result.exit_code == 1
+    assert "AIPLAT_ENV=prod: resource 'operations' needs AIPLAT_AUDIT_LOG set in the environment" in result.output, \
+        result.output
+    assert "Traceback" not in result.output
+
+
+def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
+                                                      registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIPLAT_SIGNING_PUBLIC_KEY")
+    monkeypatch.setenv("AIPLAT_TEAM", "platform")
+    before = registry.path.read_bytes()
+    result = _deploy(signed_folder)
+    assert result.exit_code == 1 and "resource 'model_signing' needs AIPLAT_SIGNING_PUBLIC_KEY" in result.output
+    assert registry.path.read_bytes() == before
+    _nothing_started(state_dir)
+    assert not Path(prod_env["AIPLAT_AUDIT_LOG"]).exists()  # settings are checked before any decision is logged
+
+
+def test_prod_promote_refusal_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aiplat promote` uses the same runtime resources: its access decision lands in AIPLAT_AUDIT_LOG."""
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    result = CliRunner().invoke(cli, ["promote", ENDPOINT, "1"])
+    assert result.exit_code == 1 and "access denied" in result.output and "(team:search)" in result.output, result.output
+    (entry,) = AuditLog(Path(prod_env["AIPLAT_AUDIT_LOG"])).entries()
+    assert entry["action"] == "promote" and entry["decision"] == "refused" and entry["owner_team"] == "team:search"
+    assert not (state_dir / "audit").exists()
