@@ -62,21 +62,26 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig) -> dg
     )
 
 
-class FineTuneConfig(dg.Config):
-    """Hyperparameters of the LoRA fine-tune (see aiplat.training.lora.FineTuneParams)."""
+_DEFAULT = FineTuneParams()
 
-    steps: int = 30
-    learning_rate: float = 5e-4
-    warmup_steps: int = 3
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    batch_size: int = 4
-    max_length: int = 256
-    seed: int = 42
-    max_train_examples: int = 256
-    max_eval_examples: int = 32
-    device: str = Field(default="auto", description="auto = cuda when present, else cpu")
+
+class FineTuneConfig(dg.Config):
+    """Hyperparameters of the LoRA fine-tune; defaults and meaning in aiplat.training.lora.FineTuneParams."""
+
+    steps: int = _DEFAULT.steps
+    learning_rate: float = _DEFAULT.learning_rate
+    warmup_steps: int = _DEFAULT.warmup_steps
+    lora_r: int = _DEFAULT.lora_r
+    lora_alpha: int = _DEFAULT.lora_alpha
+    lora_dropout: float = _DEFAULT.lora_dropout
+    target_modules: list[str] = Field(default_factory=lambda: list(_DEFAULT.target_modules),
+                                      description="Linear layers that get LoRA adapters")
+    batch_size: int = _DEFAULT.batch_size
+    max_length: int = _DEFAULT.max_length
+    seed: int = _DEFAULT.seed
+    max_train_examples: int = _DEFAULT.max_train_examples
+    max_eval_examples: int = _DEFAULT.max_eval_examples
+    device: str = Field(default=_DEFAULT.device, description="auto = cuda when present, else cpu")
     registered_model_name: Optional[str] = Field(default=None, description="Overrides the MLflow resource's name")
 
     def params(self) -> FineTuneParams:

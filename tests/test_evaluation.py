@@ -68,6 +68,11 @@ def test_golden_set_errors_name_the_record(tmp_path: Path) -> None:
         ("the ref AIPLAT-CANARY-7Q4X-93KD-LM2P again", ["canary"]),
         ("only the secret part 7Q4X-93KD-LM2P leaked", ["canary"]),
         ("category: billing\nreply: We refunded <CREDIT_CARD> on order 12345 within 3 days (v1.2.3).", []),
+        # Seen from the served demo model: pseudonym tokens imitated with digit-only hashes (this one
+        # passes the Luhn check) and an odd amount; neither is PII, both were flagged before.
+        ("reply: Hi <PERSON_611222212221122>, I have issued a refund", []),
+        ("reply: Hi <PERSON_121222222000002>, I have refunded £1.137.637.137.", []),
+        ("call 555.123.4567 and mail x@example.com <PERSON_1f3a>", ["email", "phone"]),
     ],
 )
 def test_leak_scanner(text: str, kinds: list[str]) -> None:

@@ -245,3 +245,28 @@ def test_milvus_down_retries_then_fails_clearly_and_alias_stays(tmp_path, embedd
         again.close()
     finally:
         server.stop()
+
+
+def test_a_restarted_milvus_serves_the_index_again_without_a_manual_load(tmp_path, embedder, query_vectors):
+    """After a restart, Milvus Lite brings collections back released: reads fail with "call load()
+    before search/get/query" until something loads them. The next incremental run and searches must
+    load what they read (seen on the demo after `aiplat stack down && aiplat stack up`)."""
+    articles = sample_kb_articles(8)
+    settings = IndexSettings(alias="kb_restart", collection_prefix="kbc_restart")
+    data = tmp_path / "data"
+    with MilvusLiteServer(data) as first:
+        store = IndexStore.connect(first.uri, settings=settings, retry=RetryPolicy(attempts=2, base_delay_s=0.1))
+        r1, _, chunks = _build(store, embedder, query_vectors, articles)
+        store.close()
+    with MilvusLiteServer(data) as second:
+        store = IndexStore.connect(second.uri, settings=settings, retry=RetryPolicy(attempts=2, base_delay_s=0.1))
+        try:
+            from pymilvus.client.types import LoadState
+
+            assert store.client.get_load_state(r1.collection)["state"] != LoadState.Loaded  # the state that broke runs
+            r2, s2, _ = _build(store, embedder, query_vectors, articles)
+            assert r2.mode == "incremental" and r2.collection == r1.collection and s2["embedded"] == 0
+            assert store.count(r2.collection) == len(chunks)
+            assert len(search_text(store, embedder, "print a return label", k=3)) == 3
+        finally:
+            store.close()

@@ -144,7 +144,7 @@ def test_run_has_params_step_metrics_system_metrics_and_artifacts(mlflow_server:
     client = _client(mlflow_server)
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["lora_r"] == "8" and run.data.params["steps"] == str(TINY_PARAMS["steps"])
+    assert run.data.params["lora_r"] == str(FineTuneParams().lora_r) and run.data.params["steps"] == str(TINY_PARAMS["steps"])
     assert run.data.params["rows_train"] == "48"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == list(range(1, TINY_PARAMS["steps"] + 1))

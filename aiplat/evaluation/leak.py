@@ -75,8 +75,17 @@ EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-
 CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-# Phone numbers: international (+CC ...) or grouped national numbers with 9 to 15 digits.
-PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?!\w)")
+# Phone numbers: international (+CC ...) or grouped national numbers with 9 to 15 digits. Not right
+# after a currency sign or inside a longer dotted/commaed number: "£1.137.637.137" is an amount.
+PHONE = re.compile(r"(?<![\w+$£€.,])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?!\w)")
+# The redaction's pseudonyms (<PERSON_1f3a...>, aiplat.pii.redact) and the model's imitations of them
+# (any length, digits only): their digits are a hash, never a card or phone number.
+PSEUDONYM = re.compile(r"<[A-Z][A-Z_]*_[0-9A-Za-z]+>")
+
+
+def _blank_pseudonyms(text: str) -> str:
+    """The text with pseudonym tokens blanked, same length, so spans and masks stay true."""
+    return PSEUDONYM.sub(lambda m: " " * len(m.group()), text)
 
 
 def scan_text(text: str, source: str, canaries: Sequence[str] = DEFAULT_CANARIES) -> list[Finding]:
@@ -88,6 +97,7 @@ def scan_text(text: str, source: str, canaries: Sequence[str] = DEFAULT_CANARIES
             findings.append(Finding("canary", source, mask(canary)))
     for m in EMAIL.finditer(text):
         findings.append(Finding("email", source, mask(m.group())))
+    text = _blank_pseudonyms(text)
     taken: list[tuple[int, int]] = []
     for m in IBAN.finditer(text):
         if iban_ok(m.group()):

@@ -47,6 +47,20 @@ class IndexStore:
     def call(self, what: str, fn: Callable[[], T]) -> T:
         return call_with_retries(fn, what=what, uri=self.uri, policy=self.retry)
 
+    def read(self, name: str, what: str, fn: Callable[[], T]) -> T:
+        """A query or search of `name`. A collection comes back released after a Milvus restart
+        (or a release by another client); then it is loaded and the read asked once more, instead
+        of every later run failing until someone loads it by hand."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return self.call(what, fn)
+        except MilvusException as exc:
+            if not _not_loaded(exc):
+                raise
+        self.call(f"loading {name}", lambda: self.client.load_collection(name))
+        return self.call(what, fn)
+
     def close(self) -> None:
         try:
             self.client.close()
@@ -137,7 +151,7 @@ class IndexStore:
     # --- rows -----------------------------------------------------------------------------------
     def count(self, name: str) -> int:
         self.call(f"flushing {name}", lambda: self.client.flush(name))
-        res = self.call(f"counting {name}", lambda: self.client.query(name, filter="", output_fields=["count(*)"]))
+        res = self.read(name, f"counting {name}", lambda: self.client.query(name, filter="", output_fields=["count(*)"]))
         return int(res[0]["count(*)"])
 
     def scan(self, name: str, fields: list[str], batch_size: int = 1000) -> pd.DataFrame:
@@ -153,7 +167,7 @@ class IndexStore:
                 it.close()
             return rows
 
-        rows = self.call(f"reading rows of {name}", run)
+        rows = self.read(name, f"reading rows of {name}", run)
         df = pd.DataFrame(rows, columns=fields) if rows else pd.DataFrame({f: [] for f in fields})
         return df[fields]
 
@@ -165,7 +179,7 @@ class IndexStore:
         out = []
         for start in range(0, len(ids), self.write_batch):
             part = ids[start : start + self.write_batch]
-            out.extend(self.call(f"reading {len(part)} rows of {name}",
+            out.extend(self.read(name, f"reading {len(part)} rows of {name}",
                                  lambda part=part: self.client.query(name, ids=part, output_fields=fields)))
         return pd.DataFrame(out, columns=fields) if out else pd.DataFrame({f: [] for f in fields})
 
@@ -204,7 +218,8 @@ class IndexStore:
     ) -> list[list[dict]]:
         data = np.asarray(vectors, dtype=np.float32)
         fields = output_fields if output_fields is not None else ["article_id", "index_version"]
-        res = self.call(
+        res = self.read(
+            name,
             f"searching {name}",
             lambda: self.client.search(
                 name,
@@ -216,3 +231,9 @@ class IndexStore:
         )
         return [[{"chunk_id": h["id"] if "id" in h else h[PRIMARY_KEY], "score": float(h["distance"]),
                   **h.get("entity", {})} for h in hits] for hits in res]
+
+
+def _not_loaded(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "released" in text or "not loaded" in text or "collection not loaded" in text
+
