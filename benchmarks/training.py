@@ -101,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny | smollm2 | shape:FOLDER")
     parser.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, default=None, help="Examples per step (default 4)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tracking-uri", default=None)
@@ -125,6 +126,8 @@ def main() -> None:
         params = FineTuneParams(steps=args.steps or 6, batch_size=4, max_length=256, seed=1)
     if args.device != "auto":
         params = params.model_copy(update={"device": args.device})
+    if args.batch_size:
+        params = params.model_copy(update={"batch_size": args.batch_size})
 
     bare, plat = [], []
     for i in range(args.repeats):  # interleaved, so drift in machine load hits both alike
