@@ -83,9 +83,11 @@ class FineTuneConfig(dg.Config):
     max_eval_examples: int = _DEFAULT.max_eval_examples
     device: str = Field(default=_DEFAULT.device, description="auto = cuda when present, else cpu")
     registered_model_name: Optional[str] = Field(default=None, description="Overrides the MLflow resource's name")
+    keep_local_runs: int = Field(default=3, ge=1, description=(
+        "Local working copies of fine-tunes (and downloaded eval copies) kept; MLflow holds every version"))
 
     def params(self) -> FineTuneParams:
-        fields = self.model_dump(exclude={"registered_model_name"})
+        fields = self.model_dump(exclude={"registered_model_name", "keep_local_runs"})
         return FineTuneParams(**fields)
 
 
@@ -161,6 +163,10 @@ def fine_tuned_model(
         raise dg.Failure(str(e)) from e
     result = tracked.result
     signed = tracked.signature
+    pruned = _prune_local_copies(model_name, work_dir, config.keep_local_runs)
+    if pruned:
+        context.log.info(f"pruned {len(pruned)} older local model copies ({sum(p.bytes for p in pruned) / 1e9:.2f} GB); "
+                         "MLflow keeps every version")
     return dg.MaterializeResult(
         metadata={
             "mlflow_run": dg.MetadataValue.url(tracked.run_url),
@@ -189,6 +195,14 @@ def fine_tuned_model(
         },
         data_version=dg.DataVersion(result.merged_sha256),
     )
+
+
+def _prune_local_copies(model_name: str, work_dir, keep: int) -> list:
+    from aiplat.evaluation.registry import model_cache_dir
+    from aiplat.models.retention import prune_folders
+
+    return (prune_folders(work_dir.parent, keep, protect=(work_dir,))
+            + prune_folders(model_cache_dir() / model_name, keep))
 
 
 # Runs of this job are the ones the K8sRunLauncher puts on the GPU node pool (run-level tags), and

@@ -155,3 +155,25 @@ def test_unreachable_mlflow_error_is_clear_and_hides_credentials() -> None:
         preflight(MlflowClient(uri), uri, timeout_s=2)
     assert "unreachable" in str(err.value) and "127.0.0.1" in str(err.value)
     assert "s3cret" not in str(err.value)
+
+
+def test_local_model_copies_are_pruned_to_the_newest_but_never_the_protected(tmp_path: Path) -> None:
+    import os
+
+    from aiplat.models.retention import prune_folders
+
+    parent = tmp_path / "fine_tuned" / "ticket-triage"
+    runs = []
+    for i in range(5):
+        run = parent / f"run{i}"
+        (run / "merged").mkdir(parents=True)
+        (run / "merged" / "model.safetensors").write_bytes(b"x" * (100 + i))
+        os.utime(run, (1_000_000 + i, 1_000_000 + i))  # run4 newest
+        runs.append(run)
+    pruned = prune_folders(parent, keep=2, protect=(runs[0],))  # the oldest is the run in progress
+    assert sorted(p.path.name for p in pruned) == ["run1", "run2", "run3"]
+    assert sum(p.bytes for p in pruned) == 101 + 102 + 103
+    assert sorted(p.name for p in parent.iterdir()) == ["run0", "run4"]
+    assert prune_folders(tmp_path / "absent", keep=2) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        prune_folders(parent, keep=0)
