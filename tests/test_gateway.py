@@ -3,8 +3,8 @@
 The upstream of the routing, label, streaming and record tests is a tiny OpenAI-shaped Starlette
 app that stands in for vLLM: it answers in vLLM's shapes (usage on non-streamed answers, a final
 usage-only chunk when `stream_options.include_usage` is set) and keeps what it received, so the
-tests can see what the gateway forwards. The last test runs the gateway in front of a real vLLM
-server on the CPU (skipped without the vLLM venv, a failure in CI).
+tests can see what the gateway forwards. In front of a real vLLM server (plain and streamed, with the
+server's own usage counts) it runs in tests/test_serving_live.py, which already has one up.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from aiplat.operations.requests import RequestLog
 from aiplat.serving.gateway import GatewaySettings, build_app
 from aiplat.serving.gateway_routing import RegistryResolver, TemplateResolver, load_api_key_teams
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
-from tests.conftest import IN_CI
 
 ENDPOINT = "ticket-triage"
 CLIENT_KEY = "sk-client-4f1d9c0e-never-in-a-log"
@@ -375,53 +374,3 @@ def test_the_committed_manifest_runs_the_real_command_and_validates_strictly() -
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     with pytest.raises(ValueError, match="placeholder"):
         gateway_k8s.render_gateway(gateway_k8s.GatewaySpec(upstream_template="http://gw/fixed"))
-
-
-# --- a real vLLM endpoint ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_real_vllm_endpoint_through_the_gateway(tmp_path_factory: pytest.TempPathFactory) -> None:
-    import openai
-
-    from aiplat.stack import VLLM_SETUP, vllm_env
-
-    env = vllm_env()
-    if not env.ready:
-        message = f"no vLLM environment at {env.path}; build it with {VLLM_SETUP}"
-        if IN_CI:
-            pytest.fail(f"{message} (CI must build it)")
-        pytest.skip(message)
-    from aiplat.models.base import prepare_base_model
-    from aiplat.serving.champion import ModelRef
-    from aiplat.serving.manager import EndpointManager
-    from aiplat.serving.server import ServerSettings
-
-    state = tmp_path_factory.mktemp("gateway-vllm")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIPLAT_STATE_DIR", str(state))
-        mp.setenv("AIPLAT_ENV", "local")
-        model = prepare_base_model(dest_root=state / "models").path
-        registry = EndpointRegistry(state / "endpoints.json")
-        manager = EndpointManager(ServerSettings(python=str(env.python), enforce_eager=True, start_timeout_s=900),
-                                  registry=registry)
-        try:
-            manager.deploy(ENDPOINT, ModelRef("1", model, uri=str(model)))
-            world = {"registry": registry, "log_path": state / "requests.jsonl"}
-            with gateway(world) as url:
-                client = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0,
-                                       default_headers={"X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "vllm-test"})
-                assert [m.id for m in client.models.list().data] == [ENDPOINT]
-                chat = client.chat.completions.create(model=ENDPOINT, temperature=0, max_tokens=12,
-                                                      messages=[{"role": "user", "content": "What is the capital of France?"}])
-                streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-                    model=ENDPOINT, temperature=0, max_tokens=12, stream=True,
-                    messages=[{"role": "user", "content": "What is the capital of France?"}]) if c.choices)
-        finally:
-            manager.stop_all()
-    assert "Paris" in chat.choices[0].message.content and "Paris" in streamed
-    plain, stream = _records(world)
-    assert (plain.team, plain.feature, plain.model, plain.status) == ("team:ml", "vllm-test", "1", 200)
-    assert plain.prompt_tokens == chat.usage.prompt_tokens and plain.completion_tokens == chat.usage.completion_tokens
-    assert stream.completion_tokens >= 1 and stream.prompt_tokens == plain.prompt_tokens
-    assert CLIENT_KEY not in world["log_path"].read_text()

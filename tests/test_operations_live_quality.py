@@ -91,7 +91,8 @@ def _materialize(world, instance: dg.DagsterInstance, tags: dict | None = None, 
         [served_endpoint, live_quality], selection=[live_quality.key], instance=instance, tags=tags,
         resources={"vllm": world["vllm"], "mlflow": world["mlflow"], "model_signing": ModelSigningResource(),
                    "operations": OperationsResource()},
-        run_config={"ops": {"live_quality": {"config": config}}},
+        # The category is the answer's first line: 16 tokens are enough and keep the module short.
+        run_config={"ops": {"live_quality": {"config": {"max_tokens": 16, **config}}}},
     )
 
 

@@ -244,12 +244,28 @@ def test_cli_lists_and_chats_through_the_metering_gateway(world, monkeypatch: py
         assert started.ok, started
         chat = runner.invoke(cli, ["chat", ENDPOINT, "What is the capital of France?", "--feature", "faq-bot"])
         assert chat.exit_code == 0 and "Paris" in chat.output
+        # The official client, streamed: chunks pass through and the record carries vLLM's own usage.
+        import openai
+
+        client = openai.OpenAI(base_url=f"{started.url}/v1", api_key="sk-not-logged-7f3a", max_retries=0,
+                               default_headers={"X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "stream-test"})
+        plain = client.chat.completions.create(model=ENDPOINT, temperature=0, max_tokens=12,
+                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=ENDPOINT, temperature=0, max_tokens=12, stream=True,
+            messages=[{"role": "user", "content": "What is the capital of France?"}]) if c.choices)
     finally:
         stack.down(["gateway"])
+    assert "Paris" in streamed
     records, _ = RequestLog().read()
-    last = records[-1]
-    assert (last.endpoint, last.model, last.team, last.feature, last.status) == (ENDPOINT, "2", "team:platform", "faq-bot", 200)
-    assert last.prompt_tokens > 0 and last.completion_tokens > 0
+    cli_chat, direct, stream = records[-3:]
+    assert (cli_chat.endpoint, cli_chat.model, cli_chat.team, cli_chat.feature, cli_chat.status) == (
+        ENDPOINT, "2", "team:platform", "faq-bot", 200)
+    assert cli_chat.prompt_tokens > 0 and cli_chat.completion_tokens > 0
+    assert (direct.team, direct.feature) == ("team:ml", "stream-test")
+    assert (direct.prompt_tokens, direct.completion_tokens) == (plain.usage.prompt_tokens, plain.usage.completion_tokens)
+    assert stream.prompt_tokens == direct.prompt_tokens and stream.completion_tokens >= 1
+    assert "sk-not-logged-7f3a" not in RequestLog().path.read_text()
 
 
 def test_a_crashed_server_shows_as_down(world) -> None:
