@@ -289,8 +289,9 @@ def _report_baseline(mlflow: MLflowResource, name: str, version: str, golden):
 
 
 def _earlier_readings(instance: dg.DagsterInstance) -> list[dict]:
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=LIVE_QUALITY), limit=1000,
-                                              ascending=True).records
+    """The latest readings, newest first; each carries the baseline it was judged against."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=LIVE_QUALITY), limit=200,
+                                              ascending=False).records
     return [{**{k: v.value for k, v in r.asset_materialization.metadata.items()}, "run_id": r.run_id} for r in records]
 
 

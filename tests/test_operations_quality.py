@@ -78,20 +78,21 @@ def _headline_result(golden_accuracy: float) -> dict:
             "speed": {"latency_p50_ms": 10.0, "tokens_per_second": 5.0}}
 
 
-def test_baseline_from_readings_is_the_first_passing_one_of_the_same_version() -> None:
+def test_baseline_comes_forward_from_the_newest_reading_of_the_same_version() -> None:
     quality = score(TARGET, GOLDEN, _answers(right=12))
-    readings = [
-        {"endpoint": "ticket-triage", "model_version": "4", "golden_sha256": GOLDEN.sha256, "golden_accuracy": 0.1,
-         "baseline_eligible": False, "run_id": "failed01"},  # a failed reading never becomes the baseline
-        {"endpoint": "ticket-triage", "model_version": "3", "golden_sha256": GOLDEN.sha256, "golden_accuracy": 0.9,
-         "baseline_eligible": True, "run_id": "othervers"},
-        {"endpoint": "ticket-triage", "model_version": "4", "golden_sha256": GOLDEN.sha256, "golden_accuracy": 0.6,
-         "baseline_eligible": True, "run_id": "first4ok"},
-        {"endpoint": "ticket-triage", "model_version": "4", "golden_sha256": GOLDEN.sha256, "golden_accuracy": 0.4,
-         "baseline_eligible": True, "run_id": "later4ok"},
-    ]
-    assert baseline_from_readings(readings, quality) == Baseline(0.6, "first live reading first4ok")
-    assert baseline_from_readings(readings[:2], quality) is None
+    same = {"endpoint": "ticket-triage", "model_version": "4", "golden_sha256": GOLDEN.sha256}
+    first = {**same, "golden_accuracy": 0.6, "baseline_accuracy": "none yet", "baseline_source": "this reading",
+             "baseline_eligible": True, "run_id": "first4ok"}
+    later = {**same, "golden_accuracy": 0.55, "baseline_accuracy": 0.6, "baseline_source": "first live reading first4ok",
+             "baseline_eligible": True, "run_id": "later4ok"}
+    failed = {**same, "golden_accuracy": 0.1, "baseline_accuracy": "none yet", "baseline_source": "this reading",
+              "baseline_eligible": False, "run_id": "failed01"}  # a failed reading never becomes the baseline
+    other_version = {**same, "model_version": "3", "golden_accuracy": 0.9, "baseline_eligible": True, "run_id": "v3"}
+    other_golden = {**same, "golden_sha256": "0" * 64, "golden_accuracy": 0.9, "baseline_eligible": True, "run_id": "g"}
+    newest_first = [other_version, later, other_golden, first]
+    assert baseline_from_readings(newest_first, quality) == Baseline(0.6, "first live reading first4ok")
+    assert baseline_from_readings([failed, first], quality) == Baseline(0.6, "first live reading first4ok")
+    assert baseline_from_readings([failed, other_version, other_golden], quality) is None
 
 
 def test_schedule_skips_until_something_is_served_then_asks_once_per_tick() -> None:

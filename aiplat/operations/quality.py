@@ -197,11 +197,18 @@ def baseline_from_report(report: dict, report_sha256: str, golden: GoldenSet) ->
 
 
 def baseline_from_readings(readings: Iterable[dict], quality: LiveQuality) -> Baseline | None:
-    """The first earlier passing live reading of the same endpoint, version and golden set (readings
-    oldest first); a reading that failed is never a baseline."""
+    """The baseline of the same endpoint, version and golden set from earlier readings, newest first.
+
+    Every reading records the baseline it was judged against, so the newest matching one carries it
+    forward and the history need not be read back to the first; a passing reading that had none is
+    itself the baseline. A failed reading without one is skipped: it never becomes a baseline."""
     for r in readings:
-        if (r.get("baseline_eligible") is True and r.get("endpoint") == quality.endpoint and str(r.get("model_version")) == quality.model_version
-                and r.get("golden_sha256") == quality.golden_sha256 and r.get("golden_accuracy") is not None):
+        if (r.get("endpoint") != quality.endpoint or str(r.get("model_version")) != quality.model_version
+                or r.get("golden_sha256") != quality.golden_sha256):
+            continue
+        if isinstance(r.get("baseline_accuracy"), float) and r.get("baseline_source"):
+            return Baseline(r["baseline_accuracy"], str(r["baseline_source"]))
+        if r.get("baseline_eligible") is True and r.get("golden_accuracy") is not None:
             return Baseline(float(r["golden_accuracy"]), f"first live reading {str(r.get('run_id', ''))[:8]}")
     return None
 
