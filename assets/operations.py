@@ -86,13 +86,14 @@ def endpoint_metrics(context: dg.AssetExecutionContext, config: EndpointMetricsC
         for name, value in numbers.items():
             metadata[f"{endpoint}/{name}"] = dg.MetadataValue.float(float(value))
 
+    scraped = len(servers) - len(errors)
     errors += prometheus_errors
     if errors and not (metadata or recent):
         raise dg.Failure("no endpoint could be scraped and the request log is empty: " + "; ".join(errors))
     for problem in errors:
         context.log.warning(problem)
     metadata.update({
-        "endpoints_scraped": len(servers) - (len(errors) - len(prometheus_errors)),
+        "endpoints_scraped": scraped,
         "prometheus_series": prometheus_series,
         "scrape_errors": dg.MetadataValue.json(errors),
         "request_log_lines_rejected": len(rejected),

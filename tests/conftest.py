@@ -45,3 +45,18 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AIPLAT_STATE_DIR", str(path))
     monkeypatch.setenv("AIPLAT_ENV", "local")
     return path
+
+
+def built_vllm_env():
+    """The developer's / CI's built vLLM venv (aiplat.stack.VllmEnv), looked up before a test sets a
+    private state dir: skipped on a laptop without it, a failure in CI (which must build it)."""
+    from aiplat.stack import VLLM_SETUP, vllm_env
+
+    env = vllm_env()
+    if not env.ready:
+        message = f"no vLLM environment at {env.path}; build it with {VLLM_SETUP}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI must build it)")
+        pytest.skip(message)
+    return env
+

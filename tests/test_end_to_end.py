@@ -16,7 +16,7 @@ import pytest
 
 from aiplat import demo_data
 from aiplat.net import free_port
-from tests.conftest import IN_CI
+from tests.conftest import built_vllm_env
 from tests.records import jsonl, ticket
 
 pytestmark = pytest.mark.slow
@@ -67,14 +67,9 @@ def _months_back(months: int) -> date:
 
 @pytest.fixture
 def local_runtime(tmp_path, monkeypatch):
-    from aiplat.stack import VLLM_SETUP, down, up, vllm_env
+    from aiplat.stack import down, up
 
-    env = vllm_env()  # the developer's / CI's venv, looked up before the private state dir is set
-    if not env.ready:
-        message = f"no vLLM environment at {env.path}; build it with {VLLM_SETUP}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    env = built_vllm_env()
     state = tmp_path / "state"
     (state / "venvs").mkdir(parents=True)
     (state / "venvs" / "vllm").symlink_to(env.path)

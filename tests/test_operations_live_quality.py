@@ -22,7 +22,7 @@ import pytest
 
 from aiplat.evaluation.golden import load_golden
 from aiplat.serving.champion import FolderSource
-from tests.conftest import IN_CI
+from tests.conftest import built_vllm_env
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +32,7 @@ ROLLBACK_TAGS = {"aiplat/team": "team:platform", "aiplat/actor": "schedule:hourl
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from aiplat.stack import VLLM_SETUP, vllm_env
-
-    env = vllm_env()
-    if not env.ready:
-        message = f"no vLLM environment at {env.path}; build it with {VLLM_SETUP}"
-        if IN_CI:
-            pytest.fail(f"{message} (CI must build it)")
-        pytest.skip(message)
+    env = built_vllm_env()
     state = tmp_path_factory.mktemp("live-quality-state")
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))

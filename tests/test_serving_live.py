@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from aiplat.serving.canary import CanaryPolicy, run_canary
 from aiplat.serving.champion import FolderSource
 from aiplat.serving.server import ServerStartError, process_of
-from tests.conftest import IN_CI
+from tests.conftest import built_vllm_env
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +34,7 @@ ENDPOINT = "ticket-triage"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from aiplat.stack import VLLM_SETUP, vllm_env
-
-    env = vllm_env()  # the developer's / CI's built venv, looked up before the private state dir is set
-    if not env.ready:
-        message = f"no vLLM environment at {env.path}; build it with {VLLM_SETUP}"
-        if IN_CI:
-            pytest.fail(f"{message} (CI must build it)")
-        pytest.skip(message)
+    env = built_vllm_env()  # looked up before the private state dir is set
     state = tmp_path_factory.mktemp("serving-state")
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))
