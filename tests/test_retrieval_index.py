@@ -7,12 +7,10 @@ import time
 import uuid
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from aiplat.retrieval.chunking import ChunkingConfig, chunk_articles, chunk_id, latest_kb_snapshot, split_text
 from aiplat.retrieval.diff import diff_chunks, key_set_sha256
-from aiplat.retrieval.embedding import load_embedder
 from aiplat.retrieval.index import IndexVerificationError, build_index, embed_chunks, rollback, search_text
 from aiplat.retrieval.lite_server import MilvusLiteServer
 from aiplat.retrieval.queries import QUERY_SET
@@ -23,17 +21,16 @@ from aiplat.retrieval.store import IndexStore
 
 
 @pytest.fixture(scope="module")
-def milvus(tmp_path_factory):
-    with MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data") as server:
-        yield server
+def milvus(shared_milvus):
+    return shared_milvus
 
 
-@pytest.fixture(scope="session")
-def embedder():
-    return load_embedder()
+@pytest.fixture(scope="module")
+def embedder(shared_embedder):
+    return shared_embedder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def query_vectors(embedder):
     return embedder.encode(list(QUERY_SET))
 

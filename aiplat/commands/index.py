@@ -29,9 +29,11 @@ def _connection(fn: Callable) -> Callable:
 
 
 def _resource(uri: str | None, token: str, alias: str, backup_uri: str | None = None) -> Any:
-    from resources.milvus import MilvusResource
+    """The runtime's Milvus resource (prod: AIPLAT_MILVUS_* through dg.EnvVar), with what the
+    caller passed on the command line in place of its settings."""
+    from aiplat.commands import _resources
 
-    return MilvusResource(uri=uri, token=token, alias=alias, backup_uri=backup_uri)
+    return _resources.with_overrides("milvus", uri=uri, token=token, alias=alias, backup_uri=backup_uri)
 
 
 @contextmanager
