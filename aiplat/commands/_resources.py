@@ -38,18 +38,8 @@ def declared(key: str) -> Any:
 
 def resolve(resource: Any, key: str) -> Any:
     """`resource` with its config processed (env vars read) and setup_for_execution run."""
-    import dagster as dg
-
-    try:
+    with config_errors(f"resource {key!r}"):
         return resource.process_config_and_initialize()
-    except dg.DagsterInvalidConfigError as e:
-        missing = sorted(set(_UNSET_VAR.findall(str(e))))
-        if not missing:
-            raise click.ClickException(f"resource {key!r} ({type(resource).__name__}): {str(e).splitlines()[0]}") from None
-        raise click.ClickException(
-            f"AIPLAT_ENV={runtime()}: resource {key!r} needs {', '.join(missing)} set in the environment "
-            f"(see platform_defs/resources.py)"
-        ) from None
 
 
 @contextmanager
@@ -65,7 +55,7 @@ def config_errors(what: str = "the runtime's resources") -> Iterator[None]:
         if not missing:
             raise click.ClickException(f"{what}: {str(e).splitlines()[0]}") from None
         raise click.ClickException(
-            f"AIPLAT_ENV={runtime()}: {what} need {', '.join(missing)} set in the environment "
+            f"AIPLAT_ENV={runtime()}: {what} needs {', '.join(missing)} set in the environment "
             f"(see platform_defs/resources.py)"
         ) from None
 
