@@ -10,7 +10,7 @@ from typing import Callable
 
 import dagster as dg
 
-from aiplat.intake.landing import LandingCursor, NewBatch, find_new_batches
+from aiplat.intake.landing import SOURCE_SHA_TAG, LandingCursor, NewBatch, find_new_batches, intake_status
 from assets.intake import BATCHES
 
 
@@ -43,10 +43,10 @@ def landing_zone(defs: dg.Definitions):
 
 
 def pending_batches(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[NewBatch]:
-    """Landed files whose content is not yet a registered batch partition."""
+    """Landed files whose content is not yet a registered batch partition (or whose runs all failed)."""
     with dg.build_resources({"landing_zone": landing_zone(defs)}) as resources:
-        batches, _ = find_new_batches(resources.landing_zone, list(BATCHES), LandingCursor())
-    return [b for b in batches if not instance.has_dynamic_partition(BATCHES[b.dataset].name, b.key)]
+        batches, _ = find_new_batches(resources.landing_zone, list(BATCHES), LandingCursor(), intake_status(instance))
+    return [b for b in batches if b.attempt or not instance.has_dynamic_partition(BATCHES[b.dataset].name, b.key)]
 
 
 def ingest_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: NewBatch) -> RunSummary:
@@ -57,7 +57,7 @@ def ingest_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: NewB
         partition_key=batch.key,
         raise_on_error=False,
         run_config=QUIET,
-        tags={"aiplat/source_uri": batch.uri, "aiplat/source_sha256": batch.sha256, "aiplat/trigger": "cli"},
+        tags={"aiplat/source_uri": batch.uri, SOURCE_SHA_TAG: batch.sha256, "aiplat/trigger": "cli"},
     )
     return _summarize(job_name, batch.key, result)
 
