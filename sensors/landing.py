@@ -4,6 +4,7 @@
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from aiplat.intake.combine import SNAPSHOT_DATASETS
 from aiplat.intake.landing import SOURCE_SHA_TAG, LandingCursor, find_new_batches, intake_status
 from resources.landing_zone import LandingZone
 
@@ -26,7 +27,10 @@ def build_landing_sensor(
     )
     def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZone) -> dg.SensorResult:
         cursor = LandingCursor.parse(context.cursor)
-        batches, notes = find_new_batches(landing_zone, list(jobs), cursor, intake_status(context.instance))
+        batches, notes = find_new_batches(
+            landing_zone, list(jobs), cursor,
+            intake_status(context.instance, {d: partitions[d].name for d in jobs if d in SNAPSHOT_DATASETS}),
+        )
         for note in notes:
             context.log.info(note)
         add_requests = []

@@ -23,9 +23,12 @@ class Intake(enum.Enum):
     IN_FLIGHT = "in flight"  # a run for it is queued or running
     TAKEN_IN = "taken in"  # a batch with this content is materialized
     FAILED = "failed"  # every run for it ended without taking it in
+    # A snapshot dataset's older snapshot landed again under a new name: on purpose, it becomes
+    # the current snapshot again (the KB index's deletion guard still stops a mass deletion).
+    RELANDED = "re-landed"
 
 
-IntakeStatus = Callable[[str, str], tuple[Intake, str]]
+IntakeStatus = Callable[[str, str, str], tuple[Intake, str]]
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,25 @@ class LandingCursor:
         return json.dumps({"files": self.files, "seen": self.seen}, sort_keys=True, separators=(",", ":"))
 
 
-def intake_status(instance: dg.DagsterInstance) -> IntakeStatus:
-    """Asks the Dagster instance what became of a dataset's content (by its sha256).
+def intake_status(instance: dg.DagsterInstance, snapshot_partitions: dict[str, str] | None = None) -> IntakeStatus:
+    """Asks the Dagster instance what became of a dataset's content (by its sha256), landed as `key`.
 
     Taken in = a partition of raw_<dataset> whose key carries the hash is materialized (however
     it was launched: sensor, CLI, UI backfill). Otherwise the runs tagged with the hash decide.
+    `snapshot_partitions` names the dynamic partitions of snapshot datasets (dataset -> name):
+    there, old content landed under a new name while a later snapshot is current is RELANDED.
     """
+    snapshot_partitions = snapshot_partitions or {}
 
-    def status(dataset: str, sha256: str) -> tuple[Intake, str]:
+    def status(dataset: str, sha256: str, key: str) -> tuple[Intake, str]:
         suffix = f"-{sha256[:HASH_CHARS]}"
-        done = sorted(k for k in instance.get_materialized_partitions(raw_asset_key(dataset)) if k.endswith(suffix))
+        materialized = instance.get_materialized_partitions(raw_asset_key(dataset))
+        done = sorted(k for k in materialized if k.endswith(suffix))
         if done:
+            if dataset in snapshot_partitions and key not in materialized:
+                order = [k for k in instance.get_dynamic_partitions(snapshot_partitions[dataset]) if k in materialized]
+                if order and not order[-1].endswith(suffix):
+                    return Intake.RELANDED, f"snapshot {done[0]} re-landed while {order[-1]} is current"
             return Intake.TAKEN_IN, f"batch {done[0]}"
         runs = instance.get_runs(filters=dg.RunsFilter(tags={SOURCE_SHA_TAG: sha256}))
         open_runs = [r for r in runs if not r.is_finished]
@@ -94,7 +105,8 @@ def find_new_batches(
 
     A file whose version (mtime/ETag) is unchanged is not read again; a changed file is hashed.
     Content already taken in, or whose run is still in flight, makes no batch; content whose
-    earlier runs all failed does (a renamed or re-landed copy is how a producer retries).
+    earlier runs all failed does (a renamed or re-landed copy is how a producer retries), and so
+    does an older snapshot landed again under a new name (how an operator reverts the KB).
     Without `status` (no instance at hand), content seen before counts as taken in.
     """
     batches: list[NewBatch] = []
@@ -111,7 +123,8 @@ def find_new_batches(
                 cursor.files[landed.uri] = [landed.version, sha]
                 notes.append(f"{landed.uri}: same content as {this_pass[sha]} (sha256 {sha[:12]}...), one batch for both")
                 continue
-            state, detail = status(dataset, sha) if status else (Intake.TAKEN_IN if sha in seen else Intake.NEW, "")
+            key = batch_key(landed.stem, sha)
+            state, detail = status(dataset, sha, key) if status else (Intake.TAKEN_IN if sha in seen else Intake.NEW, "")
             if state is Intake.NEW and sha in seen:
                 # Requested by an earlier tick, but no run is recorded yet: look again next tick.
                 notes.append(f"{landed.uri}: content requested earlier (sha256 {sha[:12]}...), no run recorded yet")
@@ -126,14 +139,12 @@ def find_new_batches(
                 seen.add(sha)
                 continue
             attempt = ""
-            if state is Intake.FAILED:
+            if state in (Intake.FAILED, Intake.RELANDED):
                 attempt = sha256_bytes(f"{landed.uri}@{landed.version}".encode())[:HASH_CHARS]
                 notes.append(f"{landed.uri}: {detail}; taking its content (sha256 {sha[:12]}...) in again from this file")
             seen.add(sha)
             this_pass[sha] = landed.uri
-            batches.append(
-                NewBatch(dataset=dataset, key=batch_key(landed.stem, sha), uri=landed.uri, sha256=sha, attempt=attempt)
-            )
+            batches.append(NewBatch(dataset=dataset, key=key, uri=landed.uri, sha256=sha, attempt=attempt))
         cursor.seen[dataset] = sorted(seen)
     return batches, notes
 
