@@ -22,7 +22,7 @@ from aiplat.intake.batches import batch_key, key_stem, split_batch_key
 from aiplat.intake.landing import LandingCursor, find_new_batches, intake_status
 from aiplat.net import free_port
 from aiplat.provenance import sha256_bytes
-from assets.intake import ingest_tickets
+from assets.intake import ingest_kb_articles, ingest_tickets
 from resources.lake import LakeIOManager
 from resources.landing_zone import LandingZone, LocalLandingZone, S3LandingZone
 from tests.records import jsonl, ticket
@@ -177,3 +177,40 @@ def test_the_landing_sensor_retries_failed_content_through_dagster(tmp_path: Pat
     assert [r.tags["aiplat/source_uri"] for r in second.run_requests if r.tags["aiplat/source_sha256"] == request.tags["aiplat/source_sha256"]] == [
         zone.find("tickets", "t-1 (resent)").uri
     ]
+
+
+def test_an_older_kb_snapshot_relanded_under_a_new_name_becomes_current_but_a_reset_cursor_reverts_nothing(
+    tmp_path: Path,
+):
+    from tests.records import kb_article
+
+    zone = LocalLandingZone(base_dir=str(tmp_path / "landing"))
+    instance = dg.DagsterInstance.ephemeral()
+    status = intake_status(instance, {"kb_articles": "kb_batches"})
+
+    def take_in(batches):
+        for b in batches:
+            instance.add_dynamic_partitions("kb_batches", [b.key])
+            assert dg.materialize([ingest_kb_articles], partition_key=b.key, instance=instance, resources={
+                "landing_zone": zone, "io_manager": LakeIOManager(base_uri=str(tmp_path / "lake"))}).success
+
+    old = jsonl([kb_article(i) for i in range(5)])
+    zone.land("kb_articles", "kb-2026-10-01.jsonl", old)
+    cursor = LandingCursor()
+    take_in(find_new_batches(zone, ["kb_articles"], cursor, status)[0])
+    zone.land("kb_articles", "kb-2026-10-02.jsonl", jsonl([kb_article(0)]))
+    take_in(find_new_batches(zone, ["kb_articles"], cursor, status)[0])
+
+    # A sensor whose cursor was reset sees both files again: both are taken in, nothing reverts.
+    assert find_new_batches(zone, ["kb_articles"], LandingCursor(), status)[0] == []
+
+    # The operator re-lands the older snapshot under a new name, on purpose: a new, latest batch.
+    copy = zone.land("kb_articles", "kb-2026-10-01-restored.jsonl", old)
+    batches, notes = find_new_batches(zone, ["kb_articles"], cursor, status)
+    assert [b.uri for b in batches] == [copy.uri] and batches[0].attempt, notes
+    assert any("re-landed" in n for n in notes), notes
+    take_in(batches)
+    assert instance.get_dynamic_partitions("kb_batches")[-1] == batches[0].key
+    # Now it is current again: landing it a third time is a plain duplicate.
+    zone.land("kb_articles", "kb-2026-10-01-again.jsonl", old)
+    assert find_new_batches(zone, ["kb_articles"], cursor, status)[0] == []

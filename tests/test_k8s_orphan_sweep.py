@@ -126,8 +126,6 @@ def _launcher(cluster: StandInCluster, monkeypatch, tmp_path: Path):
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         "users": [{"name": "u", "user": {"token": "x"}}],
     }))
-    from dagster_k8s import K8sRunLauncher as _L  # noqa: F401  (config type below)
-
     config = process_config(K8sRunLauncher.config_type(), _instance_config(monkeypatch)["run_launcher"]["config"]).value
     config.update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
     return K8sRunLauncher(**config, k8s_client_batch_api=cluster)
@@ -244,7 +242,7 @@ def test_the_cli_sweeps_with_the_instance_from_dagster_home(dagster_home, monkey
     result = CliRunner().invoke(cli, ["k8s", "sweep", "--namespace", NAMESPACE, "--grace-seconds", "0"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert f"deleted      Job" in result.output and runs["canceled"].run_id in result.output
+    assert "deleted      Job" in result.output and runs["canceled"].run_id in result.output
     assert {_run_of(j) for j in cluster.jobs.values()} == {runs["running"].run_id, runs["succeeded_done"].run_id}
 
 
