@@ -8,7 +8,7 @@ import pandas as pd
 from aiplat.retrieval.backup import backup_collection
 from aiplat.retrieval.chunking import ChunkingConfig, chunk_articles, latest_kb_snapshot
 from aiplat.retrieval.diff import key_set_sha256
-from aiplat.retrieval.guard import AUDIT_EVENT, GUARD_CHECK, guard_passed_in_run, judge, plan_deletions
+from aiplat.retrieval.guard import GUARD_CHECK, evaluate_guard, guard_passed_in_run, plan_deletions
 from aiplat.retrieval.index import build_index, embed_chunks
 from aiplat.retrieval.queries import QUERY_SET
 from aiplat.retrieval.recall import collection_recall
@@ -189,17 +189,12 @@ def kb_index_deletion_guard(
     from aiplat.security.access import current_identity
 
     plan = plan_deletions(milvus.store, kb_chunks, milvus.max_delete_share)
-    decision = judge(plan, config.confirm_deletions)
+    identity = current_identity(context.run.tags)
+    decision, entry = evaluate_guard(plan, config.confirm_deletions, identity, operations.audit_log(), context.run.run_id)
     metadata = {**plan.metadata(), "confirm_deletions": config.confirm_deletions}
-    if decision.confirmed:
-        identity = current_identity(context.run.tags)
-        entry = operations.audit_log().append(
-            AUDIT_EVENT, actor=identity.actor, team=identity.team, identity_source=identity.source,
-            collection=plan.served_collection, deleted=plan.deleted, served_rows=plan.served_rows,
-            snapshot_rows=plan.snapshot_rows, chunk_set_sha256=plan.chunk_set_sha256, dagster_run_id=context.run.run_id,
-        )
+    if entry is not None:
         metadata.update({"confirmed_by": identity.actor, "audit_entry_sha256": entry["hash"]})
-    context.log.log(20 if decision.passed else 40, decision.description)
+    (context.log.info if decision.passed else context.log.error)(decision.description)
     return dg.AssetCheckResult(
         passed=decision.passed, severity=dg.AssetCheckSeverity.ERROR, description=decision.description, metadata=metadata
     )

@@ -149,3 +149,18 @@ def test_kb_index_alone_refuses_an_unconfirmed_mass_deletion(setup):
     message = failure.step_failure_data.error.message
     assert "kb_index_deletion_guard" in message and f"of {before[1]}" in message
     assert _served(resources["milvus"]) == before
+
+
+def test_judge_needs_the_exact_count_above_the_share_only():
+    from aiplat.retrieval.guard import DeletionPlan, judge
+
+    def plan(deleted, served=200, share=0.10):
+        return DeletionPlan("kbc_x", served, served - deleted, deleted, deleted, share, "h")
+
+    assert judge(plan(20), None).passed  # exactly 10%: within
+    assert not judge(plan(21), None).passed
+    assert "would delete 199 of 200 rows" in judge(plan(199), None).description
+    assert not judge(plan(199), 198).passed and not judge(plan(199), -1).passed
+    decision = judge(plan(199), 199)
+    assert decision.passed and decision.confirmed
+    assert judge(plan(0, served=0), None).passed  # nothing served yet: the first build

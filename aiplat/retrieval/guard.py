@@ -106,6 +106,21 @@ def judge(plan: DeletionPlan, confirm_deletions: int | None) -> GuardDecision:
     return GuardDecision(True, f"CONFIRMED: {plan.describe()}; an operator confirmed {plan.deleted}", confirmed=True)
 
 
+def evaluate_guard(plan: DeletionPlan, confirm_deletions: int | None, identity, audit, run_id: str = "") -> tuple[GuardDecision, dict | None]:
+    """Judge the plan; a confirmation that lets a mass deletion through is appended to the audit
+    log (who, which collection, how many rows, which chunk set, which run) before anything is
+    deleted. Returns the decision and the audit entry (None when nothing needed confirming)."""
+    decision = judge(plan, confirm_deletions)
+    if not decision.confirmed:
+        return decision, None
+    entry = audit.append(
+        AUDIT_EVENT, actor=identity.actor, team=identity.team, identity_source=identity.source,
+        collection=plan.served_collection, deleted=plan.deleted, served_rows=plan.served_rows,
+        snapshot_rows=plan.snapshot_rows, chunk_set_sha256=plan.chunk_set_sha256, dagster_run_id=run_id,
+    )
+    return decision, entry
+
+
 def confirm_run_config(deletions: int) -> dict:
     """Run config that confirms `deletions` for the guard (what the CLI flag passes)."""
     return {"ops": {GUARD_OP: {"config": {"confirm_deletions": int(deletions)}}}}
