@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -39,10 +38,14 @@ def sweep(namespace: str, grace_seconds: int, dry_run: bool, kubeconfig: str | N
 
     from aiplat.operations.k8s_orphans import sweep_orphans
 
-    if not os.environ.get("DAGSTER_HOME"):
-        raise click.ClickException("DAGSTER_HOME is not set: the sweep asks that Dagster instance for run status")
+    from dagster._core.errors import DagsterHomeNotSetError
+
+    try:
+        instance = dg.DagsterInstance.get()  # the deployment's instance: the sweep asks it for run status
+    except DagsterHomeNotSetError as exc:
+        raise click.ClickException(f"DAGSTER_HOME is not set; the sweep needs the Dagster instance ({exc})") from exc
     batch_api, core_api = _clients(kubeconfig)
-    with dg.DagsterInstance.get() as instance:
+    with instance:
         actions = sweep_orphans(instance, batch_api, core_api, namespace, grace_seconds=grace_seconds, dry_run=dry_run)
     for action in actions:
         click.echo(action.line())
