@@ -32,7 +32,7 @@ def build_landing_sensor(
             intake_status(context.instance, {d: partitions[d].name for d in jobs if d in SNAPSHOT_DATASETS}),
         )
         for note in notes:
-            context.log.info(note)
+            (context.log.warning if note.startswith("IGNORED") else context.log.info)(note)
         add_requests = []
         for dataset in jobs:
             keys = [b.key for b in batches if b.dataset == dataset]

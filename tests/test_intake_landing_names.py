@@ -214,3 +214,18 @@ def test_an_older_kb_snapshot_relanded_under_a_new_name_becomes_current_but_a_re
     # Now it is current again: landing it a third time is a plain duplicate.
     zone.land("kb_articles", "kb-2026-10-01-again.jsonl", old)
     assert find_new_batches(zone, ["kb_articles"], cursor, status)[0] == []
+
+
+def test_files_the_platform_does_not_take_are_named_once_not_skipped_silently(zone: LandingZone, tmp_path: Path):
+    instance = dg.DagsterInstance.ephemeral()
+    upper = zone.land("tickets", "EXPORT.JSONL", jsonl([ticket(1)]))
+    zone.land("tickets", "tickets-2026-09.json", jsonl([ticket(2)]))
+    zone.land("tickets", "notes.txt", b"hello")
+    cursor = LandingCursor()
+    batches, notes = find_new_batches(zone, ["tickets"], cursor, intake_status(instance))
+    assert [b.uri for b in batches] == [upper.uri]  # the suffix is matched case-insensitively
+    ignored = [n for n in notes if n.startswith("IGNORED")]
+    assert len(ignored) == 2 and any("tickets-2026-09.json" in n and ".jsonl" in n for n in ignored), notes
+    # Said once per file version, not on every tick.
+    _, again = find_new_batches(zone, ["tickets"], cursor, intake_status(instance))
+    assert not [n for n in again if n.startswith("IGNORED")]

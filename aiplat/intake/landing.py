@@ -145,6 +145,15 @@ def find_new_batches(
             seen.add(sha)
             this_pass[sha] = landed.uri
             batches.append(NewBatch(dataset=dataset, key=key, uri=landed.uri, sha256=sha, attempt=attempt))
+        for other in zone.list_ignored(dataset):
+            known = cursor.files.get(other.uri)
+            if known and known[0] == other.version:
+                continue
+            cursor.files[other.uri] = [other.version, ""]
+            notes.append(
+                f"IGNORED {other.uri}: not a JSON Lines file (.jsonl / .ndjson), so it is not taken in; "
+                "rename it with one of those suffixes to land it"
+            )
         cursor.seen[dataset] = sorted(seen)
     return batches, notes
 
