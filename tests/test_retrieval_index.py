@@ -165,6 +165,15 @@ def test_recall_below_threshold_keeps_the_alias(store, embedder, query_vectors):
     assert store.served_collection() == r1.collection
 
 
+def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
+    """Poll `condition` with a deadline: a searcher that stalls or dies fails the test, never hangs it."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_searches_during_a_rebuild_only_see_complete_collections(milvus, store, embedder, query_vectors):
     articles = sample_kb_articles(40)
@@ -185,21 +194,22 @@ def test_searches_during_a_rebuild_only_see_complete_collections(milvus, store, 
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
 
-    thread = threading.Thread(target=search_loop)
+    thread = threading.Thread(target=search_loop, daemon=True)
     thread.start()
-    while len(answers) < 8:
-        time.sleep(0.01)
-    started = time.monotonic()
-    store.settings = replace(store.settings, index_params={"M": 12, "efConstruction": 80})
-    r2 = build_index(store, embed_chunks(chunks, embedder, store)[0], embedder.model_id, query_vectors)
-    finished = time.monotonic()
-    n_after = len(answers)
-    while len(answers) < n_after + 8:
-        time.sleep(0.01)
-    stop.set()
-    thread.join()
-    reader.close()
+    try:
+        _wait_for(lambda: len(answers) >= 8 or not thread.is_alive(), "the searcher's first 8 answers")
+        started = time.monotonic()
+        store.settings = replace(store.settings, index_params={"M": 12, "efConstruction": 80})
+        r2 = build_index(store, embed_chunks(chunks, embedder, store)[0], embedder.model_id, query_vectors)
+        finished = time.monotonic()
+        n_after = len(answers)
+        _wait_for(lambda: len(answers) >= n_after + 8 or not thread.is_alive(), "8 answers after the swap")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        reader.close()
     assert not errors, errors
+    assert not thread.is_alive(), "the search thread did not stop within 60 s"
 
     expected = {
         name: [[h["chunk_id"] for h in hits] for hits in store.search(name, query_vectors[:4], k, output_fields=[])]
