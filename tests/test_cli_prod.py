@@ -30,6 +30,7 @@ COMMANDS: dict[str, list[str]] = {
     "ingest": ["ingest", "{input}", "--dataset", "tickets"],
     "materialize": ["materialize"],
     "gateway": ["gateway", "serve", "--port", "9"],
+    "k8s": ["k8s", "sweep", "--namespace", "team-ml", "--dry-run"],
 }
 LOCAL_ONLY = {
     "stack": "starts the local runtime's own processes; prod services run in the cluster",
