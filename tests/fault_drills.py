@@ -130,3 +130,117 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class PrivateServer:
+    """A dependency's server of the drill's own (never the shared one others use), stoppable and
+    restartable on the same port with the same data."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log: Path, user: str | None = None,
+                 ready_timeout: float = 60):
+        self.name, self.argv, self.port, self.log, self.user = name, argv, port, log, user
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "PrivateServer":
+        from aiplat.net import wait_for_port
+
+        preexec = None
+        if self.user:
+            import pwd
+
+            entry = pwd.getpwnam(self.user)
+
+            def preexec():
+                os.setgid(entry.pw_gid)
+                os.setuid(entry.pw_uid)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec,
+                                         start_new_session=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        if not wait_for_port("127.0.0.1", self.port, timeout=self.ready_timeout):
+            self.kill()
+            raise AssertionError(f"{self.name} did not open port {self.port}:\n{self.log.read_text()[-2000:]}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL to the server's whole process group: it is down, with no goodbye to clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> "PrivateServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def private_redis(folder: Path) -> PrivateServer:
+    """redis-server on a free port, append-only file fsynced per write (as a production Redis that
+    must keep the online store across a restart)."""
+    import shutil
+
+    from aiplat.net import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import pytest
+
+        pytest.skip("redis-server is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"]
+    return PrivateServer("redis", argv, port, folder / "redis.log")
+
+
+def private_postgres(folder: Path) -> PrivateServer:
+    """A PostgreSQL cluster of its own (initdb into a fresh folder, trust auth) on a free port. As
+    root, the server runs as the `postgres` system user (PostgreSQL refuses to run as root)."""
+    import glob
+    import pwd
+    import shutil
+
+    from aiplat.net import free_port
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        import pytest
+
+        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+    bindir = Path(bins[-1]).parent
+    user = None
+    if os.geteuid() == 0:
+        user = "postgres"
+        entry = pwd.getpwnam(user)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "data"
+    if user:
+        shutil.chown(folder, entry.pw_uid, entry.pw_gid)
+
+    def as_user():
+        if user:
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True, preexec_fn=as_user, env={"PATH": os.environ.get("PATH", "")})
+    port = free_port()
+    argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(folder),
+            "-c", "fsync=on"]
+    log = folder / "postgres.log"
+    log.touch()
+    if user:
+        shutil.chown(log, entry.pw_uid, entry.pw_gid)
+    return PrivateServer("postgres", argv, port, log, user=user)
+
+
+def wait_for_text(path: Path, text: str, timeout: float, proc: subprocess.Popen | None = None) -> float:
+    """Until `text` appears in the file (a run's log); returns when (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return time.monotonic()
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before {text!r} appeared:\n{path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} did not appear in {path} within {timeout}s")
