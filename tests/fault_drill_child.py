@@ -1,7 +1,7 @@
 """One Dagster run of the platform's real Definitions in a process of its own, for the fault drills.
 
 `python -m tests.fault_drill_child SPEC.json` runs the job or asset selection the spec names against
-the instance in DAGSTER_HOME and the state in AIPLAT_STATE_DIR, so the drill (tests/fault_drills.py)
+the instance in DAGSTER_HOME and the state in AIPLAT_STATE_DIR (or an `aiplat` command, "cli"), so the drill (tests/fault_drills.py)
 can kill this process, or a dependency, at a known point of the run.
 
 The known point is a *pause hook*: the spec names a function ("module:Attr.path"); its first call
@@ -101,6 +101,11 @@ def main(spec_path: str) -> int:
 
     if spec.get("pause"):
         _install_pause(spec["pause"])
+    if spec.get("cli"):
+        # A long-running platform command (the gateway) rather than a Dagster run.
+        from aiplat.cli import cli
+
+        return cli.main(spec["cli"], standalone_mode=False) or 0
     defs = build_definitions(_resources(spec))
     instance = dg.DagsterInstance.get()
     partition = spec.get("partition")

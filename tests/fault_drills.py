@@ -91,14 +91,14 @@ class ChildRun:
 def start_child(work: Path, env: dict[str, str], *, job: str | None = None, assets: list[str] | None = None,
                 partition: str | None = None, run_config: dict | None = None, pause: str | None = None,
                 pause_when: str = "before", hold: bool = True, resources: dict | None = None,
-                tags: dict | None = None, preexec=None) -> ChildRun:
+                tags: dict | None = None, preexec=None, cli: list[str] | None = None) -> ChildRun:
     """Starts the child; `pause` = "module:Attr.path" whose first call stops the run at a known point
     (until killed when `hold`, else until `ChildRun.let_go`)."""
     work.mkdir(parents=True, exist_ok=True)
     n = len(list(work.glob("spec-*.json")))
     marker, release, log = work / f"marker-{n}", work / f"release-{n}", work / f"child-{n}.log"
     spec: dict[str, Any] = {"job": job, "assets": assets, "partition": partition, "run_config": run_config,
-                            "resources": resources, "tags": tags}
+                            "resources": resources, "tags": tags, "cli": cli}
     if pause:
         spec["pause"] = {"target": pause, "marker": str(marker), "when": pause_when,
                          "release": None if hold else str(release)}
