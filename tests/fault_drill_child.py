@@ -79,6 +79,10 @@ def _resources(spec: dict[str, Any]) -> dict[str, Any]:
             from resources.milvus import MilvusResource
 
             out[key] = MilvusResource(**cfg)
+        elif kind == "vllm_local":
+            from resources.vllm import LocalVllmResource
+
+            out[key] = LocalVllmResource(**cfg)
         else:
             raise ValueError(f"unknown resource kind {kind!r}")
     return out
