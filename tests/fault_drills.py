@@ -175,6 +175,17 @@ class PrivateServer:
         self.kill()
 
 
+def _missing(message: str) -> None:
+    """A laptop without the server binary skips; CI, which installs them, fails."""
+    import pytest
+
+    from tests.conftest import IN_CI
+
+    if IN_CI:
+        pytest.fail(f"{message}; CI must provide it")
+    pytest.skip(message)
+
+
 def private_redis(folder: Path) -> PrivateServer:
     """redis-server on a free port, append-only file fsynced per write (as a production Redis that
     must keep the online store across a restart)."""
@@ -184,9 +195,7 @@ def private_redis(folder: Path) -> PrivateServer:
 
     binary = shutil.which("redis-server")
     if binary is None:
-        import pytest
-
-        pytest.skip("redis-server is not installed")
+        _missing("redis-server is not installed")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
@@ -205,9 +214,7 @@ def private_postgres(folder: Path) -> PrivateServer:
 
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
-        import pytest
-
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+        _missing("no PostgreSQL server binaries under /usr/lib/postgresql")
     bindir = Path(bins[-1]).parent
     user = None
     if os.geteuid() == 0:

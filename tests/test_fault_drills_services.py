@@ -23,7 +23,7 @@ from resources.feast import RedisFeastResource
 from tests.fault_drills import child_env, private_postgres, private_redis, report, start_child, wait_for_text
 from tests.records import jsonl, ticket
 
-pytestmark = [pytest.mark.slow, pytest.mark.services]
+pytestmark = pytest.mark.slow
 
 FEATURES = ["customer_features", "ticket_features", "feature_registry", "online_features"]
 
