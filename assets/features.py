@@ -138,6 +138,9 @@ def feature_registry(context: dg.AssetExecutionContext, feast: FeastResource) ->
     owners=[OWNER],
     kinds={"feast"},
     deps=[customer_features, ticket_features, feature_registry],
+    # The online store (Redis in prod) can drop out for seconds; Feast advances the registry's
+    # window only after a successful write, so a retry loads the same window again.
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description=(
         "The online store, loaded from the offline tables: a backfill the first time, then "
         "incremental (`materialize_incremental`) from where the previous run ended."

@@ -85,6 +85,9 @@ def kb_embeddings(
     group_name=GROUP,
     owners=OWNERS,
     kinds={"milvus"},
+    # Milvus gone for longer than the store's own per-call retries: try the step again later;
+    # upserts are idempotent and the alias moves only after verification.
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description="The Milvus collection behind the serving alias. Incremental upserts in place; a new "
     "model or index parameters build a new versioned collection that is verified (row count, key "
     "set, recall@10) before the alias moves to it atomically. The previous one is kept for rollback.",

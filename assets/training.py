@@ -107,6 +107,9 @@ def _base_model_record(context: dg.AssetExecutionContext) -> dict[str, str]:
     deps=[base_model],
     pool=GPU_TRAINING_POOL,
     op_tags=gpu_training_tags(),
+    # MLflow unreachable for a while: the attempt fails before registering anything and a later
+    # attempt (which first closes the runs dead attempts left RUNNING) trains again.
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description=(
         "LoRA fine-tune of base_model for support-ticket triage (redacted ticket + features -> category "
         "and a short reply): one MLflow run, adapter and merged safetensors model as artifacts, and a new "
@@ -144,6 +147,8 @@ def fine_tuned_model(
             base_model_source=prepared.source,
         )
         work_dir = aiplat_config.local_paths().models / "fine_tuned" / model_name / context.run_id
+        mlflow.check_available()  # fails fast (MlflowUnavailableError) before anything below waits on it
+        _reap_orphans(context, mlflow, lineage.asset_key)
         tracked = tracked_fine_tune(
             mlflow.client,
             mlflow.uri,
@@ -159,8 +164,11 @@ def fine_tuned_model(
             signing_keys=model_signing.key_pair(),
             owner_team=OWNER,
         )
-    except (TrainingSetError, MlflowUnavailableError, SignatureError) as e:
+    except MlflowUnavailableError as e:
         raise dg.Failure(str(e)) from e
+    except (TrainingSetError, SignatureError) as e:
+        # Bad data or a bad signature: trying again changes nothing.
+        raise dg.Failure(str(e), allow_retries=False) from e
     result = tracked.result
     signed = tracked.signature
     pruned = _prune_local_copies(model_name, work_dir, config.keep_local_runs)
@@ -195,6 +203,24 @@ def fine_tuned_model(
         },
         data_version=dg.DataVersion(result.merged_sha256),
     )
+
+
+def _reap_orphans(context: dg.AssetExecutionContext, mlflow: MLflowResource, asset_key: str) -> None:
+    """Close the MLflow runs that killed attempts left RUNNING (aiplat.training.orphans)."""
+    from aiplat.training.orphans import reap_orphaned_runs
+
+    def in_progress(run_id: str) -> bool:
+        run = context.instance.get_run_by_id(run_id)
+        return run is None or not run.is_finished  # a run this instance does not know: leave it
+
+    try:
+        reaped = reap_orphaned_runs(mlflow.client, mlflow.experiment_name, asset_key, context.run_id, in_progress)
+    except Exception as e:  # noqa: BLE001 - MLflow down is reported by the fine-tune's own preflight
+        context.log.warning(f"could not check for orphaned MLflow runs: {type(e).__name__}: {e}")
+        return
+    for r in reaped:
+        context.log.warning(f"MLflow run {r.run_id} marked FAILED ({r.reason})"
+                            + (f"; deleted its versions {', '.join(r.deleted_versions)}" if r.deleted_versions else ""))
 
 
 def _prune_local_copies(model_name: str, work_dir, keep: int) -> list:

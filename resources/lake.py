@@ -75,8 +75,14 @@ class LakeIOManager(dg.ConfigurableIOManager):
         table = pa.Table.from_pandas(df, preserve_index=False)
         if isinstance(fs, pafs.LocalFileSystem):
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            pq.write_table(table, tmp, filesystem=fs)
-            fs.move(tmp, path)
+            try:
+                pq.write_table(table, tmp, filesystem=fs)
+                fs.move(tmp, path)
+            except BaseException:
+                # A full disk must not also keep the half-written temporary file.
+                if fs.get_file_info(tmp).type == pafs.FileType.File:
+                    fs.delete_file(tmp)
+                raise
         else:
             # An S3 PUT replaces the object atomically.
             pq.write_table(table, path, filesystem=fs)
@@ -98,7 +104,14 @@ class LakeIOManager(dg.ConfigurableIOManager):
             )
         partition = context.partition_key if context.has_partition_key else None
         path = self.path_for(context.asset_key, partition)
-        self._write(obj, path)
+        try:
+            self._write(obj, path)
+        except OSError as e:
+            what = context.asset_key.to_user_string() + (f" partition {partition}" if partition is not None else "")
+            raise dg.Failure(
+                f"the lake could not store {what} at {self.uri_for(context.asset_key, partition)}: {e}; "
+                "the previous file there (if any) is unchanged"
+            ) from e
         context.add_output_metadata({"lake_uri": dg.MetadataValue.path(self.uri_for(context.asset_key, partition))})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:

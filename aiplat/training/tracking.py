@@ -23,6 +23,7 @@ import pandas as pd
 from aiplat.security.signing import KeyPair, SignedModel, sign_model, tag_model_version
 from aiplat.training.data import normalize_columns, validate_training_set
 from aiplat.training.lora import FineTuneParams, FineTuneResult, StepMetrics, fine_tune
+from aiplat.training.orphans import process_tags
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,8 @@ def tracked_fine_tune(
     try:
         experiment_id = _experiment_id(client, experiment_name)
         run = client.create_run(
-            experiment_id, run_name=f"{model_name}-{lineage.dagster_run_id[:8]}", tags=lineage.tags()
+            experiment_id, run_name=f"{model_name}-{lineage.dagster_run_id[:8]}",
+            tags={**lineage.tags(), **process_tags()},
         )
     except Exception as e:
         if not _is_mlflow_error(e):
