@@ -28,7 +28,7 @@ DEFAULT_UPSTREAM = "http://inference-gateway.gateway-system.svc/{endpoint}"
 @dataclass(frozen=True)
 class GatewaySpec:
     namespace: str = "team-ml"
-    image: str = "registry.internal/ai-platform:1.0.0"
+    image: str = "aiplat-gateway"  # the image variable; each overlay in environments/ resolves it
     upstream_template: str = DEFAULT_UPSTREAM
     replicas: int = 1
     storage: str = "10Gi"
