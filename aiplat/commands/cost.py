@@ -57,3 +57,13 @@ def report(team: str | None, since: date | None, until: date | None, request_log
             log.error(b.alert_line())
             click.echo(b.alert_line(), err=True)
         raise click.ClickException(f"{len(breaches)} team-day(s) over budget")
+
+
+@cli.command("alert-rules")
+def alert_rules() -> None:
+    """Print the Prometheus recording and alerting rules (budgets and token rates from the deployment's
+    operations settings); deploy/observability/alert-rules.yaml is this output."""
+    from aiplat.commands import _resources
+    from aiplat.operations.alert_rules import render_rules, settings_from, to_yaml
+
+    click.echo(to_yaml(render_rules(settings_from(_resources.operations()))), nl=False)
