@@ -1,13 +1,13 @@
 """Delivery, infrastructure as code: the Pulumi program in infra/ run under Pulumi's mock runtime
-(no cloud, no CLI). The mocks stand in for AWS, which cannot be reached from here; they record
-every resource the program declares with its inputs, and the tests assert those."""
+(no cloud, no CLI). The mocks (infra/aiplat_infra/offline.py) stand in for AWS, which cannot be
+reached from here; they record every resource the program declares with its inputs, and the tests
+assert those."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import pulumi
 import pytest
 import yaml
 
@@ -16,51 +16,13 @@ from aiplat.config import project_root
 ROOT = project_root()
 sys.path.insert(0, str(ROOT / "infra"))
 
+from aiplat_infra.offline import RecordingMocks, declared_resources  # noqa: E402
 from aiplat_infra.settings import Settings  # noqa: E402
-from aiplat_infra.stack import build, node_pools  # noqa: E402
-
-
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Answers like AWS would for what the program reads back (ARNs, endpoints, the OIDC issuer)."""
-
-    def __init__(self) -> None:
-        self.resources: list[tuple[str, str, dict]] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        outputs = dict(args.inputs)
-        outputs.setdefault("arn", f"arn:aws:mock:::{args.name}")
-        if args.typ == "aws:eks/cluster:Cluster":
-            outputs["identities"] = [{"oidcs": [{"issuer": f"https://oidc.eks.eu-west-1.amazonaws.com/id/{args.name}"}]}]
-            outputs["endpoint"] = f"https://{args.name}.eks.amazonaws.com"
-        if args.typ == "aws:rds/instance:Instance":
-            outputs["address"] = f"{args.name}.rds.amazonaws.com"
-            outputs["masterUserSecrets"] = [{"secretArn": f"arn:aws:secretsmanager:::{args.name}"}]
-        if args.typ == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
-            outputs["url"] = args.inputs.get("url", "")
-        self.resources.append((args.typ, args.name, outputs))
-        return f"{args.name}-id", outputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs):
-        return {}
-
-    def of(self, typ: str) -> dict[str, dict]:
-        return {name: inputs for t, name, inputs in self.resources if t == typ}
+from aiplat_infra.stack import node_pools  # noqa: E402
 
 
 def _run(settings: Settings) -> RecordingMocks:
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="aiplat-infra", stack=settings.environment, preview=False)
-    stack = build(settings, redis_auth_token=pulumi.Output.secret("x" * 32))
-
-    @pulumi.runtime.test
-    def settle():
-        # Wait for every output the checks read, so all registrations have reached the mocks.
-        return pulumi.Output.all(stack.cluster.arn, stack.dagster_role.arn, stack.database.address,
-                                 stack.redis.arn, *(g.arn for g in stack.node_groups.values()),
-                                 *(b.arn for b in stack.buckets.values()))
-
-    settle()
-    return mocks
+    return declared_resources(settings)
 
 
 @pytest.fixture(scope="module", params=["dev", "prod"])

@@ -3,10 +3,8 @@
 # deployment serves the Definitions from it and K8sRunLauncher starts every run pod (fine-tunes on
 # GPU nodes included) from the same image. Built from the repository root:
 #   docker build -f deploy/images/platform.Dockerfile -t REGISTRY/aiplat-platform:TAG .
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
 # --- build: a virtual environment with every pinned dependency; pip and wheels stay here --------
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/aiplat
@@ -25,7 +23,7 @@ RUN pip install --no-cache-dir --constraint deploy/images/constraints.txt /src \
  && pip uninstall --yes pip setuptools wheel
 
 # --- final: the environment and the Dagster project files, no compiler, no pip, not root -------
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.14-slim-bookworm
 LABEL org.opencontainers.image.title="aiplat-platform" \
       org.opencontainers.image.description="ai-platform Dagster user code and run pods" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -42,6 +40,7 @@ ENV PATH=/opt/aiplat/bin:$PATH \
 RUN mkdir -p /opt/dagster/dagster_home /var/lib/aiplat \
  && chown aiplat:aiplat /opt/dagster/dagster_home /var/lib/aiplat
 USER 10001:10001
+HEALTHCHECK --interval=30s --timeout=5s CMD ["dagster", "api", "grpc-health-check", "--port", "3030"]
 EXPOSE 3030
 # What the Helm chart's user-code deployment runs; run pods override the command.
 CMD ["dagster", "api", "grpc", "--host", "0.0.0.0", "--port", "3030", "--module-name", "platform_defs.definitions"]

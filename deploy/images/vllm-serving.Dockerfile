@@ -6,10 +6,8 @@
 # The verifier lives in /opt/aiplat-verify with its own few dependencies (verify-requirements.txt)
 # on PYTHONPATH of that one command, so vLLM's own torch/transformers pins are never touched.
 #   docker build -f deploy/images/vllm-serving.Dockerfile -t REGISTRY/aiplat-vllm-serving:TAG .
-ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
-
 # Built on the vLLM image itself so the installed files match its python3 exactly.
-FROM ${VLLM_IMAGE} AS verify-build
+FROM vllm/vllm-openai:v0.32.0 AS verify-build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY deploy/images/verify-requirements.txt /src/verify-requirements.txt
@@ -22,7 +20,7 @@ COPY resources /src/resources
 COPY sensors /src/sensors
 RUN python3 -m pip install --no-cache-dir --no-deps --target /opt/aiplat-verify /src
 
-FROM ${VLLM_IMAGE}
+FROM vllm/vllm-openai:v0.32.0
 LABEL org.opencontainers.image.title="aiplat-vllm-serving" \
       org.opencontainers.image.description="vLLM OpenAI server with the ai-platform model verification step" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -32,6 +30,7 @@ RUN groupadd --system --gid 10001 vllm \
  && useradd --system --uid 10001 --gid vllm --create-home --home-dir /home/vllm --shell /usr/sbin/nologin vllm
 ENV HF_HOME=/home/vllm/.cache/huggingface VLLM_NO_USAGE_STATS=1
 USER 10001:10001
+HEALTHCHECK --interval=30s --timeout=3s --start-period=600s CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
 EXPOSE 8000
 # The upstream image's entry point: `vllm serve`-compatible arguments follow in the manifest.
 ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]

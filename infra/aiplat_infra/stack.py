@@ -95,8 +95,13 @@ def _autoscaler_tags(cluster_name: str, pool: dict) -> dict[str, str]:
 
 def build(s: Settings, redis_auth_token: pulumi.Input[str] | None = None) -> Stack:
     p = s.prefix
+    account = aws.get_caller_identity().account_id
     key = aws.kms.Key(f"{p}-key", description=f"{p}: EKS secrets, S3, RDS, ElastiCache", enable_key_rotation=True,
-                      deletion_window_in_days=30, tags=_tags(s))
+                      deletion_window_in_days=30, tags=_tags(s),
+                      # The account administers the key; services use it through their IAM roles' grants.
+                      policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+                          "Sid": "AccountAdministers", "Effect": "Allow",
+                          "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "kms:*", "Resource": "*"}]}))
 
     # --- network: private subnets for everything, public ones only for the NAT gateway and load balancers
     vpc = aws.ec2.Vpc(f"{p}-vpc", cidr_block=s.vpc_cidr, enable_dns_hostnames=True, enable_dns_support=True,
@@ -166,9 +171,25 @@ def build(s: Settings, redis_auth_token: pulumi.Input[str] | None = None) -> Sta
         aws.s3.BucketVersioning(f"{p}-{purpose}", bucket=bucket.id,
                                 versioning_configuration={"status": "Enabled"})
         buckets[purpose] = bucket
+    # Server access logs of the lake and the model store go to the logs bucket.
+    for purpose in ("lake", "models"):
+        aws.s3.BucketLogging(f"{p}-{purpose}", bucket=buckets[purpose].id, target_bucket=buckets["dagster-logs"].id,
+                             target_prefix=f"s3-access/{purpose}/")
+    aws.ec2.FlowLog(f"{p}-vpc-flow", vpc_id=vpc.id, traffic_type="REJECT", log_destination_type="s3",
+                    log_destination=buckets["dagster-logs"].arn.apply(lambda arn: f"{arn}/vpc-flow-logs/"),
+                    tags=_tags(s))
+    aws.s3.BucketLifecycleConfiguration(f"{p}-lake", bucket=buckets["lake"].id, rules=[{
+        "id": "old-versions", "status": "Enabled", "filter": {},
+        "noncurrent_version_expiration": {"noncurrent_days": 365},
+        "abort_incomplete_multipart_upload": {"days_after_initiation": 7}}])
+    # Model versions are kept (the registry points at them); only failed uploads are cleaned up.
+    aws.s3.BucketLifecycleConfiguration(f"{p}-models", bucket=buckets["models"].id, rules=[{
+        "id": "failed-uploads", "status": "Enabled", "filter": {},
+        "abort_incomplete_multipart_upload": {"days_after_initiation": 7}}])
     aws.s3.BucketLifecycleConfiguration(f"{p}-dagster-logs", bucket=buckets["dagster-logs"].id, rules=[{
         "id": "expire-compute-logs", "status": "Enabled", "filter": {"prefix": "dagster/compute-logs/"},
-        "expiration": {"days": 90}, "noncurrent_version_expiration": {"noncurrent_days": 30},
+        "expiration": {"days": 90}, "noncurrent_version_expiration": {"noncurrent_days": 30}}, {
+        "id": "failed-uploads", "status": "Enabled", "filter": {},
         "abort_incomplete_multipart_upload": {"days_after_initiation": 7}}])
 
     # --- Dagster's storage: RDS PostgreSQL, reachable only from inside the VPC
@@ -176,7 +197,16 @@ def build(s: Settings, redis_auth_token: pulumi.Input[str] | None = None) -> Sta
                                   ingress=[{"protocol": "tcp", "from_port": 5432, "to_port": 5432,
                                             "cidr_blocks": [s.vpc_cidr], "description": "cluster"}],
                                   tags=_tags(s))
-    db_subnets = aws.rds.SubnetGroup(f"{p}-postgres", subnet_ids=private_ids, tags=_tags(s))
+    db_subnets = aws.rds.SubnetGroup(f"{p}-postgres", name=f"{p}-postgres-subnets", subnet_ids=private_ids, tags=_tags(s))
+    db_params = aws.rds.ParameterGroup(f"{p}-postgres", name=f"{p}-postgres-params", family="postgres16", tags=_tags(s), parameters=[
+        {"name": "rds.force_ssl", "value": "1"},                 # TLS only (the Helm values ask sslmode=require)
+        {"name": "log_statement", "value": "ddl"},               # schema changes are audited
+        {"name": "log_min_duration_statement", "value": "1000"},  # and queries slower than a second
+    ])
+    monitoring_role = aws.iam.Role(f"{p}-rds-monitoring", assume_role_policy=_assume("monitoring.rds.amazonaws.com"),
+                                   tags=_tags(s))
+    aws.iam.RolePolicyAttachment(f"{p}-rds-monitoring", role=monitoring_role.name,
+                                 policy_arn="arn:aws:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole")
     database = aws.rds.Instance(
         f"{p}-dagster", identifier=f"{p}-dagster", engine="postgres", engine_version="16",
         instance_class=s.db_instance_class, allocated_storage=50, max_allocated_storage=200,
@@ -186,6 +216,7 @@ def build(s: Settings, redis_auth_token: pulumi.Input[str] | None = None) -> Sta
         iam_database_authentication_enabled=True,
         multi_az=s.multi_az, publicly_accessible=False,
         db_subnet_group_name=db_subnets.name, vpc_security_group_ids=[db_sg.id],
+        parameter_group_name=db_params.name, monitoring_interval=60, monitoring_role_arn=monitoring_role.arn,
         backup_retention_period=7, copy_tags_to_snapshot=True, deletion_protection=True,
         skip_final_snapshot=False, final_snapshot_identifier=f"{p}-dagster-final",
         auto_minor_version_upgrade=True, enabled_cloudwatch_logs_exports=["postgresql", "upgrade"],
@@ -197,7 +228,7 @@ def build(s: Settings, redis_auth_token: pulumi.Input[str] | None = None) -> Sta
                                      ingress=[{"protocol": "tcp", "from_port": 6379, "to_port": 6379,
                                                "cidr_blocks": [s.vpc_cidr], "description": "cluster"}],
                                      tags=_tags(s))
-    redis_subnets = aws.elasticache.SubnetGroup(f"{p}-redis", subnet_ids=private_ids, tags=_tags(s))
+    redis_subnets = aws.elasticache.SubnetGroup(f"{p}-redis", name=f"{p}-redis-subnets", subnet_ids=private_ids, tags=_tags(s))
     redis = aws.elasticache.ReplicationGroup(
         f"{p}-features", replication_group_id=f"{p}-features", description=f"{p} Feast online store",
         engine="redis", engine_version="7.1", node_type=s.redis_node_type,
