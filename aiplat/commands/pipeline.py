@@ -3,8 +3,6 @@ wait for it and its gates (what the merge workflow calls)."""
 
 from __future__ import annotations
 
-import os
-
 import click
 
 
@@ -32,10 +30,12 @@ def cli() -> None:
 @click.option("--location", default="ai_platform", show_default=True)
 @click.option("--timeout", "timeout_s", type=float, default=3600, show_default=True, help="Seconds to wait in all.")
 @click.option("--poll", "poll_s", type=float, default=10, show_default=True)
+@click.option("--token", envvar="AIPLAT_DAGSTER_TOKEN", default=None, hidden=True,
+              help="Bearer token for the webserver's proxy; set AIPLAT_DAGSTER_TOKEN (a command-line value shows in ps).")
 @click.option("--output-json", type=click.Path(dir_okay=False), default=None,
               help="Also write run id, status and each gate's metadata here (for later workflow steps).")
 def launch(url: str, job: str, assets: tuple[str, ...], gates: tuple[str, ...], tags: dict[str, str], location: str,
-           timeout_s: float, poll_s: float, output_json: str | None) -> None:
+           timeout_s: float, poll_s: float, token: str | None, output_json: str | None) -> None:
     """Launch JOB, wait for the run, read each --gate; exit 1 unless the run succeeded and every gate passed."""
     from aiplat.delivery.dagster_api import DagsterApi, DagsterApiError, Gate, launch_and_wait
 
@@ -43,7 +43,7 @@ def launch(url: str, job: str, assets: tuple[str, ...], gates: tuple[str, ...], 
         parsed = [Gate.parse(g) for g in gates]
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    api = DagsterApi(url, token=os.environ.get("AIPLAT_DAGSTER_TOKEN") or None)
+    api = DagsterApi(url, token=token or None)
     try:
         outcome = launch_and_wait(api, job, gates=parsed, assets=[a.split("/") for a in assets], tags=tags,
                                   location=location, timeout_s=timeout_s, poll_s=poll_s, progress=click.echo)
