@@ -23,7 +23,9 @@ ROOT = project_root()
 IMAGES_DIR = ROOT / "deploy" / "images"
 DOCKERFILES = sorted(IMAGES_DIR.glob("*.Dockerfile"))
 ENVIRONMENTS = ["dev", "prod"]
-IMAGE_VARIABLES = {"aiplat-platform", "aiplat-gateway", "aiplat-vllm-serving"}
+OUR_IMAGES = {"aiplat-platform", "aiplat-gateway", "aiplat-vllm-serving"}
+# Third-party images the manifests use, by variable too (the model-fetch init container: AWS CLI).
+IMAGE_VARIABLES = OUR_IMAGES | {"aiplat-model-fetch"}
 K8S_VERSIONS = sorted({v for v in all_versions() if tuple(map(int, v.split(".")[:2])) >= (1, 30)})
 
 
@@ -95,7 +97,7 @@ def test_vllm_image_is_the_official_server_with_the_verification_entry_point() -
     assert all(re.fullmatch(r"FROM vllm/vllm-openai:v\d+\.\d+\.\d+( AS [\w-]+)?", f) for f in froms), froms
     assert "/usr/local/bin/aiplat-verify-model" in text
     wrapper = (IMAGES_DIR / "aiplat-verify-model").read_text()
-    assert "aiplat.cli verify-model" in wrapper and "PYTHONPATH=/opt/aiplat-verify" in wrapper
+    assert "-m aiplat.security.verify_folder" in wrapper and "PYTHONPATH=/opt/aiplat-verify" in wrapper
 
 
 def _pins(name: str) -> dict[str, str]:
@@ -199,7 +201,9 @@ def test_overlay_resolves_every_image_variable(rendered) -> None:
     assert images, "the rendered set runs something"
     for image in images:
         assert image in resolved.values(), image
-        assert f"/{env if env == 'dev' else 'release'}/" in image
+    for name in OUR_IMAGES:
+        assert f"/{env if env == 'dev' else 'release'}/{name}:" in resolved[name]
+    assert resolved["aiplat-model-fetch"] == "docker.io/amazon/aws-cli:2.22.35"
     [env_map] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "aiplat-env"]
     # Serving manifests rendered at run time take the same image from AIPLAT_VLLM_IMAGE.
     assert env_map["data"]["AIPLAT_VLLM_IMAGE"] == resolved["aiplat-vllm-serving"]

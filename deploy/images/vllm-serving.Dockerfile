@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # vLLM serving: the official vLLM OpenAI-server image, unchanged, plus the model verification
 # step its pods run as an init container before vLLM may load a model:
-#   aiplat-verify-model <model folder> ...   (= `aiplat verify-model`, the platform's signature
-#   and attestation check; the serving manifests run it from this same image)
+#   aiplat-verify-model DIR --public-key PEM --model-name M --version V
+#   (= python -m aiplat.security.verify_folder, the platform's signature and promotion-attestation
+#   check that the serving pods' verify-model init container runs)
 # The verifier lives in /opt/aiplat-verify with its own few dependencies (verify-requirements.txt)
 # on PYTHONPATH of that one command, so vLLM's own torch/transformers pins are never touched.
 #   docker build -f deploy/images/vllm-serving.Dockerfile -t REGISTRY/aiplat-vllm-serving:TAG .
