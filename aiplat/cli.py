@@ -26,6 +26,7 @@ COMMAND_MODULES: dict[str, str] = {
     "cost": "aiplat.commands.cost",
     "audit": "aiplat.commands.audit",
     "pipeline": "aiplat.commands.pipeline",
+    "k8s": "aiplat.commands.k8s",
 }
 
 

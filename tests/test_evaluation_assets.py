@@ -20,7 +20,6 @@ from sensors.promotion import promotion_job, promotion_run_key, promotion_sensor
 from tests.evaluation_helpers import (
     TEST_SETTINGS,
     TEST_THRESHOLDS,
-    mlflow_server,
     register,
     session_models,
     triage_data,
@@ -31,9 +30,8 @@ NAME = "triage-assets"
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-assets")) as uri:
-        yield uri
+def tracking_uri(shared_mlflow: str) -> str:
+    return shared_mlflow
 
 
 @pytest.fixture(scope="module")
