@@ -204,6 +204,7 @@ def live_quality(context: dg.AssetExecutionContext, config: LiveQualityConfig, v
     from aiplat.evaluation.gate import alert_line, emit_alert
     from aiplat.evaluation.golden import GoldenSetError, load_golden
     from aiplat.operations.quality import ask_golden, baseline_from_readings, judge, score
+    from aiplat.operations.textfile import write_live_quality
     from aiplat.serving.manager import EndpointNotFound
 
     name = mlflow.registered_model_name
@@ -224,6 +225,11 @@ def live_quality(context: dg.AssetExecutionContext, config: LiveQualityConfig, v
     baseline = _report_baseline(mlflow, name, quality.model_version, golden) or baseline_from_readings(
         _earlier_readings(context.instance), quality)
     verdict = judge(quality, baseline, operations.quality_thresholds())
+    # The same reading as gauges for Prometheus (alert LiveQualityRegressed, deploy/observability).
+    textfile = write_live_quality(operations.reports_path(), endpoint=target.endpoint, model=name,
+                                  model_version=quality.model_version, accuracy=quality.accuracy,
+                                  baseline_accuracy=baseline.accuracy if baseline else None,
+                                  max_drop=operations.live_quality_max_golden_drop, measured_at=time.time())
 
     rollback = "not needed"
     if not verdict.passed:
@@ -238,6 +244,7 @@ def live_quality(context: dg.AssetExecutionContext, config: LiveQualityConfig, v
     metadata: dict = {
         "endpoint": target.endpoint,
         "model_version": quality.model_version,
+        "prometheus_textfile": str(textfile),
         "champion_version": champion or "",
         "golden_version": quality.golden_version,
         "golden_sha256": quality.golden_sha256,

@@ -34,6 +34,10 @@ class GpuPlacement(BaseModel):
     node_pool_label: str = "aiplat.io/node-pool"
     node_pool: str = "gpu"
     gpu_taint_key: str = GPU_RESOURCE
+    # The training node group is spot capacity with this extra taint (infra/): only pods that
+    # tolerate it, i.e. fine-tunes, land there; inference stays on on-demand GPUs.
+    capacity_taint_key: str = "aiplat.io/capacity"
+    capacity_taint_value: str = "spot"
     priority_class: str = TRAINING_PRIORITY_CLASS
     backoff_limit: int = 0  # a failed fine-tune is reported, not silently retried on a GPU
     ttl_seconds_after_finished: int = 3600
@@ -49,6 +53,8 @@ class GpuPlacement(BaseModel):
                 "node_selector": {self.node_pool_label: self.node_pool},
                 "tolerations": [
                     {"key": self.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": self.capacity_taint_key, "operator": "Equal", "value": self.capacity_taint_value,
+                     "effect": "NoSchedule"},
                 ],
                 "priority_class_name": self.priority_class,
             },

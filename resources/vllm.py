@@ -131,7 +131,7 @@ class ProdVllmResource(VllmResource):
     gateway_url: str = Field(description="Base URL of the inference gateway, e.g. https://inference.internal")
     api_key: str = Field(default="", description="Bearer token for the gateway; a secret, never logged")
     namespace: str = "team-ml"
-    image: str = "vllm/vllm-openai:v0.32.0"
+    image: str = Field(default="aiplat-vllm-serving", description="The vLLM serving image (registry/name:tag); prod: AIPLAT_VLLM_IMAGE")
     gpus: int = Field(default=1, description="GPUs per pod; the tensor-parallel size follows from it")
     model_store_prefix: str = Field(default="", description="s3://bucket/prefix holding <model>/v<version>/ folders")
     gateway: str = "inference-gateway"
@@ -146,6 +146,7 @@ class ProdVllmResource(VllmResource):
             "api_key": dg.EnvVar("AIPLAT_VLLM_API_KEY"),
             "model_store_prefix": dg.EnvVar("AIPLAT_MODEL_STORE_PREFIX"),
             "manifests_dir": dg.EnvVar("AIPLAT_SERVING_MANIFESTS_DIR"),
+            "image": dg.EnvVar("AIPLAT_VLLM_IMAGE"),
         }
         return cls(**{**fields, **overrides})
 

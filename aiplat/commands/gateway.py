@@ -92,8 +92,8 @@ def hash_key() -> None:
 
 @cli.command()
 @click.option("--namespace", default="team-ml", show_default=True)
-@click.option("--image", default="registry.internal/ai-platform:1.0.0", show_default=True,
-              help="The platform image (the one Dagster's run pods use).")
+@click.option("--image", default="aiplat-gateway", show_default=True,
+              help="The gateway image: the variable name that environments/* resolve to a registry and tag.")
 @click.option("--upstream-template", default=None, help="Default: the in-cluster inference Gateway.")
 @click.option("--storage-class", default=None, help="A ReadWriteMany storage class for the request log.")
 def render(namespace: str, image: str, upstream_template: str | None, storage_class: str | None) -> None:

@@ -28,7 +28,7 @@ DEFAULT_UPSTREAM = "http://inference-gateway.gateway-system.svc/{endpoint}"
 @dataclass(frozen=True)
 class GatewaySpec:
     namespace: str = "team-ml"
-    image: str = "registry.internal/ai-platform:1.0.0"
+    image: str = "aiplat-gateway"  # the image variable; each overlay in environments/ resolves it
     upstream_template: str = DEFAULT_UPSTREAM
     replicas: int = 1
     storage: str = "10Gi"
@@ -71,7 +71,9 @@ def deployment(spec: GatewaySpec) -> dict:
         "readinessProbe": probe,
         "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
+        "imagePullPolicy": "Always",
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [
             {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True},
             {"name": "request-log", "mountPath": REQUEST_LOG_DIR},
@@ -89,6 +91,10 @@ def deployment(spec: GatewaySpec) -> dict:
                 "spec": {
                     "priorityClassName": "inference",  # on the request path, like the endpoints behind it
                     "terminationGracePeriodSeconds": 60,  # lets streams in flight finish and be recorded
+                    # The gateway never calls the Kubernetes API; it runs as the image's uid 10001.
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
                     "volumes": [
                         {"name": "api-keys", "configMap": {"name": API_KEYS_CONFIGMAP,

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 import yaml
 
 PORT = 8000
-DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
+# The image variable (deploy/images/vllm-serving.Dockerfile: the official vllm/vllm-openai:v0.32.0
+# plus the verification init step); environments/* resolve it, and so does AIPLAT_VLLM_IMAGE for
+# manifests rendered at run time.
+DEFAULT_IMAGE = "aiplat-vllm-serving"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 
