@@ -47,7 +47,7 @@ def labels_for_request(headers: Mapping[str, str], api_key_teams: Mapping[str, s
     auth = lower.get("authorization", "")
     key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
     team = (api_key_teams or {}).get(key_fingerprint(key), "") if key else ""
-    team = team or (lower.get(HEADER_TEAM) or "").strip()
+    team = (team or (lower.get(HEADER_TEAM) or "")).strip().lower()  # `team:ML` is `team:ml`
     feature = (lower.get(HEADER_FEATURE) or "").strip() or UNATTRIBUTED
     if team and not team.startswith("team:"):
         team = f"team:{team}"
@@ -115,7 +115,11 @@ class RequestLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, (record.to_json() + "\n").encode("utf-8"))
+            data = (record.to_json() + "\n").encode("utf-8")
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {self.path}")
+            # Durability policy: every line is on disk before append returns (the gateway bills from it).
+            os.fsync(fd)
         finally:
             os.close(fd)
 
