@@ -289,3 +289,43 @@ def test_a_request_log_that_cannot_be_written_is_never_a_silent_unbilled_request
     assert _metric(metrics, "aiplat_gateway_unbilled_backlog") == 1
     assert recovered.status_code == 200
     assert [r.status for r in _records(world)] == [200, 200, 200], "the held record was written once the log came back"
+
+
+# --- the command as prod runs it ------------------------------------------------------------------
+
+
+def test_the_prod_command_ignores_the_team_header_and_enforces_hard_budgets(world: dict, upstream: dict,
+                                                                         tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    keys, budgets = tmp_path / "keys.json", tmp_path / "budgets.yaml"
+    keys.write_text(json.dumps(_keys()))
+    budgets.write_text("ML: 0.0\nteam:search: 100\n")  # `ML` is team:ml
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "AIPLAT_ENV": "prod",
+           "AIPLAT_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path)}
+    base = [sys.executable, "-m", "aiplat.cli", "gateway", "serve", "--port", str(port),
+            "--upstream-template", f"{upstream['url']}/{{endpoint}}", "--request-log", str(world["log"].path)]
+    missing = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "AIPLAT_GATEWAY_API_KEY_TEAMS" in missing.stderr
+
+    process = subprocess.Popen([*base, "--api-key-teams", str(keys), "--hard-budgets", str(budgets)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "the gateway did not start"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        header_only = _chat(url, {"X-AIPLAT-Team": "team:search"})
+        over_budget = _chat(url, {"Authorization": f"Bearer {ML_KEY}"})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert header_only.status_code == 401 and over_budget.status_code == 429
