@@ -26,6 +26,7 @@ refuses new requests (503) until the backlog is written: no request is ever serv
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -139,13 +140,22 @@ def _content_chunks(payload: dict | None) -> int:
 
 class _RecordingStream(StreamingResponse):
     """Closes its generator however the response ends (a client that disconnects included), so the
-    generator's `finally` records the request exactly once."""
+    generator's `finally` records the request exactly once. A generator that never started (the
+    client left before the first byte) has no `finally` to run: `if_unstarted` records it instead."""
+
+    def __init__(self, content: AsyncIterator[bytes], if_unstarted, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(content, **kwargs)
+        self._generator, self._if_unstarted = content, if_unstarted
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            unstarted = inspect.getasyncgenstate(self._generator) == inspect.AGEN_CREATED  # type: ignore[arg-type]
+            await self._generator.aclose()  # type: ignore[attr-defined]
+            if unstarted:
+                with anyio.CancelScope(shield=True):
+                    await self._if_unstarted()
 
 
 def build_app(settings: GatewaySettings) -> Starlette:
@@ -367,7 +377,12 @@ def build_app(settings: GatewaySettings) -> Starlette:
                     await record(upstream, team, feature, tokens, (time.monotonic() - started) * 1000, status,
                                  reservation)
 
-        return _RecordingStream(relay(), status_code=answer.status_code, media_type=media_type,
+        async def never_started() -> None:
+            await answer.aclose()
+            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, CLIENT_CLOSED,
+                         reservation)
+
+        return _RecordingStream(relay(), never_started, status_code=answer.status_code, media_type=media_type,
                                 headers={"cache-control": "no-cache"})
 
     async def models(request: Request) -> JSONResponse:
