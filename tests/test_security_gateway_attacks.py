@@ -244,6 +244,7 @@ def test_concurrent_requests_cannot_race_past_a_hard_budget(world: dict) -> None
     statuses = sorted(a.status_code for a in answers)
     assert statuses == [200] * 4 + [429] * 12
     assert after.status_code == 429 and "hard daily budget" in after.json()["error"]["message"]
+    assert len(_records(world)) == 17, "every request recorded exactly once (concurrent lines share fsyncs)"
     billed = sum(r.completion_tokens for r in _records(world) if r.status == 200) / 1000 * rates.completion_per_1k_tokens
     assert billed <= budget
     assert _metric(metrics, "aiplat_gateway_refused_total", reason="hard_budget", team="team:ml") == 13

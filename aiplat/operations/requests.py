@@ -112,11 +112,17 @@ class RequestLog:
         self.fsync = fsync  # off only to measure what durability costs (benchmarks/gateway.py)
 
     def append(self, record: RequestRecord) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: list[RequestRecord]) -> None:
+        """All `records` in one write under the lock, then one fsync (the gateway's group commit)."""
+        if not records:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            data = (record.to_json() + "\n").encode("utf-8")
+            data = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
             if os.write(fd, data) != len(data):
                 raise OSError(f"short write to {self.path}")
             # Durability policy: every line is on disk before append returns (the gateway bills from it).

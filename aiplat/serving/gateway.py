@@ -19,7 +19,8 @@ Limits (aiplat.serving.gateway_guards): 413 past `max_body_bytes`, 400 for JSON 
 Refusals are counted in /metrics and written to the logs at a bounded rate.
 Hard budgets (aiplat.serving.budgets): the worst-case cost is reserved before the call (429 when it
 does not fit) and settled to the real usage after it.
-Durability: every request-log line is fsynced before the record completes. A line that cannot be
+Durability: every request-log line is fsynced before the record completes (group commit: lines
+queued by concurrent requests share one write and one fsync). A line that cannot be
 written is kept in memory (the unbilled backlog, shown in /metrics and /health) and the gateway
 refuses new requests (503) until the backlog is written: no request is ever served unbilled in silence.
 """
@@ -161,8 +162,12 @@ class _RecordingStream(StreamingResponse):
 def build_app(settings: GatewaySettings) -> Starlette:
     metrics = GatewayMetrics()
 
-    backlog: list[RequestRecord] = []  # records the request log refused; new requests wait for them
-    backlog_lock = threading.Lock()  # one writer drains it at a time: no record twice, none lost
+    # Records not yet on disk. Group commit: whoever holds `write_lock` writes everything queued so
+    # far with one fsync, so concurrent requests share fsyncs; each caller returns only once its own
+    # record is on disk (or the write failed). `failing` is set while the log refuses writes.
+    backlog: list[RequestRecord] = []
+    queue_lock, write_lock = threading.Lock(), threading.Lock()
+    failing = threading.Event()
 
     def settle(reservation: Reservation | None, tokens: tuple[int, int]) -> None:
         if reservation is None or settings.ledger is None:
@@ -173,17 +178,27 @@ def build_app(settings: GatewaySettings) -> Starlette:
         metrics.reserved.labels(reservation.team).set(reserved)
 
     def write_backlog() -> None:
-        """Append what is waiting, oldest first; raises OSError and keeps the rest when the log still fails."""
-        with backlog_lock:
-            while backlog:
-                settings.request_log.append(backlog[0])
-                backlog.pop(0)
+        """Append everything queued, oldest first, with one fsync; on OSError the records stay queued."""
+        with write_lock:
+            with queue_lock:
+                batch = list(backlog)
+            if not batch:
+                return
+            try:
+                settings.request_log.append_many(batch)
+            except OSError:
+                failing.set()
+                with queue_lock:
+                    metrics.unbilled.set(len(backlog))
+                raise
+            with queue_lock:
+                del backlog[:len(batch)]
                 metrics.unbilled.set(len(backlog))
+            failing.clear()
 
     async def write(entry: RequestRecord) -> None:
-        with backlog_lock:
+        with queue_lock:
             backlog.append(entry)
-            metrics.unbilled.set(len(backlog))
         try:
             await run_in_threadpool(write_backlog)
         except OSError as e:
@@ -231,7 +246,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
 
     async def proxy(request: Request) -> Response:
         started = time.monotonic()
-        if backlog:
+        if failing.is_set():
             try:
                 await run_in_threadpool(write_backlog)
             except OSError:
@@ -394,7 +409,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
             {"id": name, "object": "model", "created": 0, "owned_by": "aiplat"} for name in names]})
 
     async def health(request: Request) -> JSONResponse:
-        if backlog:  # not ready: a load balancer stops sending traffic until the log is writable again
+        if failing.is_set():  # not ready: a load balancer stops sending traffic until the log is writable again
             return JSONResponse({"status": "request log unwritable", "unbilled_backlog": len(backlog)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
