@@ -155,3 +155,20 @@ def child_env(extra: dict[str, str] | None = None, passthrough: tuple[str, ...] 
     env = {name: os.environ[name] for name in (*CHILD_ENV_PASSTHROUGH, *passthrough) if name in os.environ}
     env.update(extra or {})
     return env
+
+
+class MissingSecret(RuntimeError):
+    """A prod setting without which the platform must not start (no silent dev fallback)."""
+
+    def __init__(self, name: str, why: str = "") -> None:
+        super().__init__(f"{RUNTIME_ENV_VAR}=prod: {name} is not set (or empty){': ' + why if why else ''}; "
+                         "prod never falls back to a development key")
+        self.name = name
+
+
+def prod_secret(name: str, why: str = "") -> str:
+    """The value of secret `name` from the environment; MissingSecret naming it when unset or blank."""
+    value = os.environ.get(name, "")
+    if not value.strip():
+        raise MissingSecret(name, why)
+    return value

@@ -1,9 +1,10 @@
 """Operations settings: where the request and audit logs live, cost rates, team budgets, who owns
 which model and which API key (by sha256, never the key) belongs to which team.
 
-Local: files under <state>/operations and <state>/audit with demo rates. Prod: the log locations
-come from dg.EnvVar (a volume or bucket mount shared by the gateway and the Dagster pods); rates and
-budgets are reviewed configuration, not secrets.
+Local: files under <state>/operations and <state>/audit with demo rates. Prod: the request log's
+location comes from dg.EnvVar (a volume shared by the gateway and the Dagster pods), the audit trail
+is a PostgreSQL table (AIPLAT_AUDIT_DATABASE_URL, a writer role with INSERT/SELECT only) keyed with
+AIPLAT_AUDIT_HMAC_KEY; rates and budgets are reviewed configuration, not secrets.
 """
 
 from datetime import date
@@ -16,6 +17,11 @@ from pydantic import Field
 class OperationsResource(dg.ConfigurableResource):
     request_log_path: Optional[str] = Field(default=None, description="Request log JSONL; unset = <state>/operations/requests.jsonl")
     audit_log_path: Optional[str] = Field(default=None, description="Audit log JSONL; unset = <state>/audit/audit.jsonl")
+    audit_database_url: Optional[str] = Field(default=None, description=(
+        "PostgreSQL DSN of the audit trail (prod; a role with INSERT/SELECT only, see PostgresAuditLog.install). "
+        "Set = the trail lives there instead of the file"))
+    audit_hmac_key: Optional[str] = Field(default=None, description=(
+        "Key of the audit chain (a secret). Unset locally = <state>/security/audit-hmac.key"))
     reports_dir: Optional[str] = Field(default=None, description="Where charts go; unset = <state>/operations/reports")
     prompt_per_1k_tokens: float = Field(default=0.0005, ge=0)
     completion_per_1k_tokens: float = Field(default=0.0015, ge=0)
@@ -43,7 +49,10 @@ class OperationsResource(dg.ConfigurableResource):
 
     @classmethod
     def prod(cls) -> "OperationsResource":
-        return cls(request_log_path=dg.EnvVar("AIPLAT_REQUEST_LOG"), audit_log_path=dg.EnvVar("AIPLAT_AUDIT_LOG"),
+        # The audit trail lives in PostgreSQL (writers: INSERT/SELECT only) and is keyed with a Secret.
+        return cls(request_log_path=dg.EnvVar("AIPLAT_REQUEST_LOG"),
+                   audit_database_url=dg.EnvVar("AIPLAT_AUDIT_DATABASE_URL"),
+                   audit_hmac_key=dg.EnvVar("AIPLAT_AUDIT_HMAC_KEY"),
                    reports_dir=dg.EnvVar("AIPLAT_REPORTS_DIR"), prometheus_url=dg.EnvVar("AIPLAT_PROMETHEUS_URL"))
 
     def quality_thresholds(self) -> Any:
@@ -66,9 +75,11 @@ class OperationsResource(dg.ConfigurableResource):
     def audit_log(self) -> Any:
         from pathlib import Path
 
-        from aiplat.security.audit_log import AuditLog
+        from aiplat.security.audit_log import FileAuditLog, PostgresAuditLog
 
-        return AuditLog(Path(self.audit_log_path) if self.audit_log_path else None)
+        if self.audit_database_url:
+            return PostgresAuditLog(self.audit_database_url, key=self.audit_hmac_key)
+        return FileAuditLog(Path(self.audit_log_path) if self.audit_log_path else None, key=self.audit_hmac_key)
 
     def reports_path(self) -> Any:
         from pathlib import Path

@@ -34,8 +34,17 @@ class PresidioResource(dg.ConfigurableResource):
     _scanners: dict[str, Scanner] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._pseudonymizer = Pseudonymizer(self.hmac_key)
+        self._pseudonymizer = self._checked_pseudonymizer()
         self._scanners = {}
+
+    def _checked_pseudonymizer(self) -> Pseudonymizer:
+        from aiplat.config import MissingSecret, runtime
+
+        # dg.EnvVar catches an unset variable, not an empty one; and prod must never pseudonymize
+        # with the public development key, whose tokens anyone can recompute.
+        if runtime() == "prod" and (not self.hmac_key.strip() or self.uses_dev_key):
+            raise MissingSecret("AIPLAT_PII_HMAC_KEY", "the pseudonymization key")
+        return Pseudonymizer(self.hmac_key)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         for scanner in self._scanners.values():
@@ -55,7 +64,7 @@ class PresidioResource(dg.ConfigurableResource):
     @property
     def pseudonymizer(self) -> Pseudonymizer:
         if self._pseudonymizer is None:
-            self._pseudonymizer = Pseudonymizer(self.hmac_key)
+            self._pseudonymizer = self._checked_pseudonymizer()
         return self._pseudonymizer
 
     @property

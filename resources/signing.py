@@ -2,7 +2,8 @@
 
 Local: no configuration; a development key pair is generated under <state>/security/ on first use.
 Prod: key paths (mounted secrets) and the key's password come from dg.EnvVar; the verifying side
-(serving) needs only the public key. Sigstore keyless signing can replace this in prod later.
+(serving) needs only the public key. In prod an empty key path is an error naming its variable,
+never a silently generated development key pair. Sigstore keyless signing can replace this in prod later.
 """
 
 from typing import Any, Optional
@@ -33,16 +34,28 @@ class ModelSigningResource(dg.ConfigurableResource):
     def key_pair(self) -> Any:
         from pathlib import Path
 
+        from aiplat.config import MissingSecret, runtime
         from aiplat.security.signing import KeyPair, dev_key_pair
 
-        if not self.public_key_path:
+        if not (self.public_key_path or "").strip():
+            if runtime() == "prod":
+                raise MissingSecret("AIPLAT_SIGNING_PUBLIC_KEY", "the key model signatures are verified with")
             return dev_key_pair()
         return KeyPair(Path(self.private_key_path) if self.private_key_path else None, Path(self.public_key_path),
                        label=self.key_label, password=self.key_password or None)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from aiplat.config import runtime
+
+        if runtime() == "prod":
+            self.key_pair()  # a prod resource without its key fails when the run starts, naming the variable
+
     def sign(self, folder: str) -> Any:
+        from aiplat.config import MissingSecret, runtime
         from aiplat.security.signing import sign_model
 
+        if runtime() == "prod" and not (self.private_key_path or "").strip():
+            raise MissingSecret("AIPLAT_SIGNING_PRIVATE_KEY", "the key fine-tunes are signed with")
         return sign_model(folder, self.key_pair())
 
     def verify(self, folder: str) -> str:

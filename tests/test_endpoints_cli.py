@@ -1,6 +1,6 @@
 """`aiplat endpoints deploy` and `rollback` guard like the `served_endpoint` asset: the caller must be
 the model's owner team or the platform team, and the folder must verify against its signature, both
-before any vLLM process starts; every decision is in the runtime's audit log (prod: AIPLAT_AUDIT_LOG).
+before any vLLM process starts; every decision is in the runtime's audit log (prod: the PostgreSQL table at AIPLAT_AUDIT_DATABASE_URL).
 
 No vLLM is needed: every case here is refused before a server would start, and a check that let
 a folder through would try to start one, leaving a PID file and a log under the state dir and
@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from aiplat.cli import cli
-from aiplat.security.audit_log import AuditLog
+from aiplat.security.audit_log import AuditLog, PostgresAuditLog
+from tests.audit_helpers import private_audit_database
 from aiplat.security.signing import dev_key_pair
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from tests.test_serving_signature import ENDPOINT, _nothing_started, _tamper, registry, signed_folder  # noqa: F401
@@ -142,9 +143,10 @@ def test_rollback_refuses_a_team_that_does_not_own_the_model(state_dir: Path, sw
 
 
 @pytest.fixture
-def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The prod runtime's operations and signing settings, and a real MLflow registry (SQLite, no
-    server) in which the registered model's owner is team:search, not the configured team:ml."""
+def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str):
+    """The prod runtime's operations and signing settings, the audit trail in a private PostgreSQL
+    database (as its insert-only writer role), and a real MLflow registry (SQLite, no server) in
+    which the registered model's owner is team:search, not the configured team:ml."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -152,7 +154,7 @@ def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     prod = tmp_path / "prod"
     env = {
         "AIPLAT_ENV": "prod",
-        "AIPLAT_AUDIT_LOG": str(prod / "audit.jsonl"),
+        "AIPLAT_AUDIT_HMAC_KEY": "prod-audit-key-of-the-endpoints-tests",
         "AIPLAT_REQUEST_LOG": str(prod / "requests.jsonl"),
         "AIPLAT_REPORTS_DIR": str(prod / "reports"),
         "AIPLAT_PROMETHEUS_URL": "http://127.0.0.1:9",  # part of the prod operations settings; never called here
@@ -160,11 +162,17 @@ def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "AIPLAT_SIGNING_PUBLIC_KEY": str(dev_key_pair().public_key),
         "MLFLOW_TRACKING_URI": uri,
     }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AIPLAT_SIGNING_PRIVATE_KEY", "AIPLAT_SIGNING_KEY_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-    return env
+    with private_audit_database(postgres_url) as db:
+        env["AIPLAT_AUDIT_DATABASE_URL"] = db.writer_dsn
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        for name in ("AIPLAT_SIGNING_PRIVATE_KEY", "AIPLAT_SIGNING_KEY_PASSWORD"):
+            monkeypatch.delenv(name, raising=False)
+        yield env
+
+
+def _prod_log(prod_env: dict[str, str]) -> PostgresAuditLog:
+    return PostgresAuditLog(prod_env["AIPLAT_AUDIT_DATABASE_URL"], key=prod_env["AIPLAT_AUDIT_HMAC_KEY"])
 
 
 def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_mlflow(
@@ -174,7 +182,7 @@ def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_mlflow(
     expected = _tamper(signed_folder, "flipped byte")
     result = _deploy(signed_folder)
     assert result.exit_code == 1 and expected in result.output, result.output
-    prod_log = AuditLog(Path(prod_env["AIPLAT_AUDIT_LOG"]))
+    prod_log = _prod_log(prod_env)
     assert _events(prod_log) == [("access", "allowed"), ("deploy refused: signature", None)]
     entry = next(prod_log.entries())
     assert entry["owner_team"] == "team:search" and entry["reason"] == "owner team"
@@ -187,7 +195,7 @@ def test_prod_refusal_by_team_goes_to_the_prod_log(state_dir: Path, prod_env: di
     monkeypatch.setenv("AIPLAT_TEAM", "ml")  # the configured owner, but MLflow's tag says team:search
     result = _deploy(signed_folder)
     assert result.exit_code == 1 and "team:ml is neither the owner (team:search)" in result.output
-    assert _events(AuditLog(Path(prod_env["AIPLAT_AUDIT_LOG"]))) == [("access", "refused")]
+    assert _events(_prod_log(prod_env)) == [("access", "refused")]
     assert not (state_dir / "audit").exists()
 
 
@@ -206,11 +214,12 @@ def test_prod_cost_report_reads_the_prod_request_log(state_dir: Path, prod_env: 
 def test_prod_without_the_audit_log_setting_names_the_variable(state_dir: Path, prod_env: dict[str, str],
                                                                signed_folder: Path, command: list[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AIPLAT_AUDIT_LOG")
+    monkeypatch.delenv("AIPLAT_AUDIT_DATABASE_URL")
     monkeypatch.setenv("AIPLAT_TEAM", "platform")
     result = CliRunner().invoke(cli, [c.format(folder=signed_folder) for c in command])
     assert result.exit_code == 1
-    assert "AIPLAT_ENV=prod: resource 'operations' needs AIPLAT_AUDIT_LOG set in the environment" in result.output, \
+    assert "AIPLAT_ENV=prod: resource 'operations' needs AIPLAT_AUDIT_DATABASE_URL set in the environment" \
+        in result.output, \
         result.output
     assert "Traceback" not in result.output
 
@@ -224,15 +233,15 @@ def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env:
     assert result.exit_code == 1 and "resource 'model_signing' needs AIPLAT_SIGNING_PUBLIC_KEY" in result.output
     assert registry.path.read_bytes() == before
     _nothing_started(state_dir)
-    assert not Path(prod_env["AIPLAT_AUDIT_LOG"]).exists()  # settings are checked before any decision is logged
+    assert list(_prod_log(prod_env).entries()) == []  # settings are checked before any decision is logged
 
 
 def test_prod_promote_refusal_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """`aiplat promote` uses the same runtime resources: its access decision lands in AIPLAT_AUDIT_LOG."""
+    """`aiplat promote` uses the same runtime resources: its access decision lands in the prod audit trail."""
     monkeypatch.setenv("AIPLAT_TEAM", "ml")
     result = CliRunner().invoke(cli, ["promote", ENDPOINT, "1"])
     assert result.exit_code == 1 and "access denied" in result.output and "(team:search)" in result.output, result.output
-    (entry,) = AuditLog(Path(prod_env["AIPLAT_AUDIT_LOG"])).entries()
+    (entry,) = _prod_log(prod_env).entries()
     assert entry["action"] == "promote" and entry["decision"] == "refused" and entry["owner_team"] == "team:search"
     assert not (state_dir / "audit").exists()

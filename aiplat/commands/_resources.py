@@ -48,8 +48,12 @@ def config_errors(what: str = "the runtime's resources") -> Iterator[None]:
     the variables, as `resolve` does for one resource."""
     import dagster as dg
 
+    from aiplat.config import MissingSecret
+
     try:
         yield
+    except MissingSecret as e:  # set but empty, or a dev key where prod needs its own
+        raise click.ClickException(f"{what}: {e}") from None
     except dg.DagsterInvalidConfigError as e:
         missing = sorted(set(_UNSET_VAR.findall(str(e))))
         if not missing:
@@ -69,6 +73,13 @@ def with_overrides(key: str, **given: Any) -> Any:
         fields = {name: getattr(declared_resource, name) for name in declared_resource.model_fields_set}
         declared_resource = type(declared_resource)(**{**fields, **overrides})
     return resolve(declared_resource, key)
+
+
+@contextmanager
+def runtime_resource_cm(key: str) -> Iterator[Any]:
+    """Like runtime_resource, for a resource with teardown (e.g. presidio's scanner processes)."""
+    with config_errors(f"resource {key!r}"), declared(key).process_config_and_initialize_cm() as ready:
+        yield ready
 
 
 def runtime_resource(key: str) -> Any:

@@ -1,26 +1,56 @@
 """`aiplat audit MODEL VERSION`: the chain behind a model version, from Dagster asset metadata,
-MLflow and the audit log (aiplat.security.lineage)."""
+MLflow and the audit log (aiplat.security.lineage). `aiplat audit --verify`: whether the audit
+log itself holds (keyed chain, anchor), and if not exactly what is wrong."""
 
 from __future__ import annotations
 
 import click
 
 
+def verify_log(audit_log, expect_head: str | None) -> None:
+    """Print the audit log's state; exit 1 naming what is wrong (entry, kind) when it does not hold."""
+    from aiplat.config import MissingSecret
+    from aiplat.security.audit_log import AuditLogTampered
+
+    try:
+        checked = audit_log.verify()
+    except AuditLogTampered as e:
+        where = f" at entry {e.entry}" if e.entry else ""
+        raise click.ClickException(f"TAMPERED ({e.kind}{where}): {e}") from None
+    except (MissingSecret, PermissionError) as e:
+        raise click.ClickException(str(e)) from None
+    if expect_head and checked.head != expect_head:
+        raise click.ClickException(f"TAMPERED (truncated or rewritten): the head is {checked.head}, the head kept "
+                                   f"elsewhere is {expect_head}")
+    click.echo(f"{checked.path}: chain intact, {checked.entries} entries, head {checked.head}")
+
+
 @click.command("audit")
-@click.argument("model")
-@click.argument("version")
+@click.argument("model", required=False)
+@click.argument("version", required=False)
+@click.option("--verify", "verify_only", is_flag=True,
+              help="Only check the audit log (keyed chain and anchor) and say exactly what is wrong.")
+@click.option("--expect-head", default=None, help="With --verify: a head MAC kept outside the log (from an earlier "
+              "--verify); a different head means the log was cut back or rewritten.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI (default: the local stack's server).")
 @click.option("--json", "as_json", is_flag=True, help="Print the trail as JSON.")
-def cli(model: str, version: str, tracking_uri: str | None, as_json: bool) -> None:
+def cli(model: str | None, version: str | None, verify_only: bool, expect_head: str | None, tracking_uri: str | None,
+        as_json: bool) -> None:
     """Print landed data, PII scans, features, training set, training run, eval report, signature,
     promotion and deploy events (who and when) for VERSION of MODEL. Exits 1 when the version is
-    unknown or the audit log's chain is broken."""
+    unknown or the audit log's chain is broken. With --verify, check only the audit log."""
     import json
 
     import dagster as dg
 
     from aiplat.commands import _resources
+
+    if verify_only:
+        verify_log(_resources.operations().audit_log(), expect_head)
+        return
+    if not model or not version:
+        raise click.UsageError("give MODEL and VERSION, or --verify")
     from aiplat.commands.promote import mlflow_client
     from aiplat.config import dagster_home
     from aiplat.evaluation.registry import ModelVersionNotFound, model_version

@@ -40,9 +40,21 @@ def cli() -> None:
 @click.option("--forward-authorization", is_flag=True,
               help="Pass the client's Authorization header upstream (when no --upstream-api-key is set).")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for an upstream answer.")
+@click.option("--trust-team-header/--no-trust-team-header", default=None,
+              help="Let X-AIPLAT-Team name the team of a request without an API key. Default: only locally; "
+                   "in prod (AIPLAT_ENV=prod) only a registered API key names a team.")
+@click.option("--hard-budgets", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="AIPLAT_GATEWAY_HARD_BUDGETS", show_envvar=True,
+              help="JSON/YAML file of {team: daily hard budget}: requests past it are refused (429) before they run.")
+@click.option("--prompt-per-1k", type=float, default=None, help="Rate for hard budgets (default: the operations resource's).")
+@click.option("--completion-per-1k", type=float, default=None, help="Rate for hard budgets (default: the operations resource's).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=None,
+              help="Larger request bodies are refused (413). Default 1,000,000.")
 def serve(host: str, port: int | None, upstream_template: str | None, endpoints: tuple[str, ...],
           require_attribution: bool | None, api_key_teams: Path | None, request_log: Path | None,
-          upstream_api_key: str | None, forward_authorization: bool, timeout: float) -> None:
+          upstream_api_key: str | None, forward_authorization: bool, timeout: float, trust_team_header: bool | None,
+          hard_budgets: Path | None, prompt_per_1k: float | None, completion_per_1k: float | None,
+          max_body_bytes: int | None) -> None:
     """Run the gateway until interrupted."""
     import logging
 
@@ -53,25 +65,47 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
     from aiplat.serving.gateway import GatewaySettings, build_app
     from aiplat.serving.gateway_routing import RegistryResolver, TemplateResolver, load_api_key_teams
 
+    from aiplat.operations.cost import CostRates
+    from aiplat.serving.budgets import InProcessLedger
+    from aiplat.serving.gateway_guards import DEFAULT_MAX_BODY_BYTES
+    from aiplat.serving.gateway_routing import load_hard_budgets
+    from resources.operations import OperationsResource
+
+    prod = runtime() == "prod"
+    if prod and not api_key_teams:
+        # In prod only a registered key names a team: without the mapping every request would be refused.
+        raise click.ClickException("AIPLAT_GATEWAY_API_KEY_TEAMS (--api-key-teams) is not set; in prod the gateway "
+                                   "needs the API-key mapping to attribute any request")
     try:
         resolver = TemplateResolver(upstream_template, endpoints) if upstream_template else RegistryResolver()
         mapping = load_api_key_teams(api_key_teams) if api_key_teams else {}
+        budgets = load_hard_budgets(hard_budgets) if hard_budgets else {}
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     if endpoints and not upstream_template:
         raise click.ClickException("--endpoint needs --upstream-template; locally the endpoint registry says what exists")
+    log_file = RequestLog(request_log)
+    ledger = None
+    if budgets:
+        defaults = OperationsResource()
+        rates = CostRates(defaults.prompt_per_1k_tokens if prompt_per_1k is None else prompt_per_1k,
+                          defaults.completion_per_1k_tokens if completion_per_1k is None else completion_per_1k)
+        ledger = InProcessLedger.from_request_log(log_file, rates, budgets)
     settings = GatewaySettings(
-        resolver=resolver, request_log=RequestLog(request_log),
-        require_attribution=runtime() == "prod" if require_attribution is None else require_attribution,
-        api_key_teams=mapping, upstream_api_key=upstream_api_key or None,
-        forward_authorization=forward_authorization, timeout_s=timeout,
+        resolver=resolver, request_log=log_file,
+        require_attribution=prod if require_attribution is None else require_attribution,
+        api_key_teams=mapping, trust_team_header=not prod if trust_team_header is None else trust_team_header,
+        upstream_api_key=upstream_api_key or None,
+        forward_authorization=forward_authorization, timeout_s=timeout, ledger=ledger,
+        max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
     )
     port = port or local_ports().gateway
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     upstream = upstream_template or "the local endpoint registry"
     click.echo(f"gateway on http://{host}:{port}/v1 -> {upstream}; request log {settings.request_log.path}; "
                f"attribution {'required' if settings.require_attribution else 'optional'}; "
-               f"{len(mapping)} API key(s) mapped", err=True)
+               f"{len(mapping)} API key(s) mapped; team header {'trusted' if settings.trust_team_header else 'ignored'}; "
+               f"{len(budgets)} hard budget(s)", err=True)
     uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 

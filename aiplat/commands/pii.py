@@ -56,8 +56,8 @@ def scan(input_path: Path, output: Path, fields: tuple[str, ...], dataset: str |
 
     from aiplat.pii.config import adhoc_config, dataset_config
     from aiplat.pii.dataset import redact_record, scan_columns
+    from aiplat.commands import _resources
     from aiplat.pii.engine import PiiScanError, Scanner
-    from resources.presidio import PresidioResource
 
     if output.resolve() == input_path.resolve():
         raise click.ClickException("--output must not be the input file")
@@ -67,10 +67,12 @@ def scan(input_path: Path, output: Path, fields: tuple[str, ...], dataset: str |
             config = config.model_copy(update={"text_fields": fields})
     else:
         config = adhoc_config(fields or ("text",))
-    if model:
-        config = config.with_nlp(model_name=model)
-    resource = PresidioResource()  # the local resource's key: same tokens as the local platform
-    pseudonymizer = resource.pseudonymizer
+    # The runtime's resource: under AIPLAT_ENV=prod its key (AIPLAT_PII_HMAC_KEY) and NER model, so a
+    # file scanned here gets the same pseudonyms as the platform's own redaction; never the dev key in prod.
+    with _resources.runtime_resource_cm("presidio") as resource:
+        pseudonymizer = resource.pseudonymizer
+    config = config.with_nlp(engine=resource.nlp_engine, model_name=model or resource.model_name,
+                             spacy_model=resource.spacy_model)
     records = _read_jsonl(input_path)
     for r in records:
         for f in config.text_fields:

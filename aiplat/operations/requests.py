@@ -47,7 +47,7 @@ def labels_for_request(headers: Mapping[str, str], api_key_teams: Mapping[str, s
     auth = lower.get("authorization", "")
     key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
     team = (api_key_teams or {}).get(key_fingerprint(key), "") if key else ""
-    team = team or (lower.get(HEADER_TEAM) or "").strip()
+    team = (team or (lower.get(HEADER_TEAM) or "")).strip().lower()  # `team:ML` is `team:ml`
     feature = (lower.get(HEADER_FEATURE) or "").strip() or UNATTRIBUTED
     if team and not team.startswith("team:"):
         team = f"team:{team}"
@@ -107,15 +107,27 @@ class RejectedLine:
 
 
 class RequestLog:
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, fsync: bool = True) -> None:
         self.path = Path(path) if path else default_request_log_path()
+        self.fsync = fsync  # off only to measure what durability costs (benchmarks/gateway.py)
 
     def append(self, record: RequestRecord) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: list[RequestRecord]) -> None:
+        """All `records` in one write under the lock, then one fsync (the gateway's group commit)."""
+        if not records:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, (record.to_json() + "\n").encode("utf-8"))
+            data = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {self.path}")
+            # Durability policy: every line is on disk before append returns (the gateway bills from it).
+            if self.fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 

@@ -3,7 +3,9 @@
 Clients call it exactly as they would call vLLM, with `model` = the endpoint name. It resolves the
 endpoint to its upstream (aiplat.serving.gateway_routing), rewrites `model` to the served name,
 forwards, and appends one RequestRecord per request to the request log that the cost report reads.
-The team is the one the API key's sha256 maps to, else `X-AIPLAT-Team`; the feature is `X-AIPLAT-Feature`.
+The team is the one the API key's sha256 maps to (aiplat.serving.gateway_auth: an unknown key is a
+401, never a fallback to `X-AIPLAT-Team`, which counts only where `trust_team_header`, i.e. locally);
+the feature is `X-AIPLAT-Feature`.
 
 What is recorded: every request that named a known endpoint, whatever its status (401 refused,
 502/504 upstream failures, upstream errors passed through). A refused request is recorded with
@@ -11,13 +13,25 @@ latency 0: it never reached a GPU, so it must not add busy time to the endpoint'
 Requests for an unknown endpoint (404) and malformed bodies (400) are counted in /metrics and
 logged, not written to the request log: no endpoint was used, so there is nothing to bill.
 Client credentials are neither logged nor forwarded (unless `forward_authorization`).
+
+Limits (aiplat.serving.gateway_guards): 413 past `max_body_bytes`, 400 for JSON nested deeper than
+`max_depth`; error bodies never show the upstream's address (it goes to the gateway's own log).
+Refusals are counted in /metrics and written to the logs at a bounded rate.
+Hard budgets (aiplat.serving.budgets): the worst-case cost is reserved before the call (429 when it
+does not fit) and settled to the real usage after it.
+Durability: every request-log line is fsynced before the record completes (group commit: lines
+queued by concurrent requests share one write and one fsync). A line that cannot be
+written is kept in memory (the unbilled backlog, shown in /metrics and /health) and the gateway
+refuses new requests (503) until the backlog is written: no request is ever served unbilled in silence.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -26,14 +40,18 @@ from datetime import datetime, timezone
 
 import anyio
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM, UNATTRIBUTED, RequestLog, RequestRecord, labels_for_request
+from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM, UNATTRIBUTED, RequestLog, RequestRecord
+from aiplat.serving.budgets import OverBudget, Reservation, SpendLedger
+from aiplat.serving.gateway_auth import Caller, identify
+from aiplat.serving.gateway_guards import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH, BadBody, BodyTooLarge,
+                                           RefusalLimiter, parse_body, read_limited)
 from aiplat.serving.gateway_routing import Resolver, UnknownEndpoint, Upstream, label_problem
 from aiplat.serving.registry import RegistryError
 
@@ -48,10 +66,16 @@ class GatewaySettings:
     resolver: Resolver
     request_log: RequestLog
     require_attribution: bool = False
-    api_key_teams: Mapping[str, str] = field(default_factory=dict, repr=False)
+    api_key_teams: Mapping[str, str] = field(default_factory=dict, repr=False)  # sha256(key) -> team
+    trust_team_header: bool = True  # local development only: in prod the header grants nothing
     upstream_api_key: str | None = field(default=None, repr=False)
     forward_authorization: bool = False
     timeout_s: float = 300.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    ledger: SpendLedger | None = None  # hard budgets; None = budgets are only reported, not enforced
+    default_max_tokens: int = 1024  # set on requests without max_tokens when the team has a hard budget
+    refusal_limiter: RefusalLimiter = field(default_factory=RefusalLimiter)
 
 
 class GatewayMetrics:
@@ -63,6 +87,19 @@ class GatewayMetrics:
                                 ["endpoint", "team", "feature", "status"], registry=self.registry)
         self.tokens = Counter("aiplat_gateway_tokens", "Tokens served through the gateway, by team",
                               ["team", "kind"], registry=self.registry)
+        self.refused = Counter("aiplat_gateway_refused", "Requests refused before reaching an endpoint, by reason",
+                               ["reason", "team"], registry=self.registry)
+        self.refusal_lines_suppressed = Counter(
+            "aiplat_gateway_refusal_log_suppressed", "Refusals not written to the logs (rate limit), by reason",
+            ["reason"], registry=self.registry)
+        self.request_log_failures = Counter("aiplat_gateway_request_log_write_failures",
+                                            "Failed request-log writes", registry=self.registry)
+        self.unbilled = Gauge("aiplat_gateway_unbilled_backlog", "Records waiting for the request log to be writable",
+                              registry=self.registry)
+        self.reserved = Gauge("aiplat_gateway_budget_reserved", "Spend reserved by requests in flight, by team",
+                              ["team"], registry=self.registry)
+        self.spent = Gauge("aiplat_gateway_budget_spent", "Token cost settled today, by team (hard-budget teams)",
+                           ["team"], registry=self.registry)
 
 
 def _error(status: int, message: str, kind: str, code: str) -> JSONResponse:
@@ -88,22 +125,90 @@ def _usage(payload: dict | None) -> tuple[int, int] | None:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
+def _content_chunks(payload: dict | None) -> int:
+    """Chunks that carried generated text: each is at least one token, what a client that hung up
+    before the final usage chunk is billed for when the upstream sent no running usage."""
+    if not payload:
+        return 0
+    for choice in payload.get("choices") or []:
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if text:
+                return 1
+    return 0
+
+
 class _RecordingStream(StreamingResponse):
     """Closes its generator however the response ends (a client that disconnects included), so the
-    generator's `finally` records the request exactly once."""
+    generator's `finally` records the request exactly once. A generator that never started (the
+    client left before the first byte) has no `finally` to run: `if_unstarted` records it instead."""
+
+    def __init__(self, content: AsyncIterator[bytes], if_unstarted, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(content, **kwargs)
+        self._generator, self._if_unstarted = content, if_unstarted
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            unstarted = inspect.getasyncgenstate(self._generator) == inspect.AGEN_CREATED  # type: ignore[arg-type]
+            await self._generator.aclose()  # type: ignore[attr-defined]
+            if unstarted:
+                with anyio.CancelScope(shield=True):
+                    await self._if_unstarted()
 
 
 def build_app(settings: GatewaySettings) -> Starlette:
     metrics = GatewayMetrics()
 
+    # Records not yet on disk. Group commit: whoever holds `write_lock` writes everything queued so
+    # far with one fsync, so concurrent requests share fsyncs; each caller returns only once its own
+    # record is on disk (or the write failed). `failing` is set while the log refuses writes.
+    backlog: list[RequestRecord] = []
+    queue_lock, write_lock = threading.Lock(), threading.Lock()
+    failing = threading.Event()
+
+    def settle(reservation: Reservation | None, tokens: tuple[int, int]) -> None:
+        if reservation is None or settings.ledger is None:
+            return
+        settings.ledger.settle(reservation, *tokens)
+        spent, reserved = settings.ledger.committed(reservation.team)
+        metrics.spent.labels(reservation.team).set(spent)
+        metrics.reserved.labels(reservation.team).set(reserved)
+
+    def write_backlog() -> None:
+        """Append everything queued, oldest first, with one fsync; on OSError the records stay queued."""
+        with write_lock:
+            with queue_lock:
+                batch = list(backlog)
+            if not batch:
+                return
+            try:
+                settings.request_log.append_many(batch)
+            except OSError:
+                failing.set()
+                with queue_lock:
+                    metrics.unbilled.set(len(backlog))
+                raise
+            with queue_lock:
+                del backlog[:len(batch)]
+                metrics.unbilled.set(len(backlog))
+            failing.clear()
+
+    async def write(entry: RequestRecord) -> None:
+        with queue_lock:
+            backlog.append(entry)
+        try:
+            await run_in_threadpool(write_backlog)
+        except OSError as e:
+            metrics.request_log_failures.inc()
+            log.error("REQUEST LOG UNWRITABLE (%s: %s): %d record(s) held in memory unbilled; the gateway refuses "
+                      "new requests until %s is writable", type(e).__name__, e, len(backlog), settings.request_log.path)
+
     async def record(upstream: Upstream, team: str, feature: str, tokens: tuple[int, int], latency_ms: float,
-                     status: int) -> None:
+                     status: int, reservation: Reservation | None = None) -> None:
+        settle(reservation, tokens)
         metrics.requests.labels(upstream.endpoint, team, feature, str(status)).inc()
         metrics.tokens.labels(team, "prompt").inc(tokens[0])
         metrics.tokens.labels(team, "completion").inc(tokens[1])
@@ -111,11 +216,25 @@ def build_app(settings: GatewaySettings) -> Starlette:
                               tokens[0], tokens[1], round(latency_ms, 3), status)
         log.info("request endpoint=%s team=%s feature=%s status=%d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f",
                  upstream.endpoint, team, feature, status, tokens[0], tokens[1], latency_ms)
-        try:
-            await run_in_threadpool(settings.request_log.append, entry)
-        except OSError:
-            # The answer is already on its way; a lost record must at least be loud.
-            log.exception("could not append to the request log %s", settings.request_log.path)
+        await write(entry)
+
+    async def refuse(status: int, reason: str, message: str, kind: str, team: str = UNATTRIBUTED,
+                     feature: str = UNATTRIBUTED, upstream: Upstream | None = None) -> JSONResponse:
+        """Answer a refusal: always counted; logged (and, for a known endpoint, recorded) at a bounded rate."""
+        metrics.refused.labels(reason, team).inc()
+        written, ended = settings.refusal_limiter.admit(reason, team)
+        for (old_reason, old_team), count in ended.items():
+            log.warning("refused: %d more %s refusal(s) for team=%s were not logged (rate limit)",
+                        count, old_reason, old_team)
+        if written:
+            log.warning("refused status=%d reason=%s team=%s feature=%s", status, reason, team, feature)
+            if upstream is not None:
+                await record(upstream, team, feature, (0, 0), 0.0, status)
+        else:
+            metrics.refusal_lines_suppressed.labels(reason).inc()
+            if upstream is not None:
+                metrics.requests.labels(upstream.endpoint, team, feature, str(status)).inc()
+        return _error(status, message, kind, reason)
 
     def upstream_headers(request: Request) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": request.headers.get("accept", "application/json")}
@@ -127,15 +246,26 @@ def build_app(settings: GatewaySettings) -> Starlette:
 
     async def proxy(request: Request) -> Response:
         started = time.monotonic()
+        if failing.is_set():
+            try:
+                await run_in_threadpool(write_backlog)
+            except OSError:
+                return await refuse(503, "request_log_unwritable", "the gateway cannot record requests right now, so it "
+                                    "serves none; retry later", "server_error")
         try:
-            body = json.loads(await request.body())
-        except ValueError:
-            body = None
+            raw = await read_limited(request.headers.get("content-length"), request.stream(), settings.max_body_bytes)
+            body = parse_body(raw, settings.max_depth)
+        except BodyTooLarge as e:
+            return await refuse(413, "body_too_large", str(e), "invalid_request_error")
+        except BadBody as e:
+            metrics.requests.labels("", "", "", "400").inc()
+            return _error(400, str(e), "invalid_request_error", "invalid_body")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             metrics.requests.labels("", "", "", "400").inc()
             return _error(400, "the body must be a JSON object whose `model` is an endpoint name "
                                "(see GET /v1/models)", "invalid_request_error", "invalid_body")
-        team, feature = labels_for_request(request.headers, settings.api_key_teams)
+        caller: Caller = identify(request.headers, settings.api_key_teams, settings.trust_team_header)
+        team, feature = caller.team, caller.feature
         for header, value in ((HEADER_TEAM, team), (HEADER_FEATURE, feature)):
             problem = label_problem(header, value)
             if problem:
@@ -151,32 +281,53 @@ def build_app(settings: GatewaySettings) -> Starlette:
             log.error("endpoint registry unreadable: %s", e)
             return _error(503, f"the gateway cannot read the endpoint registry: {e}", "server_error", "registry_unreadable")
 
+        if caller.refused:
+            return await refuse(401, caller.code, caller.refused, "authentication_error", team, feature, upstream)
         if settings.require_attribution and team == UNATTRIBUTED:
-            await record(upstream, team, feature, (0, 0), 0.0, 401)
-            return _error(401, "requests must name their team: send the X-AIPLAT-Team header (and X-AIPLAT-Feature), "
-                               "or use an API key registered to a team", "authentication_error", "missing_team")
+            return await refuse(401, "missing_team", "requests must name their team: send the X-AIPLAT-Team header "
+                                "(and X-AIPLAT-Feature), or use an API key registered to a team",
+                                "authentication_error", team, feature, upstream)
 
         forward = {**body, "model": upstream.served_model_name}
+        reservation: Reservation | None = None
+        if settings.ledger is not None and settings.ledger.limited(team):
+            if not isinstance(forward.get("max_tokens"), int) and not isinstance(forward.get("max_completion_tokens"), int):
+                forward["max_tokens"] = settings.default_max_tokens  # so the reservation is a real upper bound
+            limit = forward.get("max_tokens") if isinstance(forward.get("max_tokens"), int) else forward["max_completion_tokens"]
+            try:
+                reservation = settings.ledger.reserve(team, len(raw), max(0, limit))
+            except OverBudget as e:
+                return await refuse(429, "hard_budget", str(e), "rate_limit_error", team, feature, upstream)
+            spent, reserved = settings.ledger.committed(team)
+            metrics.reserved.labels(team).set(reserved)
         streaming = bool(body.get("stream"))
-        client_wants_usage = False
+        client_wants_usage = client_wants_running_usage = False
         if streaming:
             requested = body.get("stream_options")
             options: dict = requested if isinstance(requested, dict) else {}
             client_wants_usage = bool(options.get("include_usage"))
-            forward["stream_options"] = {**options, "include_usage": True}
+            client_wants_running_usage = bool(options.get("continuous_usage_stats"))
+            # continuous_usage_stats (vLLM): usage in every chunk, so a client that hangs up is billed
+            # for what was produced; servers without it are billed by their content chunks.
+            forward["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
         client: httpx.AsyncClient = request.app.state.client
         outgoing = client.build_request("POST", f"{upstream.base_url}{request.url.path}", json=forward,
                                         headers=upstream_headers(request))
         try:
             answer = await client.send(outgoing, stream=True)
         except httpx.TimeoutException:
-            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 504)
-            return _error(504, f"endpoint {upstream.endpoint!r} did not answer within {settings.timeout_s:.0f} s "
-                               f"({upstream.base_url})", "server_error", "upstream_timeout")
+            # The address stays in the gateway's log: error bodies must not map the cluster for callers.
+            log.error("endpoint %s timed out after %.0f s at %s", upstream.endpoint, settings.timeout_s, upstream.base_url)
+            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 504, reservation)
+            return _error(504, f"endpoint {upstream.endpoint!r} did not answer within {settings.timeout_s:.0f} s",
+                          "server_error", "upstream_timeout")
         except httpx.HTTPError as e:
-            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502)
-            return _error(502, f"endpoint {upstream.endpoint!r} is unreachable at {upstream.base_url}: "
-                               f"{type(e).__name__}: {e}", "server_error", "upstream_unreachable")
+            log.error("endpoint %s unreachable at %s: %s: %s", upstream.endpoint, upstream.base_url, type(e).__name__, e)
+            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502, reservation)
+            return _error(502, f"endpoint {upstream.endpoint!r} is unreachable", "server_error", "upstream_unreachable")
+        except BaseException:
+            settle(reservation, (0, 0))  # cancelled: free the reservation
+            raise
 
         media_type = answer.headers.get("content-type", "application/json")
         if not (streaming and answer.is_success and media_type.startswith("text/event-stream")):
@@ -184,9 +335,14 @@ def build_app(settings: GatewaySettings) -> Starlette:
                 content = await answer.aread()
             except httpx.HTTPError as e:
                 await answer.aclose()
-                await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502)
-                return _error(502, f"endpoint {upstream.endpoint!r} broke off its answer: {type(e).__name__}",
-                              "server_error", "upstream_broken")
+                log.error("endpoint %s broke off its answer at %s: %s", upstream.endpoint, upstream.base_url, e)
+                await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502, reservation)
+                return _error(502, f"endpoint {upstream.endpoint!r} broke off its answer", "server_error",
+                              "upstream_broken")
+            except BaseException:
+                await answer.aclose()
+                settle(reservation, (0, 0))
+                raise
             await answer.aclose()
             tokens = None
             if answer.is_success:
@@ -195,23 +351,29 @@ def build_app(settings: GatewaySettings) -> Starlette:
                 except ValueError:
                     tokens = None
             await record(upstream, team, feature, tokens or (0, 0), (time.monotonic() - started) * 1000,
-                         answer.status_code)
+                         answer.status_code, reservation)
             return Response(content, status_code=answer.status_code, media_type=media_type)
 
         async def relay() -> AsyncIterator[bytes]:
-            tokens, status, buffer = (0, 0), CLIENT_CLOSED, b""
+            tokens, status, buffer, produced = None, CLIENT_CLOSED, b"", 0
             try:
                 async for chunk in answer.aiter_bytes():
                     buffer += chunk
                     while (end := _EVENT_END.search(buffer)) is not None:
                         event, buffer = buffer[:end.end()], buffer[end.end():]
                         payload = _event_json(event)
+                        produced += _content_chunks(payload)
                         found = _usage(payload)
-                        if found is not None:
+                        if found is not None and payload is not None:
                             tokens = found
                             # The usage-only chunk exists because the gateway asked for it.
-                            if not client_wants_usage and payload is not None and payload.get("choices") == []:
-                                continue
+                            if payload.get("choices") == []:
+                                if not client_wants_usage:
+                                    continue
+                            elif not client_wants_running_usage:
+                                # Running usage the gateway asked for: not the client's.
+                                event = b"data: " + json.dumps({k: v for k, v in payload.items() if k != "usage"}
+                                                               ).encode() + b"\n\n"
                         yield event
                 if buffer:
                     yield buffer
@@ -219,12 +381,23 @@ def build_app(settings: GatewaySettings) -> Starlette:
             except httpx.HTTPError:
                 status = 502
             finally:
-                # A client that hangs up cancels this generator; the record must still be written.
+                # A client that hangs up cancels this generator; the record must still be written, with
+                # the tokens produced so far: the running usage, else one token per content chunk.
+                if tokens is None:
+                    tokens = (0, produced)
+                else:
+                    tokens = (tokens[0], max(tokens[1], produced if status == CLIENT_CLOSED else 0))
                 with anyio.CancelScope(shield=True):
                     await answer.aclose()
-                    await record(upstream, team, feature, tokens, (time.monotonic() - started) * 1000, status)
+                    await record(upstream, team, feature, tokens, (time.monotonic() - started) * 1000, status,
+                                 reservation)
 
-        return _RecordingStream(relay(), status_code=answer.status_code, media_type=media_type,
+        async def never_started() -> None:
+            await answer.aclose()
+            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, CLIENT_CLOSED,
+                         reservation)
+
+        return _RecordingStream(relay(), never_started, status_code=answer.status_code, media_type=media_type,
                                 headers={"cache-control": "no-cache"})
 
     async def models(request: Request) -> JSONResponse:
@@ -236,6 +409,8 @@ def build_app(settings: GatewaySettings) -> Starlette:
             {"id": name, "object": "model", "created": 0, "owned_by": "aiplat"} for name in names]})
 
     async def health(request: Request) -> JSONResponse:
+        if failing.is_set():  # not ready: a load balancer stops sending traffic until the log is writable again
+            return JSONResponse({"status": "request log unwritable", "unbilled_backlog": len(backlog)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def prometheus(request: Request) -> Response:

@@ -85,7 +85,8 @@ def deployment(spec: GatewaySpec) -> dict:
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            # Recreate: never two gateways at once, each with its own budget books (see budgets.py).
+            "strategy": {"type": "Recreate"},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -119,8 +120,11 @@ def service(spec: GatewaySpec) -> dict:
 def render_gateway(spec: GatewaySpec) -> list[dict]:
     if "{endpoint}" not in spec.upstream_template:
         raise ValueError(f"upstream template {spec.upstream_template!r} has no {{endpoint}} placeholder")
-    if spec.replicas < 1:
-        raise ValueError(f"replicas={spec.replicas} must be at least 1")
+    if spec.replicas != 1:
+        # Hard budgets are booked in the gateway process (aiplat.serving.budgets.InProcessLedger): two
+        # replicas would each let a team spend its whole budget. Scale out after a shared ledger exists.
+        raise ValueError(f"replicas={spec.replicas}: the gateway runs as exactly one replica while hard budgets "
+                         "are booked in-process")
     return [request_log_claim(spec), deployment(spec), service(spec)]
 
 

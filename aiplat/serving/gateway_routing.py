@@ -17,6 +17,7 @@ from typing import Protocol
 
 import yaml
 
+from aiplat.serving.gateway_auth import normalize_team
 from aiplat.serving.registry import EndpointRegistry
 
 # Team and feature become Prometheus label values and request-log fields: bounded and plain.
@@ -103,8 +104,28 @@ def load_api_key_teams(path: Path) -> dict[str, str]:
                              "store the output of `aiplat gateway hash-key`, never the key itself")
         if not isinstance(team, str) or not LABEL_VALUE.fullmatch(team):
             raise ValueError(f"API-key mapping {path}: entry {number} ({digest[:12]}...) has no valid team name")
-        mapping[digest] = team
+        mapping[digest] = normalize_team(team)
     return mapping
+
+
+def load_hard_budgets(path: Path) -> dict[str, float]:
+    """{team: daily hard budget} from a JSON or YAML file; team names normalized (`ML` = `team:ml`)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"hard budgets {path} are not readable JSON/YAML: {type(e).__name__}") from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"hard budgets {path} must be an object of team -> daily amount")
+    budgets: dict[str, float] = {}
+    for team, amount in raw.items():
+        name = normalize_team(str(team))
+        if not LABEL_VALUE.fullmatch(name) or isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+                or amount < 0:
+            raise ValueError(f"hard budgets {path}: entry {team!r} needs a team name and an amount >= 0")
+        if name in budgets:
+            raise ValueError(f"hard budgets {path}: {name} is listed twice (team names are case-insensitive)")
+        budgets[name] = float(amount)
+    return budgets
 
 
 def label_problem(header: str, value: str) -> str | None:
