@@ -11,11 +11,12 @@ from aiplat.retrieval.diff import key_set_sha256
 from aiplat.retrieval.index import build_index, embed_chunks
 from aiplat.retrieval.queries import QUERY_SET
 from aiplat.retrieval.recall import collection_recall
+from aiplat.security.access import PLATFORM_TEAM
 from resources.embeddings import EmbeddingResource
 from resources.milvus import MilvusResource
 
 GROUP = "retrieval"
-OWNERS = ["team:search"]
+OWNERS = [PLATFORM_TEAM]
 
 
 class KbChunkingConfig(dg.Config):
