@@ -154,6 +154,9 @@ class PromotionConfig(dg.Config):
 
 
 class ServedEndpointConfig(dg.Config):
+    model_folder: Optional[str] = Field(
+        default=None, description="Serve this signed safetensors folder instead of the registry's `champion` (drills)")
+    model_version: Optional[str] = Field(default=None, description="Version label of model_folder")
     load_sample: list[str] = Field(default_factory=list, description="Prompts the canary replays a share of")
 
 
@@ -490,7 +493,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         from assets.serving import serve_champion
 
         return serve_champion(context, spec.name, spec.endpoint, spec.owner, owners_of(spec), tuple(config.load_sample),
-                              vllm, mlflow, model_signing, operations)
+                              vllm, mlflow, model_signing, operations, config.model_folder, config.model_version)
 
     @dg.asset(
         key=key("endpoint_load_test"),

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from aiplat.serving.canary import CanaryPolicy, run_canary
 from aiplat.serving.champion import FolderSource
 from aiplat.serving.server import ServerStartError, process_of
+from tests.chain_helpers import chain_asset, chain_for, op_name
 from tests.conftest import built_vllm_env
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def world(tmp_path_factory):
     model = prepare_base_model(dest_root=state / "models").path
     sign_model(model, dev_key_pair())  # the asset serves only folders that verify (test_serving_signature.py)
     # Small limits so that overload is reachable with a dozen requests; eager mode starts faster.
-    vllm = LocalVllmResource(endpoint=ENDPOINT, enforce_eager=True, max_num_seqs=2, max_num_queued_reqs=4,
+    vllm = LocalVllmResource(enforce_eager=True, max_num_seqs=2, max_num_queued_reqs=4,
                              vllm_python=str(env.python), start_timeout_s=900, canary_concurrency=2,
                              canary_max_tokens=16)
     world = {"state": state, "model": model, "vllm": vllm, "mlflow": MLflowResource(tracking_uri="http://127.0.0.1:9")}
@@ -59,12 +60,16 @@ def world(tmp_path_factory):
         mp.undo()
 
 
+CHAIN = chain_for(ENDPOINT)  # the demo triage spec's generated chain
+served_endpoint = chain_asset(CHAIN, "served_endpoint")
+endpoint_load_test = chain_asset(CHAIN, "endpoint_load_test")
+
+
 def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
-    from assets.serving import endpoint_load_test, served_endpoint
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
 
-    @dg.asset(name="champion_model")
+    @dg.asset(key=[CHAIN.spec.key_prefix, "champion"])
     def champion_model() -> None:  # stands in for the promotion asset
         return None
 
@@ -72,7 +77,7 @@ def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
         [champion_model, served_endpoint, endpoint_load_test], selection=[asset.key],
         resources={"vllm": world["vllm"], "mlflow": world["mlflow"], "model_signing": ModelSigningResource(),
                    "operations": OperationsResource()},
-        run_config={"ops": {asset.key.path[-1]: {"config": config}}},
+        run_config={"ops": {op_name(CHAIN, asset.key.path[-1]): {"config": config}}},
     )
 
 
@@ -87,10 +92,8 @@ def _ask(url: str, prompt: str = "What is the capital of France?", max_tokens: i
 
 
 def test_first_deploy_through_the_asset(world) -> None:
-    from assets.serving import served_endpoint
-
     result = _materialize(world, served_endpoint, {"model_folder": str(world["model"]), "model_version": "1"})
-    meta = _meta(result, "served_endpoint")
+    meta = _meta(result, op_name(CHAIN, "served_endpoint"))
     assert meta["action"] == "deployed" and meta["model_version"] == "1" and meta["health"] == "ready"
     assert meta["served_model_name"] == ENDPOINT and meta["start_time"]
     live = world["vllm"].manager.get(ENDPOINT).live
@@ -160,12 +163,10 @@ def test_broken_candidate_fails_the_canary_and_live_never_changes(world) -> None
 
 
 def test_passing_canary_switches_through_the_asset(world) -> None:
-    from assets.serving import served_endpoint
-
     result = _materialize(world, served_endpoint, {
         "model_folder": str(world["model"]), "model_version": "2",
         "load_sample": ["How do I reset my password?", "Is my invoice late?", "Cancel my plan."]})
-    meta = _meta(result, "served_endpoint")
+    meta = _meta(result, op_name(CHAIN, "served_endpoint"))
     assert meta["action"] == "switched" and meta["model_version"] == "2" and meta["previous_version"] == "1"
     assert meta["canary_agreement"] >= 0.8 and meta["canary_candidate_error_rate"] == 0.0
     assert meta["canary_prompts"] >= 7  # 6 probes + a share of the 3-prompt load sample
@@ -177,10 +178,8 @@ def test_passing_canary_switches_through_the_asset(world) -> None:
 
 
 def test_load_test_asset_records_plottable_numbers(world) -> None:
-    from assets.serving import endpoint_load_test
-
     result = _materialize(world, endpoint_load_test, {"concurrencies": [1, 2], "num_prompts": 4, "output_len": 16})
-    meta = _meta(result, "endpoint_load_test")
+    meta = _meta(result, op_name(CHAIN, "endpoint_load_test"))
     for c in (1, 2):
         assert meta[f"c{c}_output_tokens_per_s"] > 0 and meta[f"c{c}_requests_per_s"] > 0
         assert meta[f"c{c}_failed"] == 0.0
