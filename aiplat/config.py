@@ -153,3 +153,26 @@ def actor_from_env() -> str | None:
 def team_from_env() -> str | None:
     """The team the local actor acts for (AIPLAT_TEAM), e.g. `ml` or `team:ml`."""
     return (os.environ.get("AIPLAT_TEAM") or "").strip() or None
+
+
+# Variables a child server may inherit. Everything else in the parent's environment stays behind:
+# a Dagster step process carries whatever its imports set (Feast's `feast.metrics` points
+# PROMETHEUS_MULTIPROC_DIR at a temp folder that is gone by the time a long-lived vLLM server
+# answers /metrics), plus credentials the child has no business seeing.
+CHILD_ENV_PASSTHROUGH = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SHELL",
+    # Machine-specific BLAS safety settings (older OpenBLAS builds miscompute without them).
+    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
+    # The runtime choice and the local state/ports, so a child finds the same platform.
+    RUNTIME_ENV_VAR, STATE_DIR_ENV_VAR, "AIPLAT_DAGSTER_PORT", "AIPLAT_MLFLOW_PORT", "AIPLAT_MILVUS_PORT",
+    "AIPLAT_GATEWAY_PORT", "AIPLAT_MODELS_DIR", "PYTHONPATH",
+)
+
+
+def child_env(extra: dict[str, str] | None = None, passthrough: tuple[str, ...] = ()) -> dict[str, str]:
+    """An explicit environment for a process the platform starts: the allow-listed variables of
+    this process (CHILD_ENV_PASSTHROUGH plus `passthrough`), then `extra`. Never a copy of
+    os.environ."""
+    env = {name: os.environ[name] for name in (*CHILD_ENV_PASSTHROUGH, *passthrough) if name in os.environ}
+    env.update(extra or {})
+    return env

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from aiplat.config import local_paths, local_ports
+from aiplat.config import child_env, local_paths, local_ports
 from aiplat.net import port_open
 
 HOST = "127.0.0.1"
@@ -73,6 +73,7 @@ class Service:
     url: str
     health: Callable[[Service], str | None]  # None when healthy, else the reason
     env: dict[str, str] = field(default_factory=dict)
+    passthrough: tuple[str, ...] = ()  # parent variables the service needs beyond aiplat.config's allow-list
     start_timeout: float = 120.0
 
 
@@ -450,7 +451,7 @@ def _launch(service: Service) -> tuple[subprocess.Popen, int]:
     """Start the service in its own session; returns the process and where its log begins."""
     for folder in (service.workdir, service.pid_file.parent, service.log_file.parent):
         folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **service.env}
+    env = child_env(service.env, passthrough=service.passthrough)
     with service.log_file.open("ab") as log:
         log.write(f"\n=== aiplat stack: starting {service.name} at {datetime.now(timezone.utc).isoformat()} ===\n".encode())
         log.flush()

@@ -20,6 +20,9 @@ kb_reindex_job = dg.define_asset_job(
     job=kb_reindex_job,
     name="kb_reindex_sensor",
     minimum_interval_seconds=30,
+    # The platform relies on it: a newly landed KB snapshot must reach the index without anyone
+    # finding a switch in the UI first.
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description="A new materialization of redacted_kb_articles requests one kb_reindex run.",
 )
 def kb_reindex_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):

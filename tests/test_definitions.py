@@ -74,3 +74,19 @@ def test_local_instance_config_is_valid(tmp_path):
     (home / "dagster.yaml").write_text((ROOT / "platform_defs" / "dagster.local.yaml").read_text())
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.run_coordinator is not None
+
+
+# What the platform relies on: every sensor and schedule starts running on a fresh instance.
+# (A sensor meant to start stopped would be listed here with the reason.)
+EXPECTED_STOPPED: dict[str, str] = {}
+
+
+def test_every_sensor_and_schedule_starts_running():
+    from platform_defs.definitions import build_definitions
+
+    defs = build_definitions()
+    repo = defs.get_repository_def()
+    states = {s.name: s.default_status for s in repo.sensor_defs} | {s.name: s.default_status for s in repo.schedule_defs}
+    assert "kb_reindex_sensor" in states and "landing_zone_sensor" in states
+    stopped = {name for name, status in states.items() if status.value != "RUNNING"}
+    assert stopped == set(EXPECTED_STOPPED), f"not running by default: {sorted(stopped - set(EXPECTED_STOPPED))}"

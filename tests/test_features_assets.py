@@ -124,6 +124,25 @@ def test_cli_reads_the_materialized_online_store(first_run, monkeypatch: pytest.
     assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
 
 
+def test_cli_reads_a_service_over_two_entities(first_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ticket_triage_v1 joins tickets and customers: both keys make one entity row."""
+    state, _, frame, _, _ = first_run
+    monkeypatch.setenv("AIPLAT_STATE_DIR", str(state))
+    monkeypatch.setenv("AIPLAT_ENV", "local")
+    row = frame.iloc[0]
+    ticket_id, customer = str(row["ticket_id"]), str(row["customer_id"])
+    both = CliRunner().invoke(cli, ["features", "get", "--service", "ticket_triage_v1", "--entity", f"ticket_id={ticket_id}",
+                                    "--entity", f"customer_id={customer}", "--json"])
+    assert both.exit_code == 0, both.output
+    values = json.loads(both.output[both.output.index("{"):])
+    assert values["ticket_id"] == [ticket_id] and values["customer_id"] == [customer]
+    features = [k for k in values if k not in ("ticket_id", "customer_id")]
+    assert features and any(values[k] != [None] for k in features)
+
+    one = CliRunner().invoke(cli, ["features", "get", "--service", "ticket_triage_v1", "--entity", f"customer_id={customer}"])
+    assert one.exit_code != 0 and "ticket_triage_v1 joins on customer_id, ticket_id" in one.output
+
+
 def test_second_run_is_incremental_and_reports_schema_unchanged(first_run) -> None:
     state, instance, frame, update, _ = first_run
     more = sample.redacted_tickets(50, 60, seed=4, span_days=1)

@@ -23,7 +23,7 @@ def cli() -> None:
 
 @cli.command("report")
 @click.option("--team", default=None, help="Only this team (e.g. ml or team:ml).")
-@click.option("--since", callback=_day, default=None, help="First UTC day (YYYY-MM-DD); default yesterday.")
+@click.option("--since", callback=_day, default=None, help="First UTC day (YYYY-MM-DD); default yesterday (and today so far).")
 @click.option("--until", callback=_day, default=None, help="Last UTC day (YYYY-MM-DD); default today when --since is given.")
 @click.option("--request-log", type=click.Path(dir_okay=False), default=None, help="Request log JSONL (default: the state folder's).")
 @click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Also write the chart (PNG) here.")
@@ -35,6 +35,13 @@ def report(team: str | None, since: date | None, until: date | None, request_log
     from aiplat.commands import _resources
 
     ops = _resources.operations()  # prod: AIPLAT_REQUEST_LOG, the gateway's log
+    if since is None and until is None:
+        # A person asking wants to see what just happened too: yesterday (the last complete UTC
+        # day, what the daily schedule reports) and today so far.
+        from datetime import datetime, timedelta, timezone
+
+        until = datetime.now(timezone.utc).date()
+        since = until - timedelta(days=1)
     if request_log:
         ops = ops.model_copy(update={"request_log_path": request_log})
     result = ops.cost_report(since, until)

@@ -181,7 +181,9 @@ def log_report(client, tracking_uri: str, report: dict, sha: str, folder: Path, 
         client.set_terminated(run_id, "FAILED")
         raise
     url = run_url(tracking_uri, experiment_id, run_id)
-    html_url = artifact_url(tracking_uri, run_id, f"{REPORT_ARTIFACT_DIR}/report.html")
+    # The link people click opens the run page's artifact viewer on the HTML report, which renders
+    # it; the server's raw /get-artifact answers as a download (attachment) for safety.
+    html_url = f"{url}/artifacts/{REPORT_ARTIFACT_DIR}/report.html"
     for key, value in {TAG_EVAL_RUN: run_id, TAG_EVAL_SHA: sha, TAG_EVAL_PASSED: str(report["gate"]["passed"]).lower(),
                        TAG_EVAL_URL: html_url}.items():
         client.set_model_version_tag(m["name"], str(m["version"]), key, value)

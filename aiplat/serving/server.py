@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from aiplat.config import local_paths, state_dir
+from aiplat.config import child_env, local_paths, state_dir
 from aiplat.net import free_port
 from aiplat.serving.registry import ServerRecord
 
@@ -97,8 +97,8 @@ def server_argv(python: Path, model_dir: Path, served_model_name: str, port: int
 def server_env(settings: ServerSettings) -> dict[str, str]:
     cache = state_dir() / "cache" / "vllm"
     cache.mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
+    # An explicit environment, not the parent's (see aiplat.config.child_env).
+    return child_env({
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
@@ -106,7 +106,7 @@ def server_env(settings: ServerSettings) -> dict[str, str]:
         "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib),
         "VLLM_CACHE_ROOT": str(cache),
         "PYTHONUNBUFFERED": "1",
-    }
+    })
 
 
 def _now() -> str:
