@@ -257,6 +257,8 @@ def model_chain(spec: ModelSpec) -> ModelChain:
             "definitions_hash": dg.MetadataValue.text(feast.definitions().fingerprint()),
             "label_counts": dg.MetadataValue.json({k: int(v) for k, v in df["label"].value_counts().items()}),
             "dropped_unlabeled": dg.MetadataValue.int(len(current) - len(entities)),
+            "upstream_rows": dg.MetadataValue.int(len(redacted_tickets)),
+            "current_tickets": dg.MetadataValue.int(len(current)),
             "upstream_hash": dg.MetadataValue.text(frame_hash(redacted_tickets)),
             "model": spec.name, "owner": spec.owner, "code_version": code_version(), **extra,
         })
