@@ -94,6 +94,9 @@ class OperationsResource(dg.ConfigurableResource):
 
         since, until = day_window(since, until, datetime.now(timezone.utc).date())
         records, rejected = self.request_log().read(since, until)
-        report = attribute(records, self.rates(), self.budgets(), rejected)
+        from aiplat.specs import load_specs
+
+        endpoints = {spec.endpoint: spec.name for spec in load_specs()}
+        report = attribute(records, self.rates(), self.budgets(), rejected, endpoints)
         report.window = (since, until)
         return report
