@@ -247,16 +247,20 @@ def load_test(name: str, concurrencies: tuple[int, ...], num_prompts: int | None
 @click.argument("name")
 @click.option("--version", "version", required=True, help="Model version to roll out.")
 @click.option("--live-version", default=None, help="Version serving now (omit for a first deploy).")
-@click.option("--model-name", default="ticket-triage", show_default=True, help="Registered model name.")
+@click.option("--model-name", default=None, help="Registered model name (default: the model whose spec names endpoint NAME).")
 @click.option("--model-store", default="s3://aiplat-models", show_default=True, help="Prefix of <model>/v<version>/ folders.")
 @click.option("--gpus", type=int, default=1, show_default=True)
 @click.option("--weight", type=int, default=10, show_default=True, help="Per cent of traffic to the candidate.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def render(name: str, version: str, live_version: str | None, model_name: str, model_store: str, gpus: int,
+def render(name: str, version: str, live_version: str | None, model_name: str | None, model_store: str, gpus: int,
            weight: int, output: Path | None) -> None:
     """Kubernetes manifests (prod): Deployment + Service per version and the weighted HTTPRoute."""
     from aiplat.serving.k8s import to_yaml
+    from aiplat.specs import load_specs
     from resources.vllm import ProdVllmResource
+
+    if model_name is None:
+        model_name = next((s.name for s in load_specs() if s.endpoint == name), name)
 
     with _failures():
         prod = ProdVllmResource(gateway_url="https://gateway.invalid", model_store_prefix=model_store,
