@@ -25,7 +25,7 @@ from aiplat import config as aiplat_config
 from aiplat.provenance import code_version, git_commit
 from aiplat.specs import ModelSpec
 from aiplat.training.prompts import PromptFormat
-from resources.kubernetes import GPU_TRAINING_POOL, gpu_training_tags
+from resources.kubernetes import GPU_TRAINING_POOL, GpuPlacement, gpu_training_tags
 from resources.mlflow import MLflowResource
 from resources.operations import OperationsResource
 from resources.signing import ModelSigningResource
@@ -37,6 +37,11 @@ FEATURE_STAGE = [dg.AssetKey("customer_features"), dg.AssetKey("ticket_features"
 KB_INDEX = dg.AssetKey("kb_index")
 PLATFORM_OWNER = "team:platform"
 RETRIEVAL_RESOURCES = {"milvus", "embeddings"}
+
+
+def training_tags(spec: ModelSpec) -> dict[str, str]:
+    """The GPU pool placement of the model's fine-tune, its pods labelled with the owner team."""
+    return gpu_training_tags(GpuPlacement(team=spec.owner.removeprefix("team:")))
 
 
 def prompt_format(spec: ModelSpec) -> PromptFormat:
@@ -272,7 +277,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         ins={"training_set": dg.AssetIn(key=TRAINING_SET)},
         deps=[BASE_MODEL],
         pool=GPU_TRAINING_POOL,
-        op_tags=gpu_training_tags(),
+        op_tags=training_tags(spec),
         description=(f"LoRA fine-tune of {spec.base_model} for {spec.name} ({spec.task}): one MLflow run in "
                      f"`{spec.experiment}`, adapter and merged safetensors model as artifacts, signed, and a new "
                      f"version of the registered model `{spec.name}` tagged with its lineage."),
@@ -584,7 +589,7 @@ def _automation(spec: ModelSpec, fine_tuned: dg.AssetKey, eval_report: dg.AssetK
                 served: dg.AssetKey, live_quality: dg.AssetKey):
     p = spec.key_prefix
     fine_tuning_job = dg.define_asset_job(
-        f"{p}__fine_tuning_job", selection=dg.AssetSelection.assets(fine_tuned), tags=gpu_training_tags(),
+        f"{p}__fine_tuning_job", selection=dg.AssetSelection.assets(fine_tuned), tags=training_tags(spec),
         description=f"Fine-tune and register {spec.name} on the GPU node pool.")
     promotion_job = dg.define_asset_job(
         f"{p}__promotion_job", selection=dg.AssetSelection.assets(champion),

@@ -203,6 +203,7 @@ def test_training_run_job_requests_a_gpu_on_the_gpu_pool(training_job_manifest: 
     assert pod["nodeSelector"] == {"aiplat.io/node-pool": "gpu"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["priorityClassName"] == "training"
+    assert training_job_manifest["metadata"]["labels"]["aiplat.io/team"] == "ml"  # the triage spec's owner team
     assert pod["serviceAccountName"] == "dagster-run"
     assert training_job_manifest["spec"]["backoffLimit"] == 0
     assert container["image"] == "registry.internal/ai-platform:1.0.0"
