@@ -203,3 +203,14 @@ def test_no_model_or_team_is_named_outside_the_specs(package):
                  for p in (ROOT / package).rglob("*.py")
                  for n, line in enumerate(p.read_text().splitlines(), 1) if NAMES.search(line)]
     assert offenders == []
+
+
+def test_every_spec_is_owned_by_its_team_and_the_policy_by_the_platform():
+    """CODEOWNERS: a spec's reviewers include its `owner` team; only the platform owns the policy."""
+    lines = [line.split() for line in (ROOT / ".github" / "CODEOWNERS").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    owners = {pattern: set(teams) for pattern, *teams in lines}
+    assert owners["/aiplat/policy/"] == {"@aiplat/team-platform"}
+    for spec in load_specs(DEMO):
+        team = "@aiplat/team-" + spec.owner.removeprefix("team:")
+        assert team in owners.get(f"/models/{spec.name}.yaml", set()), f"{spec.name}: no CODEOWNERS line for {team}"
