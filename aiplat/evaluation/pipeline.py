@@ -60,8 +60,11 @@ def evaluate_version(
     prompt_format=None,
     policy=None,
 ) -> EvalOutcome:
-    """`policy` (aiplat.policy.GatePolicy): the report records its digest, and promotion refuses a
-    report made under any other; `prompt_format` is the model's task and prompt."""
+    """`policy` (aiplat.policy.GatePolicy, default: the current one): the report records its digest,
+    and promotion refuses a report made under any other; `prompt_format` is the model's task and prompt."""
+    from aiplat.policy import current_policy
+
+    policy = policy or current_policy()
     settings = settings or EvalSettings()
     thresholds = thresholds or GateThresholds()
     say = progress or (lambda _m: None)
@@ -93,7 +96,7 @@ def evaluate_version(
         datasets=inputs.describe(),
         dagster_run_id=dagster_run_id,
         code_version=code_version(),
-        policy={"sha256": policy.digest, "version": policy.version} if policy is not None else None,
+        policy={"sha256": policy.digest, "version": policy.version},
         task=inputs.fmt.task,
     )
     with tempfile.TemporaryDirectory(prefix="aiplat-eval-") as tmp:
