@@ -4,10 +4,11 @@
 import dagster as dg
 import pandas as pd
 
-from aiplat.intake.batches import batch_key, quarantine_frame, records_frame, split_batch_key
+from aiplat.intake.batches import quarantine_frame, raw_asset_key, records_frame
+from aiplat.intake.landing import BatchNotFound, locate_batch
 from aiplat.intake.schema import SCHEMA_VERSION, dataset
 from aiplat.intake.validate import REASON_CODES, validate_lines
-from aiplat.provenance import code_version, sha256_bytes
+from aiplat.provenance import code_version
 from resources.landing_zone import LandingZone
 
 OWNER = "team:platform"
@@ -16,10 +17,6 @@ QUARANTINE_WARN_RATIO = 0.01
 TICKET_BATCHES = dg.DynamicPartitionsDefinition(name="ticket_batches")
 KB_BATCHES = dg.DynamicPartitionsDefinition(name="kb_batches")
 BATCHES = {"tickets": TICKET_BATCHES, "kb_articles": KB_BATCHES}
-
-
-def raw_asset_key(dataset_name: str) -> dg.AssetKey:
-    return dg.AssetKey(f"raw_{dataset_name}")
 
 
 def quarantine_asset_key(dataset_name: str) -> dg.AssetKey:
@@ -65,19 +62,10 @@ def _build_raw_dataset(dataset_name: str, description: str) -> dg.AssetsDefiniti
     )
     def ingest(context: dg.AssetExecutionContext, landing_zone: LandingZone):
         batch = context.partition_key
-        stem, digest = split_batch_key(batch)
-        landed = landing_zone.find(dataset_name, stem)
-        if landed is None:
-            raise dg.Failure(
-                f"batch {batch}: no landed {dataset_name} file named {stem}.* in {landing_zone.describe()}"
-            )
-        data = landing_zone.read_bytes(landed)
-        sha = sha256_bytes(data)
-        if batch_key(stem, sha) != batch:
-            raise dg.Failure(
-                f"batch {batch}: {landed.uri} changed after it was registered (now sha256 {sha[:12]}...); "
-                f"its new content is batch {batch_key(stem, sha)}, which the landing sensor registers on its own"
-            )
+        try:
+            landed, data, sha = locate_batch(landing_zone, dataset_name, batch)
+        except BatchNotFound as e:
+            raise dg.Failure(str(e)) from None
         context.log.info(f"validating {landed.uri} ({landed.size} bytes) against {dataset_name} schema v{SCHEMA_VERSION}")
         result = validate_lines(data, spec)
         records = records_frame(result, dataset_name, batch, landed.uri, sha)

@@ -8,12 +8,14 @@ import pandas as pd
 from aiplat.retrieval.backup import backup_collection
 from aiplat.retrieval.chunking import ChunkingConfig, chunk_articles, latest_kb_snapshot
 from aiplat.retrieval.diff import key_set_sha256
+from aiplat.retrieval.guard import GUARD_CHECK, evaluate_guard, guard_passed_in_run, plan_deletions
 from aiplat.retrieval.index import build_index, embed_chunks
 from aiplat.retrieval.queries import QUERY_SET
 from aiplat.retrieval.recall import collection_recall
 from aiplat.security.access import PLATFORM_TEAM
 from resources.embeddings import EmbeddingResource
 from resources.milvus import MilvusResource
+from resources.operations import OperationsResource
 
 GROUP = "retrieval"
 OWNERS = [PLATFORM_TEAM]
@@ -92,6 +94,13 @@ def kb_index(
     context: dg.AssetExecutionContext, kb_embeddings: pd.DataFrame, embeddings: EmbeddingResource, milvus: MilvusResource
 ) -> dg.MaterializeResult:
     embedder = embeddings.embedder
+    plan = plan_deletions(milvus.store, kb_embeddings[["chunk_id", "article_id", "chunk_index"]], milvus.max_delete_share)
+    if plan.needs_confirmation and not guard_passed_in_run(context.instance, context.run_id, plan):
+        raise dg.Failure(
+            f"{plan.describe()}; kb_index applies that only after {GUARD_CHECK} passed for this chunk set in "
+            "the same run (materialize kb_chunks with its checks, or `aiplat index reindex`). Served index unchanged.",
+            metadata=plan.metadata(),
+        )
     queries = embedder.encode(list(QUERY_SET))
     report = build_index(milvus.store, kb_embeddings, embedder.model_id, queries)
     context.log.info(
@@ -157,5 +166,40 @@ def kb_index_backup(
     )
 
 
+class DeletionGuardConfig(dg.Config):
+    confirm_deletions: int = -1
+    """The exact number of served rows the operator agrees to delete (the count the blocked check
+    named); -1 = no confirmation."""
+
+
+@dg.asset_check(
+    asset=kb_chunks,
+    name=GUARD_CHECK,
+    blocking=True,
+    description="Blocks a KB snapshot that would delete more than the milvus resource's max_delete_share "
+    "(default 10%) of the served index, naming the count, until an operator confirms that exact count "
+    "(config confirm_deletions, or `aiplat index reindex --confirm-deletions N`); confirmations are audited.",
+)
+def kb_index_deletion_guard(
+    context: dg.AssetCheckExecutionContext,
+    config: DeletionGuardConfig,
+    kb_chunks: pd.DataFrame,
+    milvus: MilvusResource,
+    operations: OperationsResource,
+) -> dg.AssetCheckResult:
+    from aiplat.security.access import current_identity
+
+    plan = plan_deletions(milvus.store, kb_chunks, milvus.max_delete_share)
+    identity = current_identity(context.run.tags)
+    decision, entry = evaluate_guard(plan, config.confirm_deletions, identity, operations.audit_log(), context.run.run_id)
+    metadata = {**plan.metadata(), "confirm_deletions": config.confirm_deletions}
+    if entry is not None:
+        metadata.update({"confirmed_by": identity.actor, "audit_entry_sha256": entry["hash"]})
+    (context.log.info if decision.passed else context.log.error)(decision.description)
+    return dg.AssetCheckResult(
+        passed=decision.passed, severity=dg.AssetCheckSeverity.ERROR, description=decision.description, metadata=metadata
+    )
+
+
 retrieval_assets = [kb_chunks, kb_embeddings, kb_index, kb_index_backup]
-retrieval_asset_checks = [kb_index_recall]
+retrieval_asset_checks = [kb_index_recall, kb_index_deletion_guard]

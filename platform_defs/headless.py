@@ -10,7 +10,8 @@ from typing import Callable
 
 import dagster as dg
 
-from aiplat.intake.landing import LandingCursor, NewBatch, find_new_batches
+from aiplat.intake.landing import SOURCE_SHA_TAG, LandingCursor, NewBatch, find_new_batches, intake_status
+from aiplat.intake.combine import SNAPSHOT_DATASETS
 from assets.intake import BATCHES
 
 
@@ -43,10 +44,13 @@ def landing_zone(defs: dg.Definitions):
 
 
 def pending_batches(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[NewBatch]:
-    """Landed files whose content is not yet a registered batch partition."""
+    """Landed files whose content is not yet a registered batch partition (or whose runs all failed)."""
     with dg.build_resources({"landing_zone": landing_zone(defs)}) as resources:
-        batches, _ = find_new_batches(resources.landing_zone, list(BATCHES), LandingCursor())
-    return [b for b in batches if not instance.has_dynamic_partition(BATCHES[b.dataset].name, b.key)]
+        batches, _ = find_new_batches(
+            resources.landing_zone, list(BATCHES), LandingCursor(),
+            intake_status(instance, {d: BATCHES[d].name for d in BATCHES if d in SNAPSHOT_DATASETS}),
+        )
+    return [b for b in batches if b.attempt or not instance.has_dynamic_partition(BATCHES[b.dataset].name, b.key)]
 
 
 def ingest_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: NewBatch) -> RunSummary:
@@ -57,7 +61,7 @@ def ingest_batch(defs: dg.Definitions, instance: dg.DagsterInstance, batch: NewB
         partition_key=batch.key,
         raise_on_error=False,
         run_config=QUIET,
-        tags={"aiplat/source_uri": batch.uri, "aiplat/source_sha256": batch.sha256, "aiplat/trigger": "cli"},
+        tags={"aiplat/source_uri": batch.uri, SOURCE_SHA_TAG: batch.sha256, "aiplat/trigger": "cli"},
     )
     return _summarize(job_name, batch.key, result)
 
@@ -87,3 +91,18 @@ def materialize_all(
         summaries.append(_summarize("refresh_downstream", None, result))
         on_run(summaries[-1])
     return summaries
+
+
+def reindex_kb(
+    defs: dg.Definitions, instance: dg.DagsterInstance, confirm_deletions: int | None = None
+) -> tuple[RunSummary, list[str]]:
+    """One kb_reindex run (what the sensor launches), optionally confirming the deletion guard's
+    count; returns the run's summary and what the guard said."""
+    from aiplat.retrieval.guard import GUARD_CHECK, confirm_run_config
+
+    run_config = {**QUIET, **(confirm_run_config(confirm_deletions) if confirm_deletions is not None else {})}
+    result = defs.resolve_job_def("kb_reindex").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config, tags={"aiplat/trigger": "cli"}
+    )
+    guard = [c.description or "" for c in result.get_asset_check_evaluations() if c.check_name == GUARD_CHECK]
+    return _summarize("kb_reindex", None, result), guard

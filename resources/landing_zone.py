@@ -30,11 +30,24 @@ class LandedFile:
         return self.name.rsplit(".", 1)[0]
 
 
+def is_landed_name(name: str) -> bool:
+    return name.lower().endswith(LANDED_SUFFIXES)
+
+
 class LandingZone(dg.ConfigurableResource, ABC):
     """Lists and reads landed files. Read-only: the platform never edits what producers landed."""
 
     @abstractmethod
-    def list_files(self, dataset: str) -> list[LandedFile]: ...
+    def list_all(self, dataset: str) -> list[LandedFile]:
+        """Every file in the dataset's folder, by name, except hidden ones (`.x.partial` uploads)."""
+
+    def list_files(self, dataset: str) -> list[LandedFile]:
+        """The files the platform takes in: JSON Lines (.jsonl / .ndjson, any case)."""
+        return [f for f in self.list_all(dataset) if is_landed_name(f.name)]
+
+    def list_ignored(self, dataset: str) -> list[LandedFile]:
+        """Files in the folder the platform does not take in; the sensor names them once."""
+        return [f for f in self.list_all(dataset) if not is_landed_name(f.name)]
 
     @abstractmethod
     def read_bytes(self, landed: LandedFile) -> bytes: ...
@@ -58,13 +71,13 @@ class LocalLandingZone(LandingZone):
     def _dataset_dir(self, dataset: str) -> Path:
         return Path(self.base_dir) / dataset
 
-    def list_files(self, dataset: str) -> list[LandedFile]:
+    def list_all(self, dataset: str) -> list[LandedFile]:
         folder = self._dataset_dir(dataset)
         if not folder.is_dir():
             return []
         files = []
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix in LANDED_SUFFIXES:
+            if path.is_file() and not path.name.startswith("."):
                 stat = path.stat()
                 files.append(
                     LandedFile(
@@ -90,7 +103,7 @@ class LocalLandingZone(LandingZone):
         tmp.write_bytes(data)
         # The rename makes the file appear whole: the sensor never reads half a file.
         tmp.replace(folder / name)
-        return next(f for f in self.list_files(dataset) if f.name == name)
+        return next(f for f in self.list_all(dataset) if f.name == name)
 
 
 class S3LandingZone(LandingZone):
@@ -115,13 +128,14 @@ class S3LandingZone(LandingZone):
     def _key_prefix(self, dataset: str) -> str:
         return f"{self.prefix.strip('/')}/{dataset}/" if self.prefix.strip("/") else f"{dataset}/"
 
-    def list_files(self, dataset: str) -> list[LandedFile]:
+    def list_all(self, dataset: str) -> list[LandedFile]:
         files = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key_prefix(dataset)):
             for obj in page.get("Contents", []):
                 name = obj["Key"].rsplit("/", 1)[-1]
-                if not name.endswith(LANDED_SUFFIXES) or obj["Key"] != self._key_prefix(dataset) + name:
+                # Sub-"folders" are not this dataset's files; hidden names are uploads in flight.
+                if not name or name.startswith(".") or obj["Key"] != self._key_prefix(dataset) + name:
                     continue
                 files.append(
                     LandedFile(
@@ -143,4 +157,4 @@ class S3LandingZone(LandingZone):
 
     def land(self, dataset: str, name: str, data: bytes) -> LandedFile:
         self.client.put_object(Bucket=self.bucket, Key=self._key_prefix(dataset) + name, Body=data)
-        return next(f for f in self.list_files(dataset) if f.name == name)
+        return next(f for f in self.list_all(dataset) if f.name == name)

@@ -28,6 +28,9 @@ class MilvusResource(dg.ConfigurableResource):
     search_params: dict[str, int] = {"ef": 64}
     recall_threshold: float = 0.95
     recall_k: int = 10
+    # A KB snapshot deleting more than this share of the served rows waits for an operator's
+    # confirmation (kb_index_deletion_guard); see aiplat/retrieval/guard.py.
+    max_delete_share: float = 0.10
     retry_attempts: int = 5
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 8.0

@@ -4,7 +4,8 @@
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from aiplat.intake.landing import LandingCursor, find_new_batches
+from aiplat.intake.combine import SNAPSHOT_DATASETS
+from aiplat.intake.landing import SOURCE_SHA_TAG, LandingCursor, find_new_batches, intake_status
 from resources.landing_zone import LandingZone
 
 
@@ -21,13 +22,17 @@ def build_landing_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Registers each new landed file as a batch partition and launches its ingest run "
-        "(run_key = content hash: the same file landed twice makes one run).",
+        "(run_key = content hash: the same file landed twice makes one run; a copy of content whose "
+        "earlier runs all failed is a new attempt with its own run key).",
     )
     def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZone) -> dg.SensorResult:
         cursor = LandingCursor.parse(context.cursor)
-        batches, notes = find_new_batches(landing_zone, list(jobs), cursor)
+        batches, notes = find_new_batches(
+            landing_zone, list(jobs), cursor,
+            intake_status(context.instance, {d: partitions[d].name for d in jobs if d in SNAPSHOT_DATASETS}),
+        )
         for note in notes:
-            context.log.info(note)
+            (context.log.warning if note.startswith("IGNORED") else context.log.info)(note)
         add_requests = []
         for dataset in jobs:
             keys = [b.key for b in batches if b.dataset == dataset]
@@ -38,7 +43,7 @@ def build_landing_sensor(
                 run_key=b.run_key,
                 job_name=jobs[b.dataset].name,
                 partition_key=b.key,
-                tags={"aiplat/source_uri": b.uri, "aiplat/source_sha256": b.sha256, "aiplat/trigger": "landing_sensor"},
+                tags={"aiplat/source_uri": b.uri, SOURCE_SHA_TAG: b.sha256, "aiplat/trigger": "landing_sensor"},
             )
             for b in batches
         ]

@@ -60,3 +60,69 @@ def built_vllm_env():
         pytest.skip(message)
     return env
 
+
+
+# --- servers and models shared by the whole session ----------------------------------------------
+# Each is started once per test session (per xdist worker) and handed to every module that needs
+# it; modules keep their data apart by name (registered model, alias/collection prefix), so no
+# test depends on another having run, or not run, before it.
+
+# The developer's / CI's own state folder, read at import: before any test points
+# AIPLAT_STATE_DIR at a private folder. Only read-only things are taken from it (the vLLM venv,
+# the prepared base model).
+DEVELOPER_STATE = None
+
+
+def _developer_state():
+    global DEVELOPER_STATE
+    if DEVELOPER_STATE is None:
+        from aiplat.config import state_dir as _state_dir
+
+        DEVELOPER_STATE = _state_dir()
+    return DEVELOPER_STATE
+
+
+_developer_state()
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow(tmp_path_factory: pytest.TempPathFactory):
+    """One real `mlflow server` (SQLite, artifacts proxied) for every module that tracks or registers."""
+    from tests.evaluation_helpers import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-shared")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def shared_milvus(tmp_path_factory: pytest.TempPathFactory):
+    """One Milvus Lite server (TCP); tests use private aliases and collection prefixes."""
+    from aiplat.retrieval.lite_server import MilvusLiteServer
+
+    with MilvusLiteServer(tmp_path_factory.mktemp("milvus-shared") / "data") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def shared_embedder():
+    from aiplat.retrieval.embedding import load_embedder
+
+    return load_embedder()
+
+
+@pytest.fixture(scope="session")
+def smollm_base() -> Path:
+    """The real SmolLM2-135M-Instruct folder, converted once: the one `make test` prepared under the
+    developer's state folder (bootstrap), else prepared there now. Read-only for tests: a test that
+    signs, tampers with or serves a modified copy copies it first (`copy_model`)."""
+    from aiplat.models.base import prepare_base_model
+
+    return prepare_base_model(dest_root=_developer_state() / "models" / "base").path
+
+
+def copy_model(source: Path, dest: Path) -> Path:
+    """A private, real copy of a model folder (not hard links: some tests flip bytes in place)."""
+    import shutil
+
+    shutil.copytree(source, dest)
+    return dest

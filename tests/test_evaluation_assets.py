@@ -21,7 +21,6 @@ from resources.mlflow import MLflowResource
 from resources.operations import OperationsResource
 from tests.evaluation_helpers import (
     TEST_SETTINGS,
-    mlflow_server,
     register,
     session_models,
     triage_data,
@@ -63,9 +62,8 @@ def chain_asset(chain, name: str):
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-assets")) as uri:
-        yield uri
+def tracking_uri(shared_mlflow: str) -> str:
+    return shared_mlflow
 
 
 @pytest.fixture(scope="module")

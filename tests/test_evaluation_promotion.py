@@ -17,7 +17,6 @@ from aiplat.evaluation.registry import CHAMPION, PREVIOUS, TAG_EVAL_RUN, TAG_EVA
 from tests.evaluation_helpers import (
     TEST_SETTINGS,
     TEST_THRESHOLDS,
-    mlflow_server,
     register,
     session_models,
     train_full,
@@ -38,9 +37,8 @@ def platform_team(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
+def tracking_uri(shared_mlflow: str) -> str:
+    return shared_mlflow
 
 
 @pytest.fixture(scope="module")

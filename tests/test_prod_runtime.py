@@ -81,7 +81,10 @@ def test_prod_materializes_into_postgres_and_s3_without_leaking_secrets(prod_env
     assert isinstance(postgres_instance.event_log_storage, PostgresEventLogStorage)
     defs = build_definitions()
     s3 = boto3.client("s3", endpoint_url=prod_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-    data = jsonl([ticket(i) for i in range(6)]) + b'{"ticket_id": "T-9"\n'
+    # Unique content per test run: the PostgreSQL database outlives the test, and the landing
+    # sensor (rightly) makes no run for bytes that instance already took in.
+    data = jsonl([ticket(0, subject=f"Charged twice {uuid.uuid4().hex}")] + [ticket(i) for i in range(1, 6)])
+    data += b'{"ticket_id": "T-9"\n'
     s3.put_object(Bucket=prod_env["AIPLAT_LANDING_BUCKET"], Key="landing/tickets/tickets-2026-12.jsonl", Body=data)
 
     # The sensor sees the S3 object and asks for one run for its batch.

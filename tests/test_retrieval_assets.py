@@ -10,7 +10,6 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from aiplat.retrieval.lite_server import MilvusLiteServer
 from aiplat.retrieval.sample_kb import edit_articles, sample_kb_articles
 from assets.retrieval import kb_index_recall, retrieval_assets
 from resources.embeddings import EmbeddingResource
@@ -54,9 +53,8 @@ def _snapshot(articles: pd.DataFrame, batch: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory):
-    with MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data") as server:
-        yield server
+def milvus_server(shared_milvus):
+    return shared_milvus
 
 
 def _resources(server, tmp_path: Path, tag: str | None = None, **milvus_overrides) -> dict:

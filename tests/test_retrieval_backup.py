@@ -11,9 +11,7 @@ from aiplat.net import free_port
 from aiplat.retrieval.artifacts import LocalFolderStore, open_store
 from aiplat.retrieval.backup import BackupError, backup_collection, list_backups, restore_backup
 from aiplat.retrieval.chunking import chunk_articles
-from aiplat.retrieval.embedding import load_embedder
 from aiplat.retrieval.index import build_index, embed_chunks
-from aiplat.retrieval.lite_server import MilvusLiteServer
 from aiplat.retrieval.queries import QUERY_SET
 from aiplat.retrieval.retry import RetryPolicy
 from aiplat.retrieval.sample_kb import sample_kb_articles
@@ -22,15 +20,14 @@ from aiplat.retrieval.store import IndexStore
 
 
 @pytest.fixture(scope="module")
-def milvus(tmp_path_factory):
-    with MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data") as server:
-        yield server
+def milvus(shared_milvus):
+    return shared_milvus
 
 
 @pytest.fixture(scope="module")
-def built(milvus):
+def built(milvus, shared_embedder):
     """One served collection (14 articles) that every backup test reads from."""
-    embedder = load_embedder()
+    embedder = shared_embedder
     queries = embedder.encode(list(QUERY_SET))
     settings = IndexSettings(alias="kb_bk", collection_prefix="kbc_bk")
     store = IndexStore.connect(milvus.uri, settings=settings, retry=RetryPolicy(attempts=2, base_delay_s=0.1))

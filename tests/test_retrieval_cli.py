@@ -9,9 +9,7 @@ from click.testing import CliRunner
 
 from aiplat.commands.index import cli
 from aiplat.retrieval.chunking import chunk_articles
-from aiplat.retrieval.embedding import load_embedder
 from aiplat.retrieval.index import build_index, embed_chunks
-from aiplat.retrieval.lite_server import MilvusLiteServer
 from aiplat.retrieval.queries import QUERY_SET
 from aiplat.retrieval.sample_kb import sample_kb_articles
 from aiplat.retrieval.settings import IndexSettings
@@ -19,14 +17,13 @@ from aiplat.retrieval.store import IndexStore
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    with MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data") as server:
-        embedder = load_embedder()
-        store = IndexStore.connect(server.uri, settings=IndexSettings(alias="kb_cli", collection_prefix="kb_chunks"))
-        embedded, _ = embed_chunks(chunk_articles(sample_kb_articles(10)), embedder, store)
-        report = build_index(store, embedded, embedder.model_id, embedder.encode(list(QUERY_SET)))
-        store.close()
-        yield server, report
+def served(shared_milvus, shared_embedder):
+    server, embedder = shared_milvus, shared_embedder
+    store = IndexStore.connect(server.uri, settings=IndexSettings(alias="kb_cli", collection_prefix="kb_chunks"))
+    embedded, _ = embed_chunks(chunk_articles(sample_kb_articles(10)), embedder, store)
+    report = build_index(store, embedded, embedder.model_id, embedder.encode(list(QUERY_SET)))
+    store.close()
+    return server, report
 
 
 def _run(*args: str):

@@ -7,12 +7,10 @@ import time
 import uuid
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from aiplat.retrieval.chunking import ChunkingConfig, chunk_articles, chunk_id, latest_kb_snapshot, split_text
 from aiplat.retrieval.diff import diff_chunks, key_set_sha256
-from aiplat.retrieval.embedding import load_embedder
 from aiplat.retrieval.index import IndexVerificationError, build_index, embed_chunks, rollback, search_text
 from aiplat.retrieval.lite_server import MilvusLiteServer
 from aiplat.retrieval.queries import QUERY_SET
@@ -23,17 +21,16 @@ from aiplat.retrieval.store import IndexStore
 
 
 @pytest.fixture(scope="module")
-def milvus(tmp_path_factory):
-    with MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data") as server:
-        yield server
+def milvus(shared_milvus):
+    return shared_milvus
 
 
-@pytest.fixture(scope="session")
-def embedder():
-    return load_embedder()
+@pytest.fixture(scope="module")
+def embedder(shared_embedder):
+    return shared_embedder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def query_vectors(embedder):
     return embedder.encode(list(QUERY_SET))
 
@@ -168,6 +165,15 @@ def test_recall_below_threshold_keeps_the_alias(store, embedder, query_vectors):
     assert store.served_collection() == r1.collection
 
 
+def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
+    """Poll `condition` with a deadline: a searcher that stalls or dies fails the test, never hangs it."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_searches_during_a_rebuild_only_see_complete_collections(milvus, store, embedder, query_vectors):
     articles = sample_kb_articles(40)
@@ -188,21 +194,22 @@ def test_searches_during_a_rebuild_only_see_complete_collections(milvus, store, 
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
 
-    thread = threading.Thread(target=search_loop)
+    thread = threading.Thread(target=search_loop, daemon=True)
     thread.start()
-    while len(answers) < 8:
-        time.sleep(0.01)
-    started = time.monotonic()
-    store.settings = replace(store.settings, index_params={"M": 12, "efConstruction": 80})
-    r2 = build_index(store, embed_chunks(chunks, embedder, store)[0], embedder.model_id, query_vectors)
-    finished = time.monotonic()
-    n_after = len(answers)
-    while len(answers) < n_after + 8:
-        time.sleep(0.01)
-    stop.set()
-    thread.join()
-    reader.close()
+    try:
+        _wait_for(lambda: len(answers) >= 8 or not thread.is_alive(), "the searcher's first 8 answers")
+        started = time.monotonic()
+        store.settings = replace(store.settings, index_params={"M": 12, "efConstruction": 80})
+        r2 = build_index(store, embed_chunks(chunks, embedder, store)[0], embedder.model_id, query_vectors)
+        finished = time.monotonic()
+        n_after = len(answers)
+        _wait_for(lambda: len(answers) >= n_after + 8 or not thread.is_alive(), "8 answers after the swap")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        reader.close()
     assert not errors, errors
+    assert not thread.is_alive(), "the search thread did not stop within 60 s"
 
     expected = {
         name: [[h["chunk_id"] for h in hits] for hits in store.search(name, query_vectors[:4], k, output_fields=[])]

@@ -160,22 +160,26 @@ def test_up_with_a_changed_port_refuses_instead_of_starting_a_second_copy(runnin
 
 
 @pytest.mark.slow
-def test_down_stops_by_pid_kills_the_group_and_frees_the_ports(running_stack: dict) -> None:
-    # Runs last among the running_stack tests: it stops the module's services.
-    state, ports = running_stack["state"], running_stack["ports"]
-    mlflow_pid = running_stack["results"]["mlflow"].pid
-    leader = psutil.Process(mlflow_pid)
-    workers = leader.children(recursive=True)
-    assert workers, "mlflow server runs its uvicorn worker as a child"
+def test_down_stops_by_pid_kills_the_group_and_frees_the_ports(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its own services on its own ports: the module's `running_stack` keeps serving the other tests.
+    ports = _use_ports(monkeypatch)
+    started = {r.name: r for r in stack.up(["mlflow", "milvus"])}
+    try:
+        assert all(r.ok for r in started.values()), started
+        leader = psutil.Process(started["mlflow"].pid)
+        workers = leader.children(recursive=True)
+        assert workers, "mlflow server runs its uvicorn worker as a child"
 
-    results = {r.name: r for r in stack.down(["mlflow", "milvus"])}
-    assert {n: r.state for n, r in results.items()} == {"mlflow": "stopped", "milvus": "stopped"}
-    for name in ("mlflow", "milvus"):
-        assert not _pid_file(state, name).exists()
-        assert not stack.port_in_use(ports[name])
-    for proc in [leader, *workers]:
-        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    assert [r.state for r in stack.down(["mlflow", "milvus"])] == ["not running", "not running"]
+        results = {r.name: r for r in stack.down(["mlflow", "milvus"])}
+        assert {n: r.state for n, r in results.items()} == {"mlflow": "stopped", "milvus": "stopped"}
+        for name in ("mlflow", "milvus"):
+            assert not _pid_file(state_dir, name).exists()
+            assert not stack.port_in_use(ports[name])
+        for proc in [leader, *workers]:
+            assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+        assert [r.state for r in stack.down(["mlflow", "milvus"])] == ["not running", "not running"]
+    finally:
+        stack.down(["mlflow", "milvus"])
 
 
 @pytest.mark.slow

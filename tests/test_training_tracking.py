@@ -6,20 +6,16 @@ among the artifacts, the digest on the version) and the model is tagged with its
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
-import requests
 from click.testing import CliRunner
 
 from aiplat.cli import cli as aiplat_cli
-from aiplat.net import free_port, wait_for_port
+from aiplat.net import free_port
 from aiplat.training.data import training_set_hash
 from aiplat.training.lora import FineTuneParams
 from aiplat.training.sample import sample_training_set
@@ -36,38 +32,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(MLFLOW_BIN), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        ready = wait_for_port("127.0.0.1", port, timeout=180)
-        if ready:
-            for _ in range(100):
-                try:
-                    if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                wait_for_port("127.0.0.1", port, timeout=0.2)
-        if not ready or proc.poll() is not None:
-            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+def mlflow_server(shared_mlflow: str) -> str:
+    return shared_mlflow
 
 
 @pytest.fixture(scope="module")

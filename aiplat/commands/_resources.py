@@ -10,6 +10,8 @@ naming it. Imports stay inside the functions: `aiplat --help` imports every comm
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +38,37 @@ def declared(key: str) -> Any:
 
 def resolve(resource: Any, key: str) -> Any:
     """`resource` with its config processed (env vars read) and setup_for_execution run."""
+    with config_errors(f"resource {key!r}"):
+        return resource.process_config_and_initialize()
+
+
+@contextmanager
+def config_errors(what: str = "the runtime's resources") -> Iterator[None]:
+    """Dagster config errors raised inside (a dg.EnvVar that is not set) become a click error naming
+    the variables, as `resolve` does for one resource."""
     import dagster as dg
 
     try:
-        return resource.process_config_and_initialize()
+        yield
     except dg.DagsterInvalidConfigError as e:
         missing = sorted(set(_UNSET_VAR.findall(str(e))))
         if not missing:
-            raise click.ClickException(f"resource {key!r} ({type(resource).__name__}): {str(e).splitlines()[0]}") from None
+            raise click.ClickException(f"{what}: {str(e).splitlines()[0]}") from None
         raise click.ClickException(
-            f"AIPLAT_ENV={runtime()}: resource {key!r} needs {', '.join(missing)} set in the environment "
+            f"AIPLAT_ENV={runtime()}: {what} needs {', '.join(missing)} set in the environment "
             f"(see platform_defs/resources.py)"
         ) from None
+
+
+def with_overrides(key: str, **given: Any) -> Any:
+    """Resource `key` of the runtime's set with the settings a caller passed explicitly (options
+    left empty keep the runtime's, dg.EnvVar ones included), resolved."""
+    declared_resource = declared(key)
+    overrides = {k: v for k, v in given.items() if v not in (None, "")}
+    if overrides:
+        fields = {name: getattr(declared_resource, name) for name in declared_resource.model_fields_set}
+        declared_resource = type(declared_resource)(**{**fields, **overrides})
+    return resolve(declared_resource, key)
 
 
 def runtime_resource(key: str) -> Any:

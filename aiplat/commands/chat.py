@@ -29,6 +29,11 @@ def cli(endpoint: str, prompt: str, url: str | None, api_key: str, team: str | N
     from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM
     from aiplat.security.access import identity_from_env
 
+    from aiplat.commands import _resources
+
+    if not url and _resources.runtime() == "prod":
+        # The runtime's gateway (AIPLAT_VLLM_GATEWAY_URL); never a local one in prod.
+        url = _resources.runtime_resource("vllm").gateway_url
     if not url:
         from aiplat.serving.manager import EndpointManager, EndpointNotFound
 

@@ -29,9 +29,11 @@ def _connection(fn: Callable) -> Callable:
 
 
 def _resource(uri: str | None, token: str, alias: str, backup_uri: str | None = None) -> Any:
-    from resources.milvus import MilvusResource
+    """The runtime's Milvus resource (prod: AIPLAT_MILVUS_* through dg.EnvVar), with what the
+    caller passed on the command line in place of its settings."""
+    from aiplat.commands import _resources
 
-    return MilvusResource(uri=uri, token=token, alias=alias, backup_uri=backup_uri)
+    return _resources.with_overrides("milvus", uri=uri, token=token, alias=alias, backup_uri=backup_uri)
 
 
 @contextmanager
@@ -59,7 +61,7 @@ def _progress(description: str) -> Iterator[None]:
 
 @click.group()
 def cli() -> None:
-    """The KB vector index in Milvus: search, backup, restore, rollback."""
+    """The KB vector index in Milvus: search, reindex, backup, restore, rollback."""
 
 
 @cli.command()
@@ -164,6 +166,33 @@ def restore(backup_id: str, backup_uri: str | None, s3_endpoint_url: str | None,
                f"top-10 agreement {info['top_k_agreement']:.3f}")
     if serve:
         click.echo(f"alias {alias} -> {info['collection']} (was {info['previous_collection'] or 'unset'})")
+
+
+@cli.command()
+@click.option("--confirm-deletions", type=click.IntRange(min=0), default=None,
+              help="Confirm that the KB snapshot may delete exactly this many served rows (the count "
+                   "kb_index_deletion_guard named when it blocked). Audited.")
+def reindex(confirm_deletions: int | None) -> None:
+    """Run kb_reindex now (chunks, embeddings, index, backup) with the runtime's resources.
+
+    A snapshot that would delete more than max_delete_share of the served index is blocked by
+    kb_index_deletion_guard, which names the count; rerun with --confirm-deletions COUNT to apply it.
+    """
+    from aiplat.commands._dagster import instance_and_defs
+    from platform_defs.headless import reindex_kb
+
+    instance, defs = instance_and_defs()
+    with _progress("reindexing the KB"):
+        summary, guard = reindex_kb(defs, instance, confirm_deletions)
+    for line in guard:
+        click.echo(f"kb_index_deletion_guard: {line}")
+    click.echo(f"run {summary.run_id}: {'succeeded' if summary.success else 'FAILED'}")
+    for key in summary.materialized:
+        click.echo(f"  materialized {key}")
+    for check in summary.failed_checks:
+        click.echo(f"  check failed: {check}")
+    if not summary.success:
+        raise click.ClickException(f"kb_reindex failed; see run {summary.run_id} in the Dagster UI")
 
 
 @cli.command()

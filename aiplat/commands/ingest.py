@@ -56,8 +56,10 @@ def cli(file: Path, dataset: str | None, check_only: bool) -> None:
 
     from platform_defs.headless import ingest_batch, landing_zone
 
+    from aiplat.commands._resources import config_errors
+
     instance, defs = instance_and_defs()
-    with dg.build_resources({"landing_zone": landing_zone(defs)}) as resources:
+    with config_errors(), dg.build_resources({"landing_zone": landing_zone(defs)}) as resources:
         landed = resources.landing_zone.land(dataset, file.name, data)
     sha = sha256_bytes(data)
     batch = NewBatch(dataset=dataset, key=batch_key(landed.stem, sha), uri=landed.uri, sha256=sha)

@@ -23,9 +23,12 @@ def cli(config_file: str | None) -> None:
 
     from platform_defs.headless import materialize_all, pending_batches
 
+    from aiplat.commands._resources import config_errors
+
     console = Console()
     instance, defs = instance_and_defs()
-    pending = pending_batches(defs, instance)
+    with config_errors():
+        pending = pending_batches(defs, instance)
     table = Table(title="materialized")
     for column in ("run", "job", "partition", "status", "assets", "failed checks"):
         table.add_column(column)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import dagster as dg
 import pandas as pd
 
 from aiplat.intake.schema import dataset, record_columns
@@ -12,11 +13,26 @@ from aiplat.intake.validate import ValidationResult
 # Dynamic partition keys must be short and plain; file stems are not always.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 HASH_CHARS = 12
+STEM_CHARS = 80
+
+
+def raw_asset_key(dataset_name: str) -> dg.AssetKey:
+    return dg.AssetKey(f"raw_{dataset_name}")
+
+
+def key_stem(stem: str) -> str:
+    """The file stem as it appears in batch keys: plain characters, at most 80 of them, never empty.
+
+    Several files can share a key stem (`a b.jsonl` and `a_b.jsonl`, long names with a common
+    prefix, `x.jsonl` and `x.ndjson`); the content hash in the key tells their batches apart, and
+    the ingest step finds a batch's file by that hash, not by its name.
+    """
+    return _UNSAFE.sub("_", stem)[:STEM_CHARS] or "batch"
 
 
 def batch_key(stem: str, sha256: str) -> str:
     """`<file stem>-<first 12 hex of sha256>`: a changed file is a new batch, the same content is not."""
-    return f"{_UNSAFE.sub('_', stem)[:80]}-{sha256[:HASH_CHARS]}"
+    return f"{key_stem(stem)}-{sha256[:HASH_CHARS]}"
 
 
 def split_batch_key(key: str) -> tuple[str, str]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+# Datasets whose every batch is the whole dataset: the latest landed batch is the current state.
+SNAPSHOT_DATASETS = frozenset({"kb_articles"})
+
 
 def current_tickets(df: pd.DataFrame) -> pd.DataFrame:
     """One row per ticket_id, from the most recently landed batch that carries it.

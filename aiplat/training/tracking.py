@@ -250,7 +250,7 @@ def tracked_fine_tune(
         client.log_artifacts(run_id, str(result.adapter_dir), ADAPTER_ARTIFACT)
         client.log_artifacts(run_id, str(result.merged_dir), MODEL_ARTIFACT)
         if monitor is not None:
-            monitor.finish()
+            _finish_system_metrics(monitor)
             monitor = None
 
         stage = "registering the model version"
@@ -333,6 +333,18 @@ def _start_system_metrics(run_id: str, tracking_uri: str, interval_s: float):
     except Exception as e:  # noqa: BLE001 - system metrics are a nice-to-have, never a reason to fail
         log.warning("system metrics are off for run %s: %s", run_id, e)
         return None
+
+
+def _finish_system_metrics(monitor) -> None:
+    """Stop the monitor after one last sample, logged before it stops: its thread publishes only
+    after a full sampling interval, so a run shorter than that (or a loaded machine) would
+    otherwise end with no system/* metrics at all."""
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+    except Exception as e:  # noqa: BLE001 - as in _start_system_metrics
+        log.warning("last system metrics sample not logged: %s", e)
+    monitor.finish()
 
 
 def _flat_params(params: FineTuneParams, training_set: pd.DataFrame) -> dict[str, object]:
