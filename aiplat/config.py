@@ -113,6 +113,27 @@ def local_ports() -> LocalPorts:
     )
 
 
+MODELS_DIR_ENV_VAR = "AIPLAT_MODELS_DIR"
+GATE_POLICY_ENV_VAR = "AIPLAT_GATE_POLICY"
+
+
+def models_dir() -> Path:
+    """Where the model spec files live (one `<name>.yaml` per model): AIPLAT_MODELS_DIR, else <repo>/models."""
+    configured = os.environ.get(MODELS_DIR_ENV_VAR)
+    return Path(configured).resolve() if configured else project_root() / "models"
+
+
+def gate_policy_file() -> Path:
+    """The platform's gate policy. Only the local runtime (laptops, tests) may point elsewhere with
+    AIPLAT_GATE_POLICY; in prod it is always the reviewed file shipped in the image, so nothing a
+    run launcher or a pod template sets can swap in a looser policy."""
+    shipped = project_root() / "aiplat" / "policy" / "gate_policy.yaml"
+    configured = os.environ.get(GATE_POLICY_ENV_VAR)
+    if configured and runtime() == "local":
+        return Path(configured).resolve()
+    return shipped
+
+
 def git_commit_override() -> str | None:
     """Production images carry no .git: their build sets AIPLAT_GIT_COMMIT instead."""
     return os.environ.get("AIPLAT_GIT_COMMIT") or None

@@ -1,5 +1,5 @@
-"""Features: redacted tickets become Feast feature tables, an applied registry, an online store
-and a point-in-time correct training set."""
+"""Features: redacted tickets become Feast feature tables, an applied registry and an online store.
+Each model's point-in-time training set is generated from its spec (assets/model_lifecycle.py)."""
 
 
 from datetime import datetime, timezone
@@ -11,9 +11,10 @@ from aiplat.features import gates, tables, training
 from aiplat.features import store as feast_store
 from aiplat.intake.combine import current_tickets
 from aiplat.provenance import code_version, frame_hash
+from aiplat.security.access import PLATFORM_TEAM
 from resources.feast import FeastResource
 
-OWNER = "team:ml"
+OWNER = PLATFORM_TEAM
 GROUP = "features"
 REDACTED_TICKETS = dg.AssetKey(["redacted_tickets"])
 # Columns that hold pseudonymous tokens: a value that is not one means redaction was bypassed.
@@ -164,52 +165,6 @@ def online_features(context: dg.AssetExecutionContext, feast: FeastResource) -> 
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"pandas", "parquet", "feast"},
-    ins={"redacted_tickets": dg.AssetIn(key=REDACTED_TICKETS)},
-    deps=[customer_features, ticket_features, feature_registry],
-    io_manager_key="lake",
-    description=(
-        f"Labeled tickets (label = category, reply_target = agent reply) joined point-in-time with "
-        f"the `{feast_store.TRAINING_SERVICE}` features as of each ticket's created_at "
-        "(get_historical_features); deterministic train/validation/test split by hash of ticket_id."
-    ),
-)
-def training_set(
-    context: dg.AssetExecutionContext, redacted_tickets: pd.DataFrame, feast: FeastResource
-) -> dg.Output[pd.DataFrame]:
-    current, upstream = _upstream(context, redacted_tickets)
-    entities = training.labeled_entities(current)
-    if entities.empty:
-        raise dg.Failure("no labeled tickets (category and agent reply) to build a training set from")
-    service = feast_store.TRAINING_SERVICE
-    joined = feast_store.historical_features(feast.store, entities, service)
-    features = feast_store.feature_columns(feast.store, service)
-    df = training.finish_training_set(joined, features)
-    if len(df) != len(entities):
-        raise dg.Failure(f"the point-in-time join returned {len(df)} rows for {len(entities)} labeled tickets")
-    counts = training.split_counts(df)
-    return dg.Output(
-        df,
-        metadata={
-            "dagster/row_count": dg.MetadataValue.int(len(df)),
-            "split_counts": dg.MetadataValue.json(counts),
-            **{f"rows_{split}": dg.MetadataValue.int(n) for split, n in counts.items()},
-            "content_hash": dg.MetadataValue.text(training.content_hash(df)),
-            "feature_service": dg.MetadataValue.text(service),
-            "feature_columns": dg.MetadataValue.json(features),
-            "definitions_hash": dg.MetadataValue.text(feast.definitions().fingerprint()),
-            "label_counts": dg.MetadataValue.json({k: int(v) for k, v in df["label"].value_counts().items()}),
-            "dropped_unlabeled": dg.MetadataValue.int(len(current) - len(entities)),
-            "owner": dg.MetadataValue.text(OWNER),
-            "code_version": dg.MetadataValue.text(code_version()),
-            **upstream,
-        },
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # gates
 
@@ -315,4 +270,4 @@ feature_checks = [
     for factory in (_no_raw_pii_check, _freshness_check, _schema_check)
 ]
 
-feature_assets = [customer_features, ticket_features, feature_registry, online_features, training_set]
+feature_assets = [customer_features, ticket_features, feature_registry, online_features]

@@ -12,12 +12,13 @@ from aiplat.retrieval.guard import GUARD_CHECK, evaluate_guard, guard_passed_in_
 from aiplat.retrieval.index import build_index, embed_chunks
 from aiplat.retrieval.queries import QUERY_SET
 from aiplat.retrieval.recall import collection_recall
+from aiplat.security.access import PLATFORM_TEAM
 from resources.embeddings import EmbeddingResource
 from resources.milvus import MilvusResource
 from resources.operations import OperationsResource
 
 GROUP = "retrieval"
-OWNERS = ["team:search"]
+OWNERS = [PLATFORM_TEAM]
 
 
 class KbChunkingConfig(dg.Config):

@@ -1,4 +1,5 @@
-"""Group `serving`: the champion model as an OpenAI-compatible vLLM endpoint, and its load test.
+"""Serving, shared by every model's chain (assets/model_lifecycle.py builds the assets): the
+champion as an OpenAI-compatible vLLM endpoint, and its load test.
 
 Thin: aiplat.serving does the work (the CLI and the tests call the same functions). A new
 champion goes out through a canary; a failing canary leaves the live endpoint untouched, moves
@@ -9,30 +10,15 @@ Before anything starts: the caller must be the model's owner team or the platfor
 against its signature (aiplat.security.signing); either refusal leaves the live endpoint as it is.
 """
 
-from typing import Optional
+from collections.abc import Mapping
 
 import dagster as dg
-from pydantic import Field
 
 from aiplat.provenance import code_version
 from resources.mlflow import MLflowResource
 from resources.operations import OperationsResource
 from resources.signing import ModelSigningResource
 from resources.vllm import VllmResource
-
-GROUP = "serving"
-OWNERS = ["team:platform"]
-# The endpoint serves whatever the `champion` alias points at, and the alias only moves in
-# `champion_model`, after a passing eval gate.
-CHAMPION_SOURCE = dg.AssetKey("champion_model")
-
-
-class ServedEndpointConfig(dg.Config):
-    model_folder: Optional[str] = Field(
-        default=None, description="Serve this safetensors folder instead of the registry's `champion` (tests, drills)"
-    )
-    model_version: Optional[str] = Field(default=None, description="Version label of model_folder")
-    load_sample: list[str] = Field(default_factory=list, description="Prompts the canary replays a share of")
 
 
 def _rollback(mlflow: MLflowResource, model_name: str):
@@ -63,34 +49,29 @@ def _server_metadata(result) -> dict:
     }
 
 
-@dg.asset(
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds={"vllm", "kubernetes"},
-    deps=[CHAMPION_SOURCE],
-    description=(
-        "The OpenAI-compatible vLLM endpoint serving the model version behind the MLflow `champion` alias. "
-        "A new version runs as a canary beside the live one and replaces it only if it matches it on error "
-        "rate, p95 latency and answers; otherwise it is torn down and the alias returns to `previous`."
-    ),
-)
-def served_endpoint(
+def serve_champion(
     context: dg.AssetExecutionContext,
-    config: ServedEndpointConfig,
+    name: str,
+    endpoint: str,
+    owner: str,
+    owners: Mapping[str, str],
+    load_sample: tuple[str, ...],
     vllm: VllmResource,
     mlflow: MLflowResource,
     model_signing: ModelSigningResource,
     operations: OperationsResource,
+    model_folder: str | None = None,
+    folder_version: str | None = None,
 ) -> dg.MaterializeResult:
+    """Roll the registered model `name`'s champion (or a signed `model_folder`: drills) out to `endpoint`."""
     from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
     from aiplat.security.signing import SignatureError, check_against_version
     from aiplat.serving.champion import FolderSource, MlflowAliasSource, ModelResolutionError
     from aiplat.serving.rollout import RolloutFailed
 
-    name = mlflow.registered_model_name
     try:
-        if config.model_folder:
-            source = FolderSource(config.model_folder, config.model_version or "folder")
+        if model_folder:
+            source = FolderSource(model_folder, folder_version or "folder")
             rollback = None
         else:
             source = MlflowAliasSource(mlflow.client, name, tracking_uri=mlflow.uri)
@@ -102,25 +83,25 @@ def served_endpoint(
     audit = operations.audit_log()
     identity = current_identity(context.run.tags)
     # A folder drill names no registry version: its owner comes from configuration only.
-    owner = owner_team(None if config.model_folder else mlflow.client, name, operations.model_owner_teams)
+    owner_of = owner_team(None if model_folder else mlflow.client, name, owners)
     try:
-        authorize("deploy", name, model.version, identity, owner, audit, endpoint=vllm.endpoint,
+        authorize("deploy", name, model.version, identity, owner_of, audit, endpoint=endpoint,
                   dagster_run_id=context.run_id)
     except AccessDenied as e:
-        raise dg.Failure(description=str(e), metadata={"candidate_version": model.version, "owner_team": owner or ""}) from e
+        raise dg.Failure(description=str(e), metadata={"candidate_version": model.version, "owner_team": owner_of or ""}) from e
 
-    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {vllm.endpoint}")
+    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {endpoint}")
     public_key = model_signing.key_pair().public_key
     try:
-        if not config.model_folder:
+        if not model_folder:
             # Also the exact signature recorded on this MLflow version, not just any signed folder.
             check_against_version(mlflow.client, name, model.version, model.path, public_key)
-        result = vllm.roll_out(model, rollback, tuple(config.load_sample), public_key=public_key)
+        result = vllm.roll_out(endpoint, model, rollback, tuple(load_sample), public_key=public_key)
     except SignatureError as e:
-        record("deploy refused: signature", name, model.version, identity, audit, endpoint=vllm.endpoint,
+        record("deploy refused: signature", name, model.version, identity, audit, endpoint=endpoint,
                reason=str(e), dagster_run_id=context.run_id)
         raise dg.Failure(description=f"refusing to deploy {name} version {model.version}: {e}; "
-                         f"endpoint {vllm.endpoint!r} is unchanged",
+                         f"endpoint {endpoint!r} is unchanged",
                          metadata={"candidate_version": model.version}) from e
     except RolloutFailed as e:
         verdict = e.verdict
@@ -131,10 +112,10 @@ def served_endpoint(
         raise dg.Failure(description=str(e), metadata=metadata) from e
 
     metadata = _server_metadata(result)
-    record("deployed", name, result.live.model_version, identity, audit, endpoint=vllm.endpoint, action=result.action,
+    record("deployed", name, result.live.model_version, identity, audit, endpoint=endpoint, action=result.action,
            url=result.live.url, dagster_run_id=context.run_id)
     metadata.update({"model_uri": model.uri, "registered_model": name, "deployed_by": identity.actor,
-                     "deployed_by_team": identity.team or "", "code_version": code_version(), "owner": OWNERS[0]})
+                     "deployed_by_team": identity.team or "", "code_version": code_version(), "owner": owner})
     if result.verdict is not None:
         v = result.verdict
         metadata.update({
@@ -148,30 +129,14 @@ def served_endpoint(
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"{result.live.model_version}@{result.live.url}"))
 
 
-class LoadTestConfig(dg.Config):
-    concurrencies: list[int] = Field(default_factory=lambda: [1, 4, 8])
-    num_prompts: Optional[int] = Field(default=None, description="Requests per concurrency; unset = max(sample, 2 x concurrency)")
-    output_len: int = 32
-    prompts: list[str] = Field(default_factory=list, description="Load sample; empty = the built-in one")
-
-
-@dg.asset(
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds={"vllm"},
-    deps=[served_endpoint],
-    description=(
-        "`vllm bench serve` against the live endpoint at several concurrencies: requests/s, output tokens/s, "
-        "time to first token and end-to-end latency p50/p95/p99 (float metadata, plotted over time)."
-    ),
-)
-def endpoint_load_test(context: dg.AssetExecutionContext, config: LoadTestConfig, vllm: VllmResource) -> dg.MaterializeResult:
+def load_test(context: dg.AssetExecutionContext, endpoint: str, owner: str, config, vllm: VllmResource) -> dg.MaterializeResult:
+    """`vllm bench serve` against `endpoint` (config: concurrencies, num_prompts, output_len, prompts)."""
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE, LoadTestError
 
     if not hasattr(vllm, "load_test"):
         raise dg.Failure(f"{type(vllm).__name__} runs no load tests; run `vllm bench serve` against the gateway")
     try:
-        report = vllm.load_test(tuple(config.concurrencies), tuple(config.prompts or DEFAULT_LOAD_SAMPLE),
+        report = vllm.load_test(endpoint, tuple(config.concurrencies), tuple(config.prompts or DEFAULT_LOAD_SAMPLE),
                                 config.num_prompts, config.output_len, progress=context.log.info)
     except (LoadTestError, LookupError) as e:
         raise dg.Failure(str(e)) from e
@@ -182,7 +147,7 @@ def endpoint_load_test(context: dg.AssetExecutionContext, config: LoadTestConfig
         "tool": report.tool,
         "output_len": report.output_len,
         "levels": dg.MetadataValue.md(_levels_table(report)),
-        "owner": OWNERS[0],
+        "owner": owner,
     })
     return dg.MaterializeResult(metadata=metadata)
 

@@ -1,41 +1,49 @@
-"""The platform's one Definitions object."""
+"""The platform's one Definitions object: the shared stages, plus one generated chain per model
+spec file (models/<name>.yaml, read when the code location loads: adding a file adds the chain
+after "Reload definitions", removing it removes it)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
-import assets.evaluation
 import assets.features
 import assets.intake
-import assets.operations
 import assets.pii
 import assets.retrieval
-import assets.serving
 import assets.training
 from aiplat.config import runtime
+from aiplat.specs import load_specs
 from assets.intake import BATCHES
+from assets.model_lifecycle import model_chains
+from assets.operations import build_operations_assets
 from platform_defs.jobs import downstream_job, ingest_jobs
 from platform_defs.resources import resources_for
-from platform_defs.schedules import cost_report_schedule, feature_refresh_schedule, live_quality_schedule
+from platform_defs.schedules import cost_report_schedule, feature_refresh_schedule
 from sensors.landing import build_landing_sensor
-from sensors.promotion import promotion_job, promotion_sensor
 from sensors.reindex import kb_reindex_job, kb_reindex_sensor
 
-STAGE_MODULES = [assets.intake, assets.pii, assets.features, assets.training, assets.evaluation, assets.retrieval, assets.serving, assets.operations]
+SHARED_STAGES = [assets.intake, assets.pii, assets.features, assets.training, assets.retrieval]
 
 
-def build_definitions(resource_overrides: dict | None = None) -> dg.Definitions:
+def build_definitions(resource_overrides: dict | None = None, models_dir: Path | None = None) -> dg.Definitions:
     """The Definitions for the current runtime; `resource_overrides` replaces resources by key
-    (tests and drills use it to shorten timeouts, never to swap in fakes)."""
-    all_assets = list(dg.load_assets_from_modules(STAGE_MODULES))
+    (tests and drills use it to shorten timeouts, never to swap in fakes); `models_dir` is where the
+    model specs are (default: aiplat.config.models_dir())."""
+    chains = model_chains(load_specs(models_dir))
+    served = [chain.key("served_endpoint") for chain in chains]
+    all_assets = [*dg.load_assets_from_modules(SHARED_STAGES), *build_operations_assets(served),
+                  *(a for chain in chains for a in chain.assets)]
     jobs = ingest_jobs(all_assets)
     downstream = downstream_job(all_assets)
     return dg.Definitions(
         assets=all_assets,
-        asset_checks=list(dg.load_asset_checks_from_modules(STAGE_MODULES)),
-        jobs=[*jobs.values(), *([downstream] if downstream else []), kb_reindex_job, assets.training.fine_tuning_job, promotion_job],
-        schedules=[feature_refresh_schedule(), cost_report_schedule(), live_quality_schedule()],
-        sensors=[build_landing_sensor(jobs, BATCHES), kb_reindex_sensor, promotion_sensor],
+        asset_checks=[*dg.load_asset_checks_from_modules(SHARED_STAGES), *(c for chain in chains for c in chain.checks)],
+        jobs=[*jobs.values(), *([downstream] if downstream else []), kb_reindex_job,
+              *(j for chain in chains for j in chain.jobs)],
+        schedules=[feature_refresh_schedule(), cost_report_schedule(), *(s for chain in chains for s in chain.schedules)],
+        sensors=[build_landing_sensor(jobs, BATCHES), kb_reindex_sensor, *(s for chain in chains for s in chain.sensors)],
         resources={**resources_for(runtime()), **(resource_overrides or {})},
     )
 

@@ -41,7 +41,7 @@ class GpuPlacement(BaseModel):
     priority_class: str = TRAINING_PRIORITY_CLASS
     backoff_limit: int = 0  # a failed fine-tune is reported, not silently retried on a GPU
     ttl_seconds_after_finished: int = 3600
-    team: str = "ml"
+    team: str = Field(default="platform", description="aiplat.io/team label of the training pod: the model's owner team")
 
     def k8s_config(self) -> dict:
         limits = {"cpu": self.cpu, "memory": self.memory, GPU_RESOURCE: str(self.gpus)}

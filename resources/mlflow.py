@@ -18,8 +18,6 @@ from pydantic import Field, PrivateAttr
 
 from aiplat import config
 
-DEFAULT_EXPERIMENT = "ticket-triage-fine-tuning"
-DEFAULT_MODEL_NAME = "ticket-triage"
 
 
 def local_tracking_uri() -> str:
@@ -27,14 +25,13 @@ def local_tracking_uri() -> str:
 
 
 class MLflowResource(dg.ConfigurableResource):
-    """The tracking server and registry one step talks to."""
+    """The tracking server and registry one step talks to; which model and experiment is the
+    model spec's (every model's chain shares this one resource)."""
 
     tracking_uri: Optional[str] = Field(
         default=None, description="MLflow tracking URI; unset = the local stack's server."
     )
     registry_uri: Optional[str] = Field(default=None, description="Registry URI when it differs from tracking.")
-    experiment_name: str = DEFAULT_EXPERIMENT
-    registered_model_name: str = DEFAULT_MODEL_NAME
     system_metrics_interval_s: float = Field(
         default=5.0, ge=0, description="Sampling interval of system/* metrics; 0 turns them off."
     )
@@ -49,11 +46,7 @@ class MLflowResource(dg.ConfigurableResource):
 
     @classmethod
     def prod(cls) -> "MLflowResource":
-        return cls(
-            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
-            experiment_name=DEFAULT_EXPERIMENT,
-            registered_model_name=DEFAULT_MODEL_NAME,
-        )
+        return cls(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"))
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         from mlflow.tracking import MlflowClient

@@ -1,5 +1,6 @@
-"""Operations settings: where the request and audit logs live, cost rates, team budgets, who owns
-which model and which API key (by sha256, never the key) belongs to which team.
+"""Operations settings: where the request and audit logs live, cost rates, team budgets (the model
+specs' budgets per owner team, with overrides) and which API key (by sha256, never the key) belongs
+to which team. Who owns which model is the model spec's business (aiplat.specs).
 
 Local: files under <state>/operations and <state>/audit with demo rates. Prod: the request log's
 location comes from dg.EnvVar (a volume shared by the gateway and the Dagster pods), the audit trail
@@ -27,11 +28,10 @@ class OperationsResource(dg.ConfigurableResource):
     completion_per_1k_tokens: float = Field(default=0.0015, ge=0)
     gpu_hour: float = Field(default=2.50, ge=0, description="Cost of one GPU-hour")
     gpus_per_endpoint: float = Field(default=1.0, gt=0)
-    team_daily_budgets: dict[str, float] = Field(default_factory=lambda: {"team:ml": 25.0, "team:search": 25.0},
-                                                 description="Daily budget per team (same unit as the rates)")
+    team_daily_budgets: dict[str, float] = Field(default_factory=dict, description=(
+        "Daily budget per team (same unit as the rates) on top of the model specs' budgets, which are summed "
+        "per owner team; a team named here takes this value"))
     api_key_teams: dict[str, str] = Field(default_factory=dict, description="sha256(API key) -> team")
-    model_owner_teams: dict[str, str] = Field(default_factory=lambda: {"ticket-triage": "team:ml"},
-                                              description="Owner team per registered model when MLflow has no owner_team tag")
     scrape_timeout_s: float = Field(default=5.0, gt=0)
     prometheus_url: Optional[str] = Field(default=None, description=(
         "Prometheus that scrapes the vLLM pods (prod); unset = scrape the local servers' /metrics directly"))
@@ -59,6 +59,15 @@ class OperationsResource(dg.ConfigurableResource):
         from aiplat.operations.quality import Thresholds
 
         return Thresholds(self.live_quality_max_golden_drop, self.live_quality_max_error_rate)
+
+    def budgets(self) -> dict[str, float]:
+        """Daily budget per team: the sum of its models' spec budgets, overridden per team here."""
+        from aiplat.specs import load_specs
+
+        per_team: dict[str, float] = {}
+        for spec in load_specs():
+            per_team[spec.owner] = per_team.get(spec.owner, 0.0) + spec.budgets.daily_cost
+        return {**per_team, **dict(self.team_daily_budgets)}
 
     def rates(self) -> Any:
         from aiplat.operations.cost import CostRates
@@ -96,6 +105,9 @@ class OperationsResource(dg.ConfigurableResource):
 
         since, until = day_window(since, until, datetime.now(timezone.utc).date())
         records, rejected = self.request_log().read(since, until)
-        report = attribute(records, self.rates(), self.team_daily_budgets, rejected)
+        from aiplat.specs import load_specs
+
+        endpoints = {spec.endpoint: spec.name for spec in load_specs()}
+        report = attribute(records, self.rates(), self.budgets(), rejected, endpoints)
         report.window = (since, until)
         return report

@@ -12,13 +12,10 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-DEFAULT_ENDPOINT = "ticket-triage"
-
-
 class VllmResource(dg.ConfigurableResource):
-    """What both backends share: which endpoint, and the canary policy."""
+    """What both backends share: the canary policy. Which endpoint is always the caller's argument
+    (each model spec names its own), so one resource serves every model."""
 
-    endpoint: str = Field(default=DEFAULT_ENDPOINT, description="Endpoint name (also the served model name)")
     canary_load_share: float = Field(default=0.25, ge=0, le=1, description="Share of the load sample the canary replays")
     canary_max_error_rate: float = Field(default=0.0, ge=0, le=1)
     canary_max_p95_ratio: float = Field(default=1.5, gt=0)
@@ -76,7 +73,7 @@ class LocalVllmResource(VllmResource):
         """The EndpointManager (built on first use outside a Dagster step: CLI, tests)."""
         return self._manager if self._manager is not None else self._build()
 
-    def roll_out(self, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
+    def roll_out(self, endpoint: str, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
                  public_key: Optional[Path] = None) -> Any:
         """Deploy, keep, or canary-then-switch `model` (aiplat.serving.rollout.roll_out); with
         `public_key`, only after its signature verified (SignatureError otherwise, nothing started)."""
@@ -85,41 +82,41 @@ class LocalVllmResource(VllmResource):
         from aiplat.serving.rollout import roll_out
 
         manager = self.manager if public_key is None else replace(self.manager, public_key=Path(public_key))
-        return roll_out(manager, self.endpoint, model, self.canary_policy(), rollback, load_sample=load_sample)
+        return roll_out(manager, endpoint, model, self.canary_policy(), rollback, load_sample=load_sample)
 
-    def live_server(self) -> Any:
-        return self.manager.get(self.endpoint).live
+    def live_server(self, endpoint: str) -> Any:
+        return self.manager.get(endpoint).live
 
-    def live_target(self, model_version: Optional[str] = None) -> Any:
+    def live_target(self, endpoint: str, model_version: Optional[str] = None) -> Any:
         """Where the live server answers (aiplat.operations.quality.Target); EndpointNotFound if none."""
         from aiplat.operations.quality import Target
 
-        live = self.manager.refresh(self.endpoint).live
+        live = self.manager.refresh(endpoint).live
         if live is None:
             from aiplat.serving.manager import EndpointNotFound
 
-            raise EndpointNotFound(f"endpoint {self.endpoint!r} has no live server")
-        return Target(self.endpoint, live.url, live.served_model_name, live.model_version)
+            raise EndpointNotFound(f"endpoint {endpoint!r} has no live server")
+        return Target(endpoint, live.url, live.served_model_name, live.model_version)
 
-    def roll_back(self, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
+    def roll_back(self, endpoint: str, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
         """Incident path, no canary: serve again the version this endpoint served before its last
         switch (its own history is what really served here), after that folder verified against its
         signature. SignatureError / ServerStartError leave the live server as it is."""
         from dataclasses import replace
 
         manager = self.manager if public_key is None else replace(self.manager, public_key=Path(public_key))
-        record = manager.deploy(self.endpoint, manager.previous_model(self.endpoint))
+        record = manager.deploy(endpoint, manager.previous_model(endpoint))
         return record.live
 
-    def load_test(self, concurrencies: tuple[int, ...], prompts: tuple[str, ...], num_prompts: int | None,
+    def load_test(self, endpoint: str, concurrencies: tuple[int, ...], prompts: tuple[str, ...], num_prompts: int | None,
                   output_len: int, progress=None) -> Any:
         from aiplat.serving.loadtest import run_load_test
 
-        live = self.manager.refresh(self.endpoint).live
+        live = self.manager.refresh(endpoint).live
         if live.health != "ready":
             from aiplat.serving.loadtest import LoadTestError
 
-            raise LoadTestError(f"endpoint {self.endpoint!r} is {live.health} on {live.url}; not load-testing it")
+            raise LoadTestError(f"endpoint {endpoint!r} is {live.health} on {live.url}; not load-testing it")
         return run_load_test(live.url, live.served_model_name, live.model_path, concurrencies, prompts, num_prompts,
                              output_len, self.server_settings(), progress=progress)
 
@@ -150,17 +147,17 @@ class ProdVllmResource(VllmResource):
         }
         return cls(**{**fields, **overrides})
 
-    def endpoint_url(self) -> str:
-        return f"{self.gateway_url.rstrip('/')}/{self.endpoint}"
+    def endpoint_url(self, endpoint: str) -> str:
+        return f"{self.gateway_url.rstrip('/')}/{endpoint}"
 
-    def spec(self, model_version: str, model_name: str) -> Any:
+    def spec(self, endpoint: str, model_version: str, model_name: str) -> Any:
         from aiplat.serving.k8s import EndpointSpec
 
         uri = f"{self.model_store_prefix.rstrip('/')}/{model_name}/v{model_version}"
-        return EndpointSpec(endpoint=self.endpoint, model_version=str(model_version), model_uri=uri,
-                            served_model_name=self.endpoint, namespace=self.namespace, image=self.image, gpus=self.gpus)
+        return EndpointSpec(endpoint=endpoint, model_version=str(model_version), model_uri=uri,
+                            served_model_name=endpoint, namespace=self.namespace, image=self.image, gpus=self.gpus)
 
-    def roll_out(self, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
+    def roll_out(self, endpoint: str, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
                  live_version: str | None = None, public_key: Optional[Path] = None) -> Any:
         """Render the rollout's manifests into `manifests_dir` for the cluster to apply; the canary
         split then runs through the HTTPRoute weights. With `public_key`, the local copy of the
@@ -175,41 +172,43 @@ class ProdVllmResource(VllmResource):
         from aiplat.serving.registry import ServerRecord
         from aiplat.serving.rollout import RolloutResult
 
-        docs = self.render_rollout(live_version, model.version, model.registered_name or self.endpoint)
-        out = Path(self.manifests_dir or ".") / f"{self.endpoint}-v{model.version}.yaml"
+        docs = self.render_rollout(endpoint, live_version, model.version, model.registered_name or endpoint)
+        out = Path(self.manifests_dir or ".") / f"{endpoint}-v{model.version}.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(to_yaml(docs))
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        live = ServerRecord(url=self.endpoint_url(), port=443, pid=0, create_time=0.0, model_version=str(model.version),
-                            model_path=self.spec(model.version, model.registered_name or self.endpoint).model_uri,
-                            served_model_name=self.endpoint, started_at=now, log_file="", pid_file=str(out),
+        live = ServerRecord(url=self.endpoint_url(endpoint), port=443, pid=0, create_time=0.0,
+                            model_version=str(model.version),
+                            model_path=self.spec(endpoint, model.version, model.registered_name or endpoint).model_uri,
+                            served_model_name=endpoint, started_at=now, log_file="", pid_file=str(out),
                             health="manifests rendered", checked_at=now)
-        return RolloutResult(self.endpoint, "manifests rendered", live)
+        return RolloutResult(endpoint, "manifests rendered", live)
 
-    def live_target(self, model_version: Optional[str] = None) -> Any:
+    def live_target(self, endpoint: str, model_version: Optional[str] = None) -> Any:
         """The endpoint behind the inference gateway; the version is the registry's (the cluster
         serves what the last applied manifests say)."""
         from aiplat.operations.quality import Target
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return Target(self.endpoint, self.endpoint_url(), self.endpoint, model_version or "unknown", headers)
+        return Target(endpoint, self.endpoint_url(endpoint), endpoint, model_version or "unknown", headers)
 
-    def roll_back(self, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
+    def roll_back(self, endpoint: str, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
         """Render the registry's `previous` version alone at 100% (`registry_previous()` resolves and
         downloads it), verified first like any rollout."""
         if registry_previous is None:
             raise ValueError("a prod rollback needs the registry's previous version")
-        return self.roll_out(registry_previous(), public_key=public_key).live
+        return self.roll_out(endpoint, registry_previous(), public_key=public_key).live
 
-    def render_rollout(self, live_version: str | None, candidate_version: str, model_name: str) -> list[dict]:
+    def render_rollout(self, endpoint: str, live_version: str | None, candidate_version: str,
+                       model_name: str) -> list[dict]:
         """The candidate beside the live version with `canary_weight`% of the traffic (or the
         first version alone at 100%)."""
         from aiplat.serving.k8s import render_endpoint
 
-        candidate = self.spec(candidate_version, model_name)
+        candidate = self.spec(endpoint, candidate_version, model_name)
         if live_version is None or str(live_version) == str(candidate_version):
             return render_endpoint(candidate, gateway=self.gateway, gateway_namespace=self.gateway_namespace)
-        return render_endpoint(self.spec(live_version, model_name), candidate, self.canary_weight,
+        return render_endpoint(self.spec(endpoint, live_version, model_name), candidate, self.canary_weight,
                                gateway=self.gateway, gateway_namespace=self.gateway_namespace)
 
 

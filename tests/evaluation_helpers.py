@@ -34,6 +34,23 @@ TEST_THRESHOLDS = GateThresholds(
 )
 
 
+def write_test_policy(path: Path, thresholds: GateThresholds = TEST_THRESHOLDS,
+                      min_test_examples: int | None = None) -> Path:
+    """A gate policy whose classification floor is `thresholds` (what a tiny model can meet), with the
+    real golden set; tests point AIPLAT_GATE_POLICY (honoured by the local runtime only) at it."""
+    import yaml
+
+    from aiplat.policy import load_policy
+
+    shipped = load_policy(Path(__file__).resolve().parent.parent / "aiplat" / "policy" / "gate_policy.yaml")
+    policy = shipped.canonical()
+    floor = {k: v for k, v in thresholds.model_dump().items() if k in policy["tasks"]["classification"]}
+    policy["tasks"]["classification"] = floor
+    policy["min_test_examples"] = min_test_examples or TEST_SETTINGS.max_test_examples
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
 def triage_data(n: int = 90) -> pd.DataFrame:
     """The sample triage set with whole blocks of six categories per split, so every category is tested."""
     df = sample_training_set(n, seed=3)
@@ -137,9 +154,11 @@ def shuffled_labels(df: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
     return out
 
 
-def register(client, name: str, folder: Path, sha256: str | None = None) -> str:
-    """What the fine-tune does at its end: a run holding the folder as `model`, then a version."""
+def register(client, name: str, folder: Path, sha256: str | None = None, training_set: pd.DataFrame | None = None) -> str:
+    """What the fine-tune does at its end: a run holding the folder as `model`, then a version
+    tagged with the training set it was trained on (default: triage_data())."""
     from aiplat.models.manifest import compute_manifest
+    from aiplat.training.data import training_set_hash
 
     experiment = client.get_experiment_by_name("eval-tests") or None
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("eval-tests")
@@ -153,7 +172,8 @@ def register(client, name: str, folder: Path, sha256: str | None = None) -> str:
     artifact_uri = client.get_run(run.info.run_id).info.artifact_uri
     mv = client.create_model_version(
         name, source=f"{artifact_uri}/model", run_id=run.info.run_id,
-        tags={"aiplat.merged_sha256": sha256 or compute_manifest(folder).folder_sha256},
+        tags={"aiplat.merged_sha256": sha256 or compute_manifest(folder).folder_sha256,
+              "aiplat.training_set_sha256": training_set_hash(triage_data() if training_set is None else training_set)},
     )
     return str(mv.version)
 

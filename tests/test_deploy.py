@@ -149,7 +149,7 @@ class _CapturingBatchApi:
 @pytest.fixture(scope="module")
 def training_job_manifest(prod_env, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The Job K8sRunLauncher (configured from deploy/dagster/dagster.yaml) creates for a run of
-    assets.training.fine_tuning_job."""
+    a model chain's fine-tuning job (assets/model_lifecycle.py)."""
     from dagster._core.code_pointer import ModuleCodePointer
     from dagster._core.launcher import LaunchRunContext
     from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
@@ -158,7 +158,7 @@ def training_job_manifest(prod_env, tmp_path_factory: pytest.TempPathFactory) ->
     from dagster_k8s import K8sRunLauncher
     from kubernetes.client import ApiClient
 
-    from assets.training import fine_tuning_job
+    fine_tuning_job = _triage_chain().jobs[0]
 
     kubeconfig = tmp_path_factory.mktemp("k8s") / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
@@ -203,6 +203,7 @@ def test_training_run_job_requests_a_gpu_on_the_gpu_pool(training_job_manifest: 
     assert pod["nodeSelector"] == {"aiplat.io/node-pool": "gpu"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["priorityClassName"] == "training"
+    assert training_job_manifest["metadata"]["labels"]["aiplat.io/team"] == "ml"  # the triage spec's owner team
     assert pod["serviceAccountName"] == "dagster-run"
     assert training_job_manifest["spec"]["backoffLimit"] == 0
     assert container["image"] == "registry.internal/ai-platform:1.0.0"
@@ -215,9 +216,23 @@ def test_training_run_job_is_valid_kubernetes(training_job_manifest: dict, versi
     kubernetes_validate.validate(training_job_manifest, version, strict=True)
 
 
+def _triage_chain():
+    from aiplat.config import project_root
+    from aiplat.specs import find_spec
+    from assets.model_lifecycle import model_chain
+
+    return model_chain(find_spec("ticket-triage", project_root() / "models"))
+
+
+def _chain_asset(chain, name: str):
+    (asset,) = [a for a in chain.assets if a.key.path[-1] == name]
+    return asset
+
+
 def test_training_asset_is_in_the_gpu_pool() -> None:
-    from assets.training import fine_tuned_model
     from resources.kubernetes import K8S_CONFIG_TAG
+
+    fine_tuned_model = _chain_asset(_triage_chain(), "fine_tuned_model")
 
     spec = fine_tuned_model.op
     assert spec.pool == "gpu_training"
@@ -227,19 +242,22 @@ def test_training_asset_is_in_the_gpu_pool() -> None:
 
 
 def test_training_job_resolves_with_its_tags_and_resources() -> None:
-    from assets.training import base_model, fine_tuned_model, fine_tuning_job
+    from assets.training import base_model
     from resources.kubernetes import GPU_POOL_TAG, K8S_CONFIG_TAG
     from resources.mlflow import MLflowResource
     from resources.signing import ModelSigningResource
 
-    @dg.asset(name="training_set")
+    chain = _triage_chain()
+
+    @dg.asset(key=["ticket_triage", "training_set"])
     def training_set() -> None: ...
 
-    defs = dg.Definitions(assets=[training_set, base_model, fine_tuned_model], jobs=[fine_tuning_job],
+    defs = dg.Definitions(assets=[training_set, base_model, _chain_asset(chain, "fine_tuned_model")],
+                          jobs=chain.jobs[:1],
                           resources={"mlflow": MLflowResource(), "model_signing": ModelSigningResource()})
-    job = defs.resolve_job_def("fine_tuning_job")
+    job = defs.resolve_job_def("ticket_triage__fine_tuning_job")
     assert job.tags[GPU_POOL_TAG] == "gpu_training" and K8S_CONFIG_TAG in job.tags
-    assert [n.name for n in job.nodes_in_topological_order] == ["fine_tuned_model"]
+    assert [n.name for n in job.nodes_in_topological_order] == ["ticket_triage__fine_tuned_model"]
 
 
 def test_prod_mlflow_uri_comes_from_the_environment_and_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,8 @@ from aiplat.net import free_port
 from tests.conftest import built_vllm_env
 from tests.records import jsonl, ticket
 
-pytestmark = pytest.mark.slow
+# Two teams' models are trained, evaluated, served and read live: past the default 900 s on 2 busy cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 CANARIES = {
     "email": "zq.canary.e2e.4471@example.net",
@@ -28,22 +29,52 @@ CANARIES = {
     "name": "Quintessa Vanderhoeven",
 }
 
-TINY = {
-    "ops": {
-        "fine_tuned_model": {"config": {"steps": 2, "max_train_examples": 16, "max_eval_examples": 4, "batch_size": 2, "max_length": 128}},
-        "eval_report": {
-            "config": {
-                "max_test_examples": 6, "max_new_tokens": 16, "batch_size": 6, "latency_samples": 1, "samples_in_report": 1,
-                # Two training steps teach little: the gate's quality minima are opened here (the
-                # evaluation tests cover blocking), but the leak probe stays on.
-                "min_accuracy": 0.0, "min_macro_f1": 0.0, "min_golden_accuracy": 0.0, "min_reply_rouge_l": 0.0,
-                "min_parse_rate": 0.0, "max_latency_ratio": None, "min_accuracy_gain_over_base": None,
-            }
-        },
-        "endpoint_load_test": {"config": {"concurrencies": [1, 2], "num_prompts": 4, "output_len": 8}},
-        "live_quality": {"config": {"max_tokens": 16}},  # the eval's budget above: the same answers, served
-    }
-}
+# Both demo models, from their spec files (models/). Run config may only make the gate stricter,
+# so the quality floors are opened by the test's own gate policy instead (below): two training
+# steps teach little; the evaluation tests cover blocking, and the leak probe stays mandatory.
+PREFIXES = ("ticket_triage", "reply_drafter")
+TINY = {"ops": {
+    op: config for p in PREFIXES for op, config in {
+        f"{p}__fine_tuned_model": {"config": {"steps": 2, "max_train_examples": 16, "max_eval_examples": 4, "batch_size": 2,
+                                              "max_length": 128 if p == "ticket_triage" else 256}},
+        f"{p}__eval_report": {"config": {"max_test_examples": 6, "max_new_tokens": 16, "batch_size": 6,
+                                         "latency_samples": 1, "samples_in_report": 1}},
+        f"{p}__endpoint_load_test": {"config": {"concurrencies": [1, 2], "num_prompts": 4, "output_len": 8}},
+        # the eval's budget above: the same answers, served
+        f"{p}__live_quality": {"config": {"max_tokens": 16, **({"rows": 6} if p == "reply_drafter" else {})}},
+    }.items()
+}}
+
+
+def _open_gate_policy(path: Path) -> Path:
+    """The shipped policy with its quality floors opened (what two training steps can meet); the
+    mandatory leak probe, the pinned golden set and the digest checks stay as shipped."""
+    import yaml
+
+    from aiplat.config import project_root
+
+    policy = yaml.safe_load((project_root() / "aiplat" / "policy" / "gate_policy.yaml").read_text())
+    policy["min_test_examples"] = 6
+    for rules in policy["tasks"].values():
+        for rule in rules:
+            rules[rule] = 0.0 if rule.startswith("min_") else None if rule == "max_latency_ratio" else 1.0
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
+def _demo_specs_without_stricter_thresholds(folder: Path) -> Path:
+    """The demo specs as shipped, minus the teams' own tightening of the gate (which the test's
+    two-step fine-tunes cannot meet)."""
+    import yaml
+
+    from aiplat.config import project_root
+
+    folder.mkdir()
+    for path in (project_root() / "models").glob("*.yaml"):
+        spec = yaml.safe_load(path.read_text())
+        spec["evaluation"]["thresholds"] = {}
+        (folder / path.name).write_text(yaml.safe_dump(spec))
+    return folder
 
 
 def _canary_ticket() -> dict:
@@ -78,8 +109,11 @@ def local_runtime(tmp_path, monkeypatch):
     for name, value in {
         "AIPLAT_STATE_DIR": str(state), "AIPLAT_ENV": "local", "DAGSTER_HOME": str(home),
         "AIPLAT_MLFLOW_PORT": str(free_port()), "AIPLAT_MILVUS_PORT": str(free_port()),
-        # The model's owner team promotes and deploys it; the audit log records who did.
-        "AIPLAT_TEAM": "team:ml", "AIPLAT_ACTOR": "e2e-test",
+        # Headless `make materialize` acts as the platform team for both teams' models; the audit
+        # log records who did.
+        "AIPLAT_TEAM": "team:platform", "AIPLAT_ACTOR": "e2e-test",
+        "AIPLAT_GATE_POLICY": str(_open_gate_policy(tmp_path / "gate_policy.yaml")),
+        "AIPLAT_MODELS_DIR": str(_demo_specs_without_stricter_thresholds(tmp_path / "models")),
     }.items():
         monkeypatch.setenv(name, value)
     up(["mlflow", "milvus"], timeout=600)
@@ -126,7 +160,10 @@ def test_the_whole_graph_from_landing_to_a_served_endpoint(local_runtime):
     summaries = materialize_all(defs, instance, downstream_config=TINY)
 
     failed = [(s.job, s.partition, s.failed_checks) for s in summaries if not s.success]
-    assert failed == []
+    step_failures = [(e.step_key, e.dagster_event.event_specific_data.error.message[:800])
+                     for run in instance.get_runs() for e in instance.all_logs(run.run_id)
+                     if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"]
+    assert failed == [], step_failures
     every_asset = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     made = {key for s in summaries for key in s.materialized}
     assert made == every_asset, f"not materialized: {sorted(every_asset - made)}"
@@ -135,25 +172,37 @@ def test_the_whole_graph_from_landing_to_a_served_endpoint(local_runtime):
     failed_checks = {c for s in summaries for c in s.failed_checks}
     assert failed_checks == {"raw_tickets:quarantine_rate"}
 
-    # The endpoint answers through the official client.
+    # Both teams' models passed their gates, are champions and answer through the official client.
     from openai import OpenAI
 
-    served = instance.get_latest_materialization_event(dg.AssetKey("served_endpoint")).asset_materialization.metadata
-    client = OpenAI(base_url=served["endpoint_url"].value.rstrip("/") + "/v1", api_key="unused")
-    reply = client.chat.completions.create(
-        model=served["served_model_name"].value, messages=[{"role": "user", "content": "My invoice is wrong."}], max_tokens=8
-    )
-    assert reply.choices[0].message.content
+    def latest(prefix: str, name: str) -> dict:
+        event = instance.get_latest_materialization_event(dg.AssetKey([prefix, name]))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
-    # The live golden-set reading of the served version is judged against its own eval report.
-    quality = instance.get_latest_materialization_event(dg.AssetKey("live_quality")).asset_materialization.metadata
-    assert quality["model_version"].value == served["model_version"].value
-    assert quality["baseline_source"].value.startswith("eval report")
+    for prefix, model, owner in (("ticket_triage", "ticket-triage", "team:ml"),
+                                 ("reply_drafter", "reply-drafter", "team:support")):
+        assert latest(prefix, "eval_report")["gate_passed"] is True
+        assert latest(prefix, "champion")["status"] == "promoted" and latest(prefix, "champion")["owner"] == owner
+        served = latest(prefix, "served_endpoint")
+        assert served["registered_model"] == model and served["served_model_name"] == model
+        client = OpenAI(base_url=served["endpoint_url"].rstrip("/") + "/v1", api_key="unused")
+        reply = client.chat.completions.create(
+            model=served["served_model_name"], messages=[{"role": "user", "content": "My invoice is wrong."}], max_tokens=8)
+        assert reply.choices[0].message.content
+        # The live reading of the served version is judged against its own eval report.
+        quality = latest(prefix, "live_quality")
+        assert quality["model_version"] == served["model_version"]
+        assert quality["baseline_source"].startswith("eval report")
+    # The grounded model's prompts carried KB passages retrieved from the index.
+    drafter_set = latest("reply_drafter", "training_set")
+    assert drafter_set["rows_with_passages"] == drafter_set["dagster/row_count"] > 0
 
     # Promotion and deploy went through the access check, and the audit log says who did them.
     audit = [json.loads(line) for line in (state / "audit" / "audit.jsonl").read_text().splitlines()]
-    decisions = {(e["action"], e["decision"], e["actor"], e["team"]) for e in audit if e["event"] == "access"}
-    assert {("promote", "allowed", "e2e-test", "team:ml"), ("deploy", "allowed", "e2e-test", "team:ml")} <= decisions
+    decisions = {(e["action"], e["model"], e["decision"], e["actor"], e["team"]) for e in audit if e["event"] == "access"}
+    for model in ("ticket-triage", "reply-drafter"):
+        assert {("promote", model, "allowed", "e2e-test", "team:platform"),
+                ("deploy", model, "allowed", "e2e-test", "team:platform")} <= decisions
     assert {"promote promoted", "deployed"} <= {e["event"] for e in audit}
 
     # The canary's values are nowhere downstream of the raw datasets.

@@ -164,12 +164,10 @@ def test_report_hash_is_over_canonical_bytes_and_pages_render(tmp_path: Path) ->
     assert report_hash(changed) != written.sha256
 
 
-def test_asset_config_defaults_are_the_library_defaults() -> None:
-    from aiplat.evaluation.settings import EvalSettings
-    from assets.evaluation import EvalReportConfig
+def test_the_shipped_policy_floor_is_the_library_default_gate() -> None:
+    """GateThresholds() (what library callers and tests get) is the shipped policy's classification floor."""
+    from aiplat.config import project_root
+    from aiplat.policy import load_policy
 
-    config = EvalReportConfig()
-    assert config.settings() == EvalSettings() and config.thresholds() == GateThresholds()
-    stricter = EvalReportConfig(min_accuracy=0.9, max_latency_ratio=None, max_test_examples=10)
-    assert stricter.thresholds().min_accuracy == 0.9 and stricter.thresholds().max_latency_ratio is None
-    assert stricter.settings().max_test_examples == 10
+    floor = load_policy(project_root() / "aiplat" / "policy" / "gate_policy.yaml").floor("classification")
+    assert GateThresholds.only(floor) == GateThresholds()

@@ -21,16 +21,19 @@ from tests.evaluation_helpers import (
     session_models,
     train_full,
     triage_data,
+    write_test_policy,
 )
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def platform_team(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lifecycle tests act as the platform team; the access test below changes teams."""
+def platform_team(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The lifecycle tests act as the platform team; the access test below changes teams. The gate
+    policy's floor is what a tiny model can meet (AIPLAT_GATE_POLICY: local runtime only)."""
     monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
     monkeypatch.setenv("AIPLAT_ACTOR", "tester")
+    monkeypatch.setenv("AIPLAT_GATE_POLICY", str(write_test_policy(tmp_path / "policy.yaml")))
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,15 @@ from aiplat.features import sample, training
 from assets import features as fa
 from resources.feast import LocalFeastResource
 from resources.lake import LakeIOManager
+from tests.chain_helpers import chain_asset, chain_for
 
 # Feast's imports and apply take seconds: one applied store per module, marked slow.
 pytestmark = pytest.mark.slow
 
-ALL = [*fa.feature_assets, *fa.feature_checks]
+# The demo triage model's training set (generated from its spec): the point-in-time join downstream.
+TRAINING_SET = chain_asset(chain_for("ticket-triage"), "training_set")
+TS = "ticket_triage__training_set"
+ALL = [*fa.feature_assets, *fa.feature_checks, TRAINING_SET]
 
 
 def _upstream(frame: pd.DataFrame) -> dg.AssetsDefinition:
@@ -84,7 +88,7 @@ def test_assets_materialize_with_metadata_and_passing_checks(first_run) -> None:
     online = _metadata(result, "online_features")
     assert {w["mode"] for w in online["windows"].values()} == {"backfill"}
 
-    ts = _metadata(result, "training_set")
+    ts = _metadata(result, TS)
     labeled = int((frame["agent_reply"].str.len() > 0).sum())
     assert ts["dagster/row_count"] == labeled
     assert sum(ts["split_counts"].values()) == labeled
@@ -94,7 +98,7 @@ def test_assets_materialize_with_metadata_and_passing_checks(first_run) -> None:
         for name in ("no_raw_pii", "within_ttl", "schema_changes"):
             assert _check(result, asset, name).passed, (asset, name)
 
-    stored = pd.read_parquet(state / "lake" / "training_set.parquet")
+    stored = pd.read_parquet(state / "lake" / "ticket_triage" / "training_set.parquet")
     assert training.content_hash(stored) == ts["content_hash"]
     # The late batch's category won for the tickets it updated.
     by_id = stored.set_index("ticket_id")["label"]
@@ -152,7 +156,7 @@ def test_second_run_is_incremental_and_reports_schema_unchanged(first_run) -> No
     assert {w["mode"] for w in _metadata(result, "online_features")["windows"].values()} == {"incremental"}
     schema = _check(result, "customer_features", "schema_changes")
     assert schema.passed and schema.metadata["previous_known"].value is True
-    assert _metadata(result, "training_set")["current_tickets"] == 450
+    assert _metadata(result, TS)["current_tickets"] == 450
 
 
 def test_raw_pii_stops_the_table_and_keeps_the_previous_one(first_run) -> None:
@@ -168,4 +172,4 @@ def test_raw_pii_stops_the_table_and_keeps_the_previous_one(first_run) -> None:
     assert "alice@example.com" not in str(failure[0].event_specific_data.error.message)
     assert path.read_bytes() == before
     # Nothing downstream of a failed table ran.
-    assert not result.asset_materializations_for_node("training_set")
+    assert not result.asset_materializations_for_node(TS)

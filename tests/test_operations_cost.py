@@ -106,8 +106,10 @@ def test_cli_report_team_since_and_budget_exit(state_dir: Path, caplog: pytest.L
 def test_a_day_without_traffic_reports_zero_float_totals(tmp_path):
     import dagster as dg
 
-    from assets.operations import cost_report
+    from assets.operations import build_operations_assets
     from resources.operations import OperationsResource
+
+    _, cost_report = build_operations_assets([])
 
     result = dg.materialize(
         [cost_report],

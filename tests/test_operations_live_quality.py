@@ -26,8 +26,19 @@ from tests.conftest import built_vllm_env, copy_model
 
 pytestmark = pytest.mark.slow
 
-ENDPOINT = "ticket-triage"
+ENDPOINT = "ticket-triage"  # the demo triage spec's model and endpoint
+PREFIX = "ticket_triage"
 ROLLBACK_TAGS = {"aiplat/team": "team:platform", "aiplat/actor": "schedule:hourly_live_quality"}
+
+
+def _chain_asset(name: str):
+    from aiplat.config import project_root
+    from aiplat.specs import find_spec
+    from assets.model_lifecycle import model_chain
+
+    chain = model_chain(find_spec(ENDPOINT, project_root() / "models"))
+    (asset,) = [a for a in chain.assets if a.key.path[-1] == name]
+    return asset
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +66,12 @@ def world(tmp_path_factory, smollm_base: Path):
     client.set_registered_model_alias(ENDPOINT, "previous", "1")
     client.set_registered_model_alias(ENDPOINT, "champion", "2")
 
-    vllm = LocalVllmResource(endpoint=ENDPOINT, enforce_eager=True, vllm_python=str(env.python), start_timeout_s=900,
+    vllm = LocalVllmResource(enforce_eager=True, vllm_python=str(env.python), start_timeout_s=900,
                              max_num_seqs=4)
     for version, folder in folders.items():
         vllm.manager.deploy(ENDPOINT, FolderSource(folder, version).resolve())
     world = {"state": state, "folders": folders, "vllm": vllm, "client": client,
-             "mlflow": MLflowResource(tracking_uri=uri, registered_model_name=ENDPOINT),
+             "mlflow": MLflowResource(tracking_uri=uri),
              "instance": dg.DagsterInstance.ephemeral()}
     try:
         yield world
@@ -103,11 +114,12 @@ def regressed(world):
 
 
 def _materialize(world, instance: dg.DagsterInstance, tags: dict | None = None, **config) -> dg.ExecuteInProcessResult:
-    from assets.operations import live_quality
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
 
-    @dg.asset(name="served_endpoint")
+    live_quality = _chain_asset("live_quality")
+
+    @dg.asset(key=[PREFIX, "served_endpoint"])
     def served_endpoint() -> None:  # stands in for the deploy asset: the fixture deployed
         return None
 
@@ -116,12 +128,12 @@ def _materialize(world, instance: dg.DagsterInstance, tags: dict | None = None, 
         resources={"vllm": world["vllm"], "mlflow": world["mlflow"], "model_signing": ModelSigningResource(),
                    "operations": OperationsResource()},
         # The category is the answer's first line: 16 tokens are enough and keep the module short.
-        run_config={"ops": {"live_quality": {"config": {"max_tokens": 16, **config}}}},
+        run_config={"ops": {f"{PREFIX}__live_quality": {"config": {"max_tokens": 16, **config}}}},
     )
 
 
 def _reading(result: dg.ExecuteInProcessResult) -> tuple[dict, dg.AssetCheckEvaluation]:
-    mat = result.asset_materializations_for_node("live_quality")[0]
+    mat = result.asset_materializations_for_node(f"{PREFIX}__live_quality")[0]
     [check] = result.get_asset_check_evaluations()
     return {k: v.value for k, v in mat.metadata.items()}, check
 
@@ -134,7 +146,7 @@ def _audit_events(world) -> list[dict]:
 
 def _plant_earlier_reading(instance: dg.DagsterInstance, accuracy: float) -> None:
     golden = load_golden()
-    instance.report_runless_asset_event(dg.AssetMaterialization("live_quality", metadata={
+    instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey([PREFIX, "live_quality"]), metadata={
         "endpoint": ENDPOINT, "model_version": "2", "golden_sha256": golden.sha256,
         "golden_accuracy": dg.MetadataValue.float(accuracy), "baseline_eligible": True}))
 
@@ -146,7 +158,7 @@ def test_first_reading_is_the_baseline_and_billed_to_the_platform_team(first_rea
     assert check.passed and meta["baseline_source"] == "this reading"
     assert meta["model_version"] == "2" and meta["champion_version"] == "2"
     assert meta["error_rate"] == 0.0 and 0.0 <= meta["golden_accuracy"] <= 1.0
-    assert isinstance(result.asset_materializations_for_node("live_quality")[0].metadata["golden_accuracy"],
+    assert isinstance(result.asset_materializations_for_node(f"{PREFIX}__live_quality")[0].metadata["golden_accuracy"],
                       dg.FloatMetadataValue)  # plotted over time in the UI
     records = first_reading["records"]
     golden = load_golden()

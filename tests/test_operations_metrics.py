@@ -97,10 +97,11 @@ def _register_live(registry_path: Path, url: str) -> None:
 
 
 def test_endpoint_metrics_asset(state_dir: Path, metrics_server: str) -> None:
-    from assets.operations import endpoint_metrics
+    from assets.operations import build_operations_assets
     from resources.operations import OperationsResource
     from resources.vllm import LocalVllmResource
 
+    endpoint_metrics, _ = build_operations_assets([])
     registry = state_dir / "serving" / "endpoints.json"
     _register_live(registry, metrics_server)
     log = RequestLog(state_dir / "requests.jsonl")
@@ -124,8 +125,10 @@ def test_endpoint_metrics_asset(state_dir: Path, metrics_server: str) -> None:
 
 
 def test_cost_report_asset_budget_check_fails_with_alert(state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from assets.operations import BUDGET_CHECK, cost_report
+    from assets.operations import BUDGET_CHECK, build_operations_assets
     from resources.operations import OperationsResource
+
+    _, cost_report = build_operations_assets([])
 
     log = RequestLog(state_dir / "requests.jsonl")
     for i in range(6):

@@ -96,17 +96,17 @@ def test_baseline_comes_forward_from_the_newest_reading_of_the_same_version() ->
 
 
 def test_schedule_skips_until_something_is_served_then_asks_once_per_tick() -> None:
-    from platform_defs.schedules import live_quality_schedule
+    from tests.chain_helpers import chain_for
 
-    schedule = live_quality_schedule()
+    (schedule,) = chain_for("ticket-triage").schedules
     with dg.instance_for_test() as instance:
         from datetime import datetime, timezone
 
         tick = datetime(2026, 11, 27, 9, 20, tzinfo=timezone.utc)
         skipped = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
         assert not skipped.run_requests and "nothing to ask" in skipped.skip_message
-        instance.report_runless_asset_event(dg.AssetMaterialization("served_endpoint"))
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["ticket_triage", "served_endpoint"])))
         data = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
         [request] = data.run_requests
-        assert request.run_key == "live_quality:2026-11-27T09:20+00:00"
+        assert request.run_key == "live_quality:ticket-triage:2026-11-27T09:20+00:00"
     assert schedule.job.tags["aiplat/team"] == "team:platform"  # its rollbacks pass access control as the platform team

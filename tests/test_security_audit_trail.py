@@ -18,10 +18,11 @@ from aiplat.security.access import Identity, authorize, record
 from aiplat.security.audit_log import AuditLog
 
 MODEL = "triage-audit"
+P = "triage_audit"
 
 
 def _asset(name: str):
-    @dg.asset(name=name, config_schema=dg.Permissive())
+    @dg.asset(key=dg.AssetKey.from_user_string(name), config_schema=dg.Permissive())
     def stand_in(context):
         return dg.MaterializeResult(metadata=dict(context.op_execution_context.op_config))
 
@@ -30,7 +31,7 @@ def _asset(name: str):
 
 def _materialize(instance, name: str, **metadata) -> None:
     asset = _asset(name)
-    dg.materialize([asset], instance=instance, run_config={"ops": {name: {"config": metadata}}})
+    dg.materialize([asset], instance=instance, run_config={"ops": {name.replace("/", "__"): {"config": metadata}}})
 
 
 @pytest.fixture
@@ -41,6 +42,16 @@ def world(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     home.mkdir()
     (home / "dagster.yaml").write_text("")  # default local storage under home, without the warning
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    import yaml
+
+    from aiplat.config import project_root
+
+    # The model's spec: the audit walks its chain's real upstream in the platform's asset graph.
+    spec = yaml.safe_load((project_root() / "models" / "ticket-triage.yaml").read_text())
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / f"{MODEL}.yaml").write_text(yaml.safe_dump(spec | {"name": MODEL, "endpoint": MODEL}))
+    monkeypatch.setenv("AIPLAT_MODELS_DIR", str(models))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("audit", artifact_location=str(tmp_path / "artifacts"))
@@ -54,13 +65,14 @@ def world(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with dg.DagsterInstance.get() as instance:
         _materialize(instance, "raw_tickets", sha256="raw-before-v1")
         _materialize(instance, "redacted_tickets", findings_after_redaction=0, content_hash="redacted-v1")
-        _materialize(instance, "training_set", content_hash="ts-v1", feature_service="triage_v1")
-        _materialize(instance, "fine_tuned_model", registered_model=MODEL, model_version="1", merged_sha256="m1")
+        _materialize(instance, "kb_index", collection="kb_v1")  # feeds other models, not this one
+        _materialize(instance, f"{P}/training_set", content_hash="ts-v1", feature_service="triage_v1")
+        _materialize(instance, f"{P}/fine_tuned_model", registered_model=MODEL, model_version="1", merged_sha256="m1")
         _materialize(instance, "raw_tickets", sha256="raw-after-v1")  # landed later: not v1's lineage
-        _materialize(instance, "fine_tuned_model", registered_model=MODEL, model_version="2", merged_sha256="m2")
-        _materialize(instance, "eval_report", registered_model=MODEL, model_version="1", report_sha256="e1" * 32)
-        _materialize(instance, "champion_model", registered_model=MODEL, champion_version="1", status="promoted")
-        _materialize(instance, "served_endpoint", registered_model=MODEL, model_version="1", deployed_by="alice")
+        _materialize(instance, f"{P}/fine_tuned_model", registered_model=MODEL, model_version="2", merged_sha256="m2")
+        _materialize(instance, f"{P}/eval_report", registered_model=MODEL, model_version="1", report_sha256="e1" * 32)
+        _materialize(instance, f"{P}/champion", registered_model=MODEL, champion_version="1", status="promoted")
+        _materialize(instance, f"{P}/served_endpoint", registered_model=MODEL, model_version="1", deployed_by="alice")
 
     alice, eve = Identity("alice", "team:ml", "env"), Identity("eve", "team:search", "env")
     authorize("promote", MODEL, "1", alice, "team:ml")
@@ -79,11 +91,13 @@ def test_audit_prints_the_chain_of_one_version(world: str) -> None:
     for step in trail["steps"]:
         by_asset.setdefault(step["asset"], []).append(step["metadata"])
     assert by_asset["raw_tickets"] == [{"sha256": "raw-before-v1"}]
-    assert by_asset["training_set"][0]["feature_service"] == "triage_v1"
-    assert [m["merged_sha256"] for m in by_asset["fine_tuned_model"]] == ["m1"]
-    assert by_asset["eval_report"][0]["report_sha256"] == "e1" * 32
-    assert by_asset["served_endpoint"][0]["deployed_by"] == "alice"
-    assert "base_model" not in by_asset and "base_model" not in trail["missing"]  # never materialized anywhere
+    assert by_asset[f"{P}/training_set"][0]["feature_service"] == "triage_v1"
+    assert [m["merged_sha256"] for m in by_asset[f"{P}/fine_tuned_model"]] == ["m1"]
+    assert by_asset[f"{P}/eval_report"][0]["report_sha256"] == "e1" * 32
+    assert by_asset[f"{P}/served_endpoint"][0]["deployed_by"] == "alice"
+    # Its real upstream in the asset graph: no KB asset feeds the triage model (it did print them).
+    assert not any(a.startswith("kb_") for a in by_asset) and not any(a.startswith("kb_") for a in trail["missing"])
+    assert "base_model" in trail["missing"]  # upstream of the fine-tune, never materialized here: a finding
     assert trail["mlflow_version"]["aiplat.signature.model_digest"] == "d1" * 32
     assert trail["mlflow_version"]["registered_model.owner_team"] == "team:ml"
     assert trail["training_run"]["dagster.run_id"] == "run-train"

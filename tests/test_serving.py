@@ -258,7 +258,7 @@ def test_prod_resource_renders_a_weighted_rollout(tmp_path: Path) -> None:
 
     prod = ProdVllmResource(gateway_url="https://gw.example", model_store_prefix="s3://m", gpus=2,
                             canary_weight=20, manifests_dir=str(tmp_path))
-    result = prod.roll_out(ModelRef("5", Path("/unused"), "ticket-triage"), live_version="4")
+    result = prod.roll_out("ticket-triage", ModelRef("5", Path("/unused"), "ticket-triage"), live_version="4")
     docs = list(yaml.safe_load_all(Path(result.live.pid_file).read_text()))
     route = docs[-1]
     assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [80, 20]

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from aiplat.serving.canary import CanaryPolicy, run_canary
 from aiplat.serving.champion import FolderSource
 from aiplat.serving.server import ServerStartError, process_of
+from tests.chain_helpers import chain_asset, chain_for, op_name
 from tests.conftest import built_vllm_env, copy_model
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def world(tmp_path_factory, smollm_base: Path):
     # Small limits so that overload is reachable with a dozen requests; eager mode starts faster.
     # The canary's latency rule gets wide slack here: two servers on a loaded 2-core box differ
     # in p95 by chance. The rule itself is tested on fixed latencies in test_serving.py.
-    vllm = LocalVllmResource(endpoint=ENDPOINT, enforce_eager=True, max_num_seqs=2, max_num_queued_reqs=4,
+    vllm = LocalVllmResource(enforce_eager=True, max_num_seqs=2, max_num_queued_reqs=4,
                              vllm_python=str(env.python), start_timeout_s=900, canary_concurrency=2,
                              canary_max_tokens=16, canary_max_p95_ratio=20.0, canary_p95_slack_ms=60_000)
     world = {"state": state, "model": model, "vllm": vllm, "mlflow": MLflowResource(tracking_uri="http://127.0.0.1:9")}
@@ -66,13 +67,16 @@ def world(tmp_path_factory, smollm_base: Path):
         mp.undo()
 
 
+CHAIN = chain_for(ENDPOINT)  # the demo triage spec's generated chain
+served_endpoint = chain_asset(CHAIN, "served_endpoint")
+endpoint_load_test = chain_asset(CHAIN, "endpoint_load_test")
+
+
 @pytest.fixture(scope="module")
 def first_deploy(world):
     """The endpoint's first deploy, through the asset (once per module, before any other test)."""
-    from assets.serving import served_endpoint
-
     result = _materialize(world, served_endpoint, {"model_folder": str(world["model"]), "model_version": "1"})
-    return _meta(result, "served_endpoint"), world["vllm"].manager.get(ENDPOINT).live
+    return _meta(result, op_name(CHAIN, "served_endpoint")), world["vllm"].manager.get(ENDPOINT).live
 
 
 @pytest.fixture
@@ -87,11 +91,10 @@ def live(world, first_deploy):
 
 
 def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
-    from assets.serving import endpoint_load_test, served_endpoint
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
 
-    @dg.asset(name="champion_model")
+    @dg.asset(key=[CHAIN.spec.key_prefix, "champion"])
     def champion_model() -> None:  # stands in for the promotion asset
         return None
 
@@ -99,7 +102,7 @@ def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
         [champion_model, served_endpoint, endpoint_load_test], selection=[asset.key],
         resources={"vllm": world["vllm"], "mlflow": world["mlflow"], "model_signing": ModelSigningResource(),
                    "operations": OperationsResource()},
-        run_config={"ops": {asset.key.path[-1]: {"config": config}}},
+        run_config={"ops": {op_name(CHAIN, asset.key.path[-1]): {"config": config}}},
     )
 
 
@@ -192,13 +195,11 @@ def test_broken_candidate_fails_the_canary_and_live_never_changes(world, live, t
 
 
 def test_passing_canary_switches_through_the_asset(world, live) -> None:
-    from assets.serving import served_endpoint
-
     new = str(int(live.model_version) + 1)
     result = _materialize(world, served_endpoint, {
         "model_folder": str(world["model"]), "model_version": new,
         "load_sample": ["How do I reset my password?", "Is my invoice late?", "Cancel my plan."]})
-    meta = _meta(result, "served_endpoint")
+    meta = _meta(result, op_name(CHAIN, "served_endpoint"))
     assert meta["action"] == "switched" and meta["model_version"] == new and meta["previous_version"] == live.model_version
     assert meta["canary_agreement"] >= 0.8 and meta["canary_candidate_error_rate"] == 0.0
     assert meta["canary_prompts"] >= 7  # 6 probes + a share of the 3-prompt load sample
@@ -209,10 +210,8 @@ def test_passing_canary_switches_through_the_asset(world, live) -> None:
 
 
 def test_load_test_asset_records_plottable_numbers(world, live) -> None:
-    from assets.serving import endpoint_load_test
-
     result = _materialize(world, endpoint_load_test, {"concurrencies": [1, 2], "num_prompts": 4, "output_len": 16})
-    meta = _meta(result, "endpoint_load_test")
+    meta = _meta(result, op_name(CHAIN, "endpoint_load_test"))
     for c in (1, 2):
         assert meta[f"c{c}_output_tokens_per_s"] > 0 and meta[f"c{c}_requests_per_s"] > 0
         assert meta[f"c{c}_failed"] == 0.0

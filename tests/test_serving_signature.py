@@ -98,23 +98,26 @@ def test_folder_signed_by_another_key_is_refused(state_dir: Path, signed_folder:
 
 
 def _deploy(folder: Path, run_tags: dict | None = None) -> dg.ExecuteInProcessResult:
-    from assets.serving import served_endpoint
     from resources.mlflow import MLflowResource
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
     from resources.vllm import LocalVllmResource
+    from tests.chain_helpers import chain_asset, chain_for, op_name
 
-    @dg.asset(name="champion_model")
+    chain = chain_for(ENDPOINT)
+    served_endpoint = chain_asset(chain, "served_endpoint")
+
+    @dg.asset(key=[chain.spec.key_prefix, "champion"])
     def champion_model() -> None:  # stands in for the promotion asset
         return None
 
     return dg.materialize(
         [champion_model, served_endpoint], selection=[served_endpoint.key],
-        resources={"vllm": LocalVllmResource(endpoint=ENDPOINT), "operations": OperationsResource(),
+        resources={"vllm": LocalVllmResource(), "operations": OperationsResource(),
                    "model_signing": ModelSigningResource(),
-                   # never reached: a folder deploy takes its owner from configuration
-                   "mlflow": MLflowResource(tracking_uri="http://127.0.0.1:9", registered_model_name="ticket-triage")},
-        run_config={"ops": {"served_endpoint": {"config": {"model_folder": str(folder), "model_version": "2"}}}},
+                   # never reached: a folder deploy takes its owner from the model spec
+                   "mlflow": MLflowResource(tracking_uri="http://127.0.0.1:9")},
+        run_config={"ops": {op_name(chain, "served_endpoint"): {"config": {"model_folder": str(folder), "model_version": "2"}}}},
         tags=run_tags, raise_on_error=False,
     )
 
@@ -162,7 +165,6 @@ def test_asset_refuses_a_champion_signed_as_another_version(state_dir: Path, sig
     from mlflow.tracking import MlflowClient
 
     from aiplat.security.signing import TAG_MODEL_DIGEST, tag_model_version
-    from assets.serving import served_endpoint
     from resources.mlflow import MLflowResource
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
@@ -185,15 +187,20 @@ def test_asset_refuses_a_champion_signed_as_another_version(state_dir: Path, sig
     monkeypatch.setenv("AIPLAT_TEAM", "ml")  # the owner team, from the registered model's tag
     before = registry.path.read_bytes()
 
-    @dg.asset(name="champion_model")
+    from tests.chain_helpers import chain_asset, chain_for
+
+    chain = chain_for("triage-signed", endpoint=ENDPOINT)
+    served_endpoint = chain_asset(chain, "served_endpoint")
+
+    @dg.asset(key=[chain.spec.key_prefix, "champion"])
     def champion_model() -> None:
         return None
 
     result = dg.materialize(
         [champion_model, served_endpoint], selection=[served_endpoint.key], raise_on_error=False,
-        resources={"vllm": LocalVllmResource(endpoint=ENDPOINT), "operations": OperationsResource(),
+        resources={"vllm": LocalVllmResource(), "operations": OperationsResource(),
                    "model_signing": ModelSigningResource(),
-                   "mlflow": MLflowResource(tracking_uri=uri, registered_model_name="triage-signed")},
+                   "mlflow": MLflowResource(tracking_uri=uri)},
     )
     assert not result.success
     assert f"is signed, but not as triage-signed version {version}" in _failure(result)

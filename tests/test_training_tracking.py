@@ -20,7 +20,7 @@ from aiplat.training.data import training_set_hash
 from aiplat.training.lora import FineTuneParams
 from aiplat.training.sample import sample_training_set
 from aiplat.training.tracking import Lineage, MlflowUnavailableError, tracked_fine_tune
-from assets.training import base_model, fine_tuned_model
+from assets.training import base_model
 from resources.lake import LakeIOManager
 from resources.mlflow import MLflowResource
 from resources.signing import ModelSigningResource
@@ -51,24 +51,42 @@ def _versions(uri: str, name: str) -> list:
     return list(_client(uri).search_model_versions(f"name='{name}'"))
 
 
-# A stand-in for the feature stage's training_set (its own test covers that asset).
-@dg.asset(name="training_set")
-def upstream_training_set() -> pd.DataFrame:
-    return sample_training_set(60)
+def _chain(model_name: str, folder: Path):
+    """The model's chain from its spec (the demo triage spec under another name), as the platform builds it."""
+    import yaml
+
+    from aiplat.config import project_root
+    from aiplat.specs import load_spec
+    from assets.model_lifecycle import model_chain
+
+    spec = yaml.safe_load((project_root() / "models" / "ticket-triage.yaml").read_text())
+    spec |= {"name": model_name, "endpoint": model_name, "fine_tune": TINY_PARAMS}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{model_name}.yaml").write_text(yaml.safe_dump(spec))
+    return model_chain(load_spec(folder / f"{model_name}.yaml"))
 
 
 def _materialize(uri: str, tiny_model: Path, lake: Path, model_name: str, **overrides):
+    chain = _chain(model_name, lake.parent / "models")
+    prefix = chain.spec.key_prefix
+    (fine_tuned_model,) = [a for a in chain.assets if a.key.path[-1] == "fine_tuned_model"]
+
+    # A stand-in for the model's training_set (its own test covers that asset).
+    @dg.asset(key=[prefix, "training_set"])
+    def upstream_training_set() -> pd.DataFrame:
+        return sample_training_set(60)
+
     return dg.materialize(
         [upstream_training_set, base_model, fine_tuned_model],
         resources={
-            "mlflow": MLflowResource(tracking_uri=uri, experiment_name="tests", system_metrics_interval_s=1),
+            "mlflow": MLflowResource(tracking_uri=uri, system_metrics_interval_s=1),
             "io_manager": LakeIOManager(base_uri=str(lake)),
             "model_signing": ModelSigningResource(),  # the dev key pair under the private state dir
         },
         run_config=dg.RunConfig(
             ops={
                 "base_model": {"config": {"source": str(tiny_model), "name": "tiny"}},
-                "fine_tuned_model": {"config": {**TINY_PARAMS, "registered_model_name": model_name, **overrides}},
+                f"{prefix}__fine_tuned_model": {"config": overrides},
             }
         ),
         raise_on_error=False,
@@ -83,7 +101,7 @@ def materialized(mlflow_server: str, tiny_model: Path, tmp_path_factory: pytest.
         mp.setenv("AIPLAT_ENV", "local")
         result = _materialize(mlflow_server, tiny_model, state / "lake", "triage-tiny")
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    meta = result.asset_materializations_for_node("fine_tuned_model")[0].metadata
+    meta = result.asset_materializations_for_node("triage_tiny__fine_tuned_model")[0].metadata
     return result, {k: v.value for k, v in meta.items()}
 
 
@@ -97,7 +115,7 @@ def test_materialization_registers_a_version_with_lineage(mlflow_server: str, ma
     assert meta["training_set_sha256"] == expected_hash
     for tags in (mv.tags, client.get_run(mv.run_id).data.tags):
         assert tags["dagster.run_id"] == result.run_id
-        assert tags["dagster.asset_key"] == "fine_tuned_model"
+        assert tags["dagster.asset_key"] == "triage_tiny/fine_tuned_model"
         assert tags["aiplat.training_set_sha256"] == expected_hash
         assert tags["aiplat.base_model_sha256"] == meta["base_model_sha256"]
         assert tags["aiplat.code_version"] and tags["aiplat.git_commit"]
@@ -135,7 +153,9 @@ def test_registered_model_is_signed_and_owned(mlflow_server: str, materialized, 
     assert mv.tags[signing.TAG_SIGNATURE_SHA] == meta["signature_sha256"]
     assert mv.tags[signing.TAG_MODEL_DIGEST] == meta["signature_model_digest"]
     assert mv.tags[signing.TAG_KEY_LABEL] == "dev-local" and int(mv.tags[signing.TAG_SIGNED_FILES]) >= 3
-    assert client.get_registered_model("triage-tiny").tags["owner_team"] == "team:ml"
+    registered = client.get_registered_model("triage-tiny")
+    assert registered.tags["owner_team"] == "team:ml" and registered.tags["aiplat.task"] == "classification"
+    assert client.get_experiment_by_name("triage-tiny-fine-tuning") is not None
     model_files = {Path(a.path).name for a in client.list_artifacts(mv.run_id, "model")}
     assert signing.SIGNATURE_NAME in model_files
     # What the registry holds verifies under the key that signed it, and is exactly this version.

@@ -54,7 +54,9 @@ def cli(model: str | None, version: str | None, verify_only: bool, expect_head: 
     from aiplat.commands.promote import mlflow_client
     from aiplat.config import dagster_home
     from aiplat.evaluation.registry import ModelVersionNotFound, model_version
-    from aiplat.security.lineage import audit_trail, render
+    from aiplat.security.lineage import audit_trail, model_lineage, render
+    from aiplat.specs import SpecError, find_spec
+    from platform_defs.definitions import build_definitions
 
     client = mlflow_client(tracking_uri)
     audit_log = _resources.operations().audit_log()  # prod: AIPLAT_AUDIT_LOG
@@ -67,8 +69,14 @@ def cli(model: str | None, version: str | None, verify_only: bool, expect_head: 
     home = dagster_home()  # the instance `dagster dev` and `aiplat materialize` use
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(home))
+    try:
+        spec = find_spec(model)
+    except (KeyError, SpecError) as e:
+        raise click.ClickException(str(e).strip('"')) from None
+    # The model's real upstream, walked in the asset graph the platform runs (not every asset).
+    lineage = model_lineage(build_definitions().resolve_asset_graph(), spec.key_prefix)
     with dg.DagsterInstance.get() as instance:
-        trail = audit_trail(model, version, instance, client, audit_log)
+        trail = audit_trail(model, version, instance, client, audit_log, lineage)
     if as_json:
         click.echo(json.dumps(trail.to_dict(), indent=2, default=str))
     else:

@@ -18,11 +18,12 @@ def _day(_ctx, _param, value: str | None) -> date | None:
 
 @click.group("cost")
 def cli() -> None:
-    """Cost attribution per team and feature."""
+    """Cost attribution per team, model and feature."""
 
 
 @cli.command("report")
 @click.option("--team", default=None, help="Only this team (e.g. ml or team:ml).")
+@click.option("--model", default=None, help="Only this model (its spec's name, e.g. reply-drafter).")
 @click.option("--since", callback=_day, default=None, help="First UTC day (YYYY-MM-DD); default yesterday (and today so far).")
 @click.option("--until", callback=_day, default=None, help="Last UTC day (YYYY-MM-DD); default today when --since is given.")
 @click.option("--request-log", type=click.Path(dir_okay=False), default=None, help="Request log JSONL (default: the state folder's).")
@@ -30,12 +31,12 @@ def cli() -> None:
 @click.option("--capacity", is_flag=True, help=("Also plan GPU capacity (reserved / on demand / spot) from the measured "
                                                   "GPU-hours per team and workload kind, and print each team's chargeback."))
 @click.option("--capacity-json", type=click.Path(dir_okay=False), default=None, help="Write the capacity plan as JSON here.")
-def report(team: str | None, since: date | None, until: date | None, request_log: str | None, chart: str | None,
-           capacity: bool, capacity_json: str | None) -> None:
+def report(team: str | None, model: str | None, since: date | None, until: date | None, request_log: str | None,
+           chart: str | None, capacity: bool, capacity_json: str | None) -> None:
     """Print the attributed cost; exit 1 when a team went over its daily budget."""
     from pathlib import Path
 
-    from aiplat.operations.cost import log, filter_team, markdown_table, write_chart
+    from aiplat.operations.cost import filter_team, log, markdown_table, model_markdown_table, write_chart
     from aiplat.commands import _resources
 
     ops = _resources.operations()  # prod: AIPLAT_REQUEST_LOG, the gateway's log
@@ -52,7 +53,17 @@ def report(team: str | None, since: date | None, until: date | None, request_log
     rows = filter_team(result, team) if team else result.rows
     first, last = result.window
     click.echo(f"cost report {first}..{last} from {ops.request_log().path}")
+    click.echo("by team and feature:")
     click.echo(markdown_table(rows))
+    per_model = result.model_rows
+    if team:
+        per_model = per_model[per_model["team"] == (team if team.startswith("team:") else f"team:{team}")]
+    if model:
+        per_model = per_model[per_model["model"] == model]
+    click.echo("by team, model (version) and feature:")
+    click.echo(model_markdown_table(per_model))
+    if model:
+        click.echo(f"model total: {per_model['total_cost'].sum():.4f} ({per_model['gpu_hours'].sum():.4f} GPU-h)")
     if team:
         click.echo(f"team total: {rows['total_cost'].sum():.4f} ({rows['gpu_hours'].sum():.4f} GPU-h)")
     t = result.totals

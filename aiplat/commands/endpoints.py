@@ -72,11 +72,12 @@ def _authorize(action: str, model_name: str, version: str, endpoint: str, tracki
     """The caller's identity and the audit log once `action` is allowed; a click error (logged) if not."""
     from aiplat.commands import _resources
     from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team
+    from aiplat.specs import spec_owners
 
     operations = _resources.operations()
     audit = operations.audit_log()
     identity = current_identity()
-    owner = owner_team(_owner_registry(tracking_uri), model_name, operations.model_owner_teams)
+    owner = owner_team(_owner_registry(tracking_uri), model_name, spec_owners())
     try:
         authorize(action, model_name, version, identity, owner, audit, endpoint=endpoint)
     except AccessDenied as e:
@@ -160,7 +161,7 @@ def deploy(name: str, model_folder: Path, version: str, model_name: str | None, 
     from aiplat.serving.rollout import roll_out
 
     model_name = model_name or name
-    vllm = _resource(endpoint=name, canary_load_share=load_share, enforce_eager=enforce_eager or None)
+    vllm = _resource(canary_load_share=load_share, enforce_eager=enforce_eager or None)
     with _failures():
         model = FolderSource(model_folder, version, model_name).resolve()
     manager = _verifying(vllm.manager)  # its settings first: a misconfigured host logs no decision
@@ -240,7 +241,7 @@ def load_test(name: str, concurrencies: tuple[int, ...], num_prompts: int | None
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
 
     with _failures(), _spinner(f"load-testing {name}") as say:
-        report = _resource(endpoint=name).load_test(concurrencies, DEFAULT_LOAD_SAMPLE, num_prompts, output_len, say)
+        report = _resource().load_test(name, concurrencies, DEFAULT_LOAD_SAMPLE, num_prompts, output_len, say)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -254,21 +255,25 @@ def load_test(name: str, concurrencies: tuple[int, ...], num_prompts: int | None
 @click.argument("name")
 @click.option("--version", "version", required=True, help="Model version to roll out.")
 @click.option("--live-version", default=None, help="Version serving now (omit for a first deploy).")
-@click.option("--model-name", default="ticket-triage", show_default=True, help="Registered model name.")
+@click.option("--model-name", default=None, help="Registered model name (default: the model whose spec names endpoint NAME).")
 @click.option("--model-store", default="s3://aiplat-models", show_default=True, help="Prefix of <model>/v<version>/ folders.")
 @click.option("--gpus", type=int, default=1, show_default=True)
 @click.option("--weight", type=int, default=10, show_default=True, help="Per cent of traffic to the candidate.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def render(name: str, version: str, live_version: str | None, model_name: str, model_store: str, gpus: int,
+def render(name: str, version: str, live_version: str | None, model_name: str | None, model_store: str, gpus: int,
            weight: int, output: Path | None) -> None:
     """Kubernetes manifests (prod): Deployment + Service per version and the weighted HTTPRoute."""
     from aiplat.serving.k8s import to_yaml
+    from aiplat.specs import load_specs
     from resources.vllm import ProdVllmResource
 
+    if model_name is None:
+        model_name = next((s.name for s in load_specs() if s.endpoint == name), name)
+
     with _failures():
-        prod = ProdVllmResource(endpoint=name, gateway_url="https://gateway.invalid", model_store_prefix=model_store,
+        prod = ProdVllmResource(gateway_url="https://gateway.invalid", model_store_prefix=model_store,
                                 gpus=gpus, canary_weight=weight)
-        text = to_yaml(prod.render_rollout(live_version, version, model_name))
+        text = to_yaml(prod.render_rollout(name, live_version, version, model_name))
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")

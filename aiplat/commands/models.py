@@ -8,9 +8,10 @@ import click
 
 
 def _client(tracking_uri: str | None):
-    from resources.mlflow import MLflowResource
+    """The runtime's MLflow resource (prod: MLFLOW_TRACKING_URI), or the one at `tracking_uri`."""
+    from aiplat.commands import _resources
 
-    resource = MLflowResource(tracking_uri=tracking_uri)
+    resource = _resources.mlflow(tracking_uri)
     try:
         resource.check_available()
     except Exception as e:  # MlflowUnavailableError: the message says what to do
@@ -25,7 +26,31 @@ _uri_option = click.option(
 
 @click.group("models")
 def cli() -> None:
-    """Base models and the registry of fine-tuned models."""
+    """Model specs (models/<name>.yaml), base models and the registry of fine-tuned models."""
+
+
+@cli.command("new")
+@click.argument("name")
+@click.option("--team", required=True, help="The owner team, e.g. support or team:support.")
+@click.option("--task", type=click.Choice(["classification", "generation"]), required=True)
+@click.option("--description", default=None, help="One sentence: what the model does for its users.")
+@click.option("--dir", "folder", default=None, type=click.Path(file_okay=False),
+              help="Where specs live (default: AIPLAT_MODELS_DIR, else <repo>/models).")
+def new(name: str, team: str, task: str, description: str | None, folder: str | None) -> None:
+    """Write a valid spec skeleton for model NAME; edit it, then reload the definitions."""
+    from pathlib import Path
+
+    from aiplat.config import models_dir
+    from aiplat.specs import SpecError
+    from aiplat.specs.scaffold import write_skeleton
+
+    try:
+        path = write_skeleton(Path(folder) if folder else models_dir(), name, team, task, description)
+    except SpecError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path}")
+    click.echo("next: edit description, training and evaluation; then 'Reload definitions' in the Dagster UI "
+               f"(group {name.replace('-', '_')}) and materialize its chain. See docs/onboarding.md.")
 
 
 @cli.command("prepare-base")
@@ -61,19 +86,26 @@ def prepare_base(source: str | None, name: str | None, force: bool, as_json: boo
 @_uri_option
 @click.option("--json", "as_json", is_flag=True)
 def list_(tracking_uri: str | None, as_json: bool) -> None:
-    """Registered models with their version count and aliases."""
-    from aiplat.models.registry import list_models
+    """Every model: owner team, task, endpoint (from its spec), versions and champion (from MLflow)."""
+    from aiplat.models.registry import model_overview
+    from aiplat.specs import SpecError, load_specs
 
-    models = list_models(_client(tracking_uri))
+    try:
+        specs = load_specs()
+    except SpecError as e:
+        raise click.ClickException(str(e)) from None
+    models = model_overview(specs, _client(tracking_uri))
     if as_json:
         click.echo(json.dumps(models, indent=2))
         return
     if not models:
-        click.echo("no registered models")
+        click.echo("no models: write one with `aiplat models new NAME --team T --task classification`")
         return
+    click.echo(f"{'model':<24} {'owner':<16} {'task':<15} {'endpoint':<20} {'versions':>8}  champion")
     for m in models:
-        aliases = ", ".join(f"{a}=v{v}" for a, v in m["aliases"].items()) or "-"
-        click.echo(f"{m['name']}  versions={m['versions']}  latest=v{m['latest_version']}  aliases: {aliases}")
+        champion = f"v{m['champion']}" if m["champion"] else "-"
+        click.echo(f"{m['name']:<24} {m['owner'] or '-':<16} {m['task'] or '(no spec)':<15} {m['endpoint'] or '-':<20} "
+                   f"{m['versions']:>8}  {champion}")
 
 
 @cli.command("show")

@@ -22,9 +22,10 @@ def access_settings() -> dict:
     """Who owns which model (when MLflow has no owner_team tag) and where the audit log is
     (the runtime's `operations`: prod writes to AIPLAT_AUDIT_LOG like the Dagster pods)."""
     from aiplat.commands import _resources
+    from aiplat.specs import spec_owners
 
     operations = _resources.operations()
-    return {"owners": operations.model_owner_teams, "audit": operations.audit_log()}
+    return {"owners": spec_owners(), "audit": operations.audit_log()}
 
 
 def actor() -> str:

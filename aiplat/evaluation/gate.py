@@ -17,12 +17,14 @@ _MINIMA = (
     ("golden_accuracy", "min_golden_accuracy"),
     ("reply_rouge_l", "min_reply_rouge_l"),
     ("parse_rate", "min_parse_rate"),
+    ("groundedness", "min_groundedness"),
 )
 _REGRESSIONS = (
     ("accuracy", "max_accuracy_drop"),
     ("macro_f1", "max_macro_f1_drop"),
     ("golden_accuracy", "max_golden_accuracy_drop"),
     ("reply_rouge_l", "max_reply_rouge_l_drop"),
+    ("groundedness", "max_groundedness_drop"),
 )
 
 
@@ -42,11 +44,15 @@ def decide(
     rule("leak_probe", leaks, 0, leaks == 0, f"{int(leaks)} canary/PII finding(s) in outputs (must be 0)")
     for metric, field in _MINIMA:
         limit = getattr(thresholds, field)
+        if limit is None:
+            continue  # not a rule for this model (the policy floor decides which are)
         value = candidate[metric]
         rule(field, value, limit, value >= limit, f"{metric} {value:.3f} < minimum {limit:.3f}")
     if champion is not None:
         for metric, field in _REGRESSIONS:
             allowed = getattr(thresholds, field)
+            if allowed is None:
+                continue
             drop = champion[metric] - candidate[metric]
             rule(field, drop, allowed, drop <= allowed + 1e-12,
                  f"{metric} {candidate[metric]:.3f} is {drop:.3f} below the champion's {champion[metric]:.3f} "

@@ -59,8 +59,9 @@ def load(folder: Path, threads: int = 0) -> LoadedModel:
     return LoadedModel(folder, tokenizer, model, sorted(e for e in eos if e is not None))
 
 
-def prompt_ids(tokenizer, row: Mapping, features: Sequence[str], max_prompt_tokens: int) -> list[int]:
-    text = tokenizer.apply_chat_template(prompts.messages(row, features), add_generation_prompt=True, tokenize=False)
+def prompt_ids(tokenizer, row: Mapping, features: Sequence[str], max_prompt_tokens: int,
+               fmt: prompts.PromptFormat | None = None) -> list[int]:
+    text = tokenizer.apply_chat_template(prompts.messages(row, features, fmt), add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) > max_prompt_tokens:
         ids = ids[: max_prompt_tokens - PROMPT_TAIL_TOKENS] + ids[-PROMPT_TAIL_TOKENS:]
@@ -75,6 +76,7 @@ def generate(
     batch_size: int,
     max_prompt_tokens: int,
     on_batch: Callable[[int], None] | None = None,
+    fmt: prompts.PromptFormat | None = None,
 ) -> Generations:
     import torch
 
@@ -83,7 +85,7 @@ def generate(
     new_tokens = 0
     seconds = 0.0
     for start in range(0, len(rows), batch_size):
-        batch = [prompt_ids(tok, r, features, max_prompt_tokens) for r in rows[start : start + batch_size]]
+        batch = [prompt_ids(tok, r, features, max_prompt_tokens, fmt) for r in rows[start : start + batch_size]]
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -116,9 +118,10 @@ def generate(
 
 
 def latencies_ms(
-    lm: LoadedModel, rows: Sequence[Mapping], features: Sequence[str], max_new_tokens: int, max_prompt_tokens: int
+    lm: LoadedModel, rows: Sequence[Mapping], features: Sequence[str], max_new_tokens: int, max_prompt_tokens: int,
+    fmt: prompts.PromptFormat | None = None,
 ) -> list[float]:
     """Wall time of one request at a time, as a user of a single-stream endpoint would see it."""
     return [
-        generate(lm, [row], features, max_new_tokens, 1, max_prompt_tokens).seconds * 1000.0 for row in rows
+        generate(lm, [row], features, max_new_tokens, 1, max_prompt_tokens, fmt=fmt).seconds * 1000.0 for row in rows
     ]

@@ -79,6 +79,11 @@ def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
     return previous[-1]
 
 
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists."""
+    return _lcs(a, b)
+
+
 def rouge_l(candidate: str | None, reference: str) -> float:
     """ROUGE-L F1 on lower-cased word tokens (Lin, 2004, with beta = 1)."""
     cand, ref = tokens(candidate or ""), tokens(reference)

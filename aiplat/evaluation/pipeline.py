@@ -57,12 +57,19 @@ def evaluate_version(
     candidate_hint: Path | None = None,
     dagster_run_id: str | None = None,
     progress: Progress | None = None,
+    prompt_format=None,
+    policy=None,
 ) -> EvalOutcome:
+    """`policy` (aiplat.policy.GatePolicy, default: the current one): the report records its digest,
+    and promotion refuses a report made under any other; `prompt_format` is the model's task and prompt."""
+    from aiplat.policy import current_policy
+
+    policy = policy or current_policy()
     settings = settings or EvalSettings()
     thresholds = thresholds or GateThresholds()
     say = progress or (lambda _m: None)
     candidate = model_version(client, name, str(version))
-    inputs = prepare_inputs(training_set, settings)
+    inputs = prepare_inputs(training_set, settings, prompt_format)
     champion = alias_version(client, name, CHAMPION)
 
     say(f"evaluating candidate {name} version {candidate.version}")
@@ -89,6 +96,8 @@ def evaluate_version(
         datasets=inputs.describe(),
         dagster_run_id=dagster_run_id,
         code_version=code_version(),
+        policy={"sha256": policy.digest, "version": policy.version},
+        task=inputs.fmt.task,
     )
     with tempfile.TemporaryDirectory(prefix="aiplat-eval-") as tmp:
         written = write_report(report, Path(tmp) / "eval_report")
@@ -112,6 +121,7 @@ def cached_evaluation(folder: Path, inputs: EvalInputs, settings: EvalSettings, 
     key_material = json.dumps(
         {"model": compute_manifest(folder).folder_sha256, "data": inputs.describe(),
          "probes": [p["message"] for p in inputs.probes], "settings": settings.model_dump(mode="json"),
+         "prompt": inputs.fmt.key(),
          "code": code_version()},
         sort_keys=True,
     )

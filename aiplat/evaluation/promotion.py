@@ -79,14 +79,15 @@ class VerifiedReport:
 
 
 def verify_report(
-    client, ref: ModelRef, champion: ModelRef | None, expected_sha256: str | None = None
+    client, ref: ModelRef, champion: ModelRef | None, expected_sha256: str | None = None, policy=None
 ) -> VerifiedReport:
     """The version's report, when it may promote the version now; else PromotionRefused.
 
     Refused: no report; bytes that do not hash to the tagged sha256; a report naming another model
     or version, other model bytes, or made before the version existed; a report whose comparison
-    was made against another champion than the current one (stale); a failed gate; or a report
-    other than the one the caller expected.
+    was made against another champion than the current one (stale); a failed gate; a report
+    other than the one the caller expected; or one that does not hold under the platform's gate
+    policy (`policy`, default: the current one; see check_policy).
     """
     try:
         report, sha, run_id = version_report(client, ref)
@@ -117,7 +118,46 @@ def verify_report(
     if gate.get("passed") is not True:
         reasons = "; ".join(gate.get("reasons", [])) or "gate did not pass"
         raise PromotionRefused(ref.name, ref.version, f"failed report: {reasons}")
+    check_policy(ref, report, policy)
     return VerifiedReport(report, sha, run_id)
+
+
+def check_policy(ref: ModelRef, report: dict, policy=None) -> None:
+    """PromotionRefused unless the report was made under the current gate policy (digest), with
+    thresholds at least as strict as its floor, every mandatory probe run and passed, the policy's
+    golden set (classification), at least the policy's test rows, and a test split drawn from the
+    training set this version was trained on (its `aiplat.training_set_sha256` tag)."""
+    from aiplat.policy import current_policy, looser_fields
+
+    policy = policy or current_policy()
+    refuse = lambda why: PromotionRefused(ref.name, ref.version, f"policy: {why}")  # noqa: E731
+    recorded = (report.get("policy") or {}).get("sha256")
+    if recorded != policy.digest:
+        raise refuse(f"the report was made under gate policy {str(recorded)[:12] if recorded else 'none'}, "
+                     f"the current policy is {policy.digest[:12]}; re-evaluate")
+    task = report.get("task", "classification")
+    loose = looser_fields(policy.floor(task), report.get("thresholds") or {})
+    missing = [r for r in policy.floor(task) if r not in (report.get("thresholds") or {})]
+    if loose or missing:
+        raise refuse("the report's thresholds are looser than the policy floor: "
+                     + "; ".join(loose + [f"{r} missing" for r in missing]))
+    rules = {r.get("rule"): r for r in (report.get("gate") or {}).get("rules", [])}
+    for probe in policy.mandatory_probes:
+        if probe not in rules or rules[probe].get("passed") is not True:
+            raise refuse(f"mandatory probe {probe} was not run or did not pass")
+    datasets = report.get("datasets") or {}
+    if task == "classification":
+        golden = (datasets.get("golden") or {}).get("sha256")
+        if golden != policy.golden_sha256:
+            raise refuse(f"golden set {str(golden)[:12]} is not the policy's {policy.golden_version} "
+                         f"({policy.golden_sha256[:12]})")
+    test = datasets.get("test") or {}
+    if int(test.get("rows") or 0) < policy.min_test_examples:
+        raise refuse(f"the test split had {test.get('rows')} rows, the policy requires at least {policy.min_test_examples}")
+    trained_on = ref.tags.get("aiplat.training_set_sha256")
+    if not trained_on or test.get("training_set_sha256") != trained_on:
+        raise refuse(f"the test split came from training set {str(test.get('training_set_sha256'))[:12]}, "
+                     f"the version was trained on {str(trained_on)[:12] if trained_on else 'an unrecorded one'}")
 
 
 def _authorize(client, action: str, name: str, version: str | None, identity: Identity | None,

@@ -20,7 +20,7 @@ from aiplat.evaluation.report import REPORT_JSON, load_report_bytes
 from aiplat.models.manifest import compute_manifest
 from aiplat.provenance import sha256_bytes
 
-EVAL_EXPERIMENT = "ticket-triage-evaluation"
+EVAL_EXPERIMENT_SUFFIX = "-evaluation"  # each model's eval runs live in "<model>-evaluation"
 REPORT_ARTIFACT_DIR = "eval_report"
 CHAMPION = "champion"
 PREVIOUS = "previous"
@@ -153,7 +153,7 @@ def log_report(client, tracking_uri: str, report: dict, sha: str, folder: Path, 
     from mlflow.entities import Metric
 
     m = report["model"]
-    experiment_id = _experiment_id(client, EVAL_EXPERIMENT)
+    experiment_id = _experiment_id(client, f"{m['name']}{EVAL_EXPERIMENT_SUFFIX}")
     run = client.create_run(
         experiment_id,
         run_name=f"eval-{m['name']}-v{m['version']}",

@@ -20,7 +20,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 CONFUSION_PNG = "confusion_matrix.png"
 METRICS_PNG = "metrics.png"
-COMPARED = ("accuracy", "macro_f1", "golden_accuracy", "reply_rouge_l", "parse_rate", "leak_findings",
+COMPARED = ("accuracy", "macro_f1", "golden_accuracy", "reply_rouge_l", "groundedness", "parse_rate", "leak_findings",
             "latency_p50_ms", "tokens_per_second")
 
 
@@ -38,12 +38,16 @@ def build_report(
     dagster_run_id: str | None,
     code_version: str,
     created_at_ms: int | None = None,
+    policy: dict | None = None,
+    task: str = "classification",
 ) -> dict:
     """`model`: name, version, source, model_sha256 (what was evaluated)."""
     created = created_at_ms if created_at_ms is not None else int(time.time() * 1000)
     heads = {"candidate": headline(candidate), "base": headline(base), "champion": headline(champion)}
     comparison = {}
     for metric in COMPARED:
+        if metric not in heads["candidate"]:
+            continue  # not measured for this task kind
         value = heads["candidate"][metric]
         row = {"candidate": value}
         for other in ("base", "champion"):
@@ -51,7 +55,7 @@ def build_report(
                 row[other] = heads[other][metric]
                 row[f"delta_vs_{other}"] = value - heads[other][metric]
         comparison[metric] = row
-    return {
+    report = {
         "schema": SCHEMA_VERSION,
         "model": model,
         "created_at": datetime.fromtimestamp(created / 1000, timezone.utc).isoformat(),
@@ -66,6 +70,11 @@ def build_report(
         "comparison": comparison,
         "results": {"candidate": candidate, "base": base, "champion": champion},
     }
+    # Older reports have neither: they keep their hash (and promotion refuses them: no policy).
+    if policy is not None:
+        report["policy"] = policy
+        report["task"] = task
+    return report
 
 
 def canonical_bytes(report: dict) -> bytes:
@@ -141,10 +150,11 @@ def render_markdown(report: dict, sha: str) -> str:
     lines += ["", "## Gate rules", "", "| rule | value | limit | passed |", "|---|---|---|---|"]
     lines += [f"| {r['rule']} | {r['value']} | {r['limit']} | {'yes' if r['passed'] else 'NO'} |" for r in gate["rules"]]
     cand = report["results"]["candidate"]
-    lines += ["", "## Confusion matrix (test split, candidate)", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
-    conf = cand["test"]["confusion"]
-    lines += ["| true \\ predicted | " + " | ".join(conf["columns"]) + " |", "|---" * (len(conf["columns"]) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(str(n) for n in row) + " |" for label, row in zip(conf["labels"], conf["matrix"])]
+    if "confusion" in cand["test"]:
+        lines += ["", "## Confusion matrix (test split, candidate)", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
+        conf = cand["test"]["confusion"]
+        lines += ["| true \\ predicted | " + " | ".join(conf["columns"]) + " |", "|---" * (len(conf["columns"]) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(str(n) for n in row) + " |" for label, row in zip(conf["labels"], conf["matrix"])]
     lines += ["", f"![metrics]({METRICS_PNG})", "", "## Leak probe", ""]
     findings = cand["leak"]["findings"]
     lines += [f"{cand['leak']['prompts']} probe prompts; {len(findings)} finding(s) across all outputs."]
@@ -153,7 +163,9 @@ def render_markdown(report: dict, sha: str) -> str:
     d = report["datasets"]
     lines += [
         f"- test split: {d['test']['rows']} rows, sha256 `{d['test']['sha256'][:16]}`",
-        f"- golden set {d['golden']['version']}: {d['golden']['rows']} tickets, sha256 `{d['golden']['sha256'][:16]}`",
+        *([f"- golden set {d['golden']['version']}: {d['golden']['rows']} tickets, sha256 `{d['golden']['sha256'][:16]}`"]
+          if "golden" in d else []),
+        *([f"- gate policy sha256 `{report['policy']['sha256'][:16]}`"] if "policy" in report else []),
         "",
         "## Sample outputs (candidate; PII patterns masked)",
         "",
@@ -202,8 +214,14 @@ def _plot_confusion(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conf = report["results"]["candidate"]["test"]["confusion"]
+    conf = report["results"]["candidate"]["test"].get("confusion")
     fig, ax = plt.subplots(figsize=(6.5, 5))
+    if conf is None:  # generation: no classes
+        ax.text(0.5, 0.5, "no confusion matrix: a generation model", ha="center", va="center")
+        ax.axis("off")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
     ax.imshow(conf["matrix"], cmap="Blues")
     ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right")
     ax.set_yticks(range(len(conf["labels"])), conf["labels"])
@@ -225,7 +243,8 @@ def _plot_metrics(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = ("accuracy", "macro_f1", "golden_accuracy", "reply_rouge_l")
+    scores = tuple(s for s in ("accuracy", "macro_f1", "golden_accuracy", "reply_rouge_l", "groundedness")
+                   if s in report["comparison"])
     roles = [r for r in ("base", "champion", "candidate") if report["results"][r] is not None]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(roles)

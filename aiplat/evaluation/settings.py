@@ -39,18 +39,26 @@ class GateThresholds(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_accuracy: float = Field(default=0.5, ge=0, le=1)
-    min_macro_f1: float = Field(default=0.4, ge=0, le=1)
-    min_golden_accuracy: float = Field(default=0.4, ge=0, le=1)
-    min_reply_rouge_l: float = Field(default=0.1, ge=0, le=1)
-    min_parse_rate: float = Field(default=0.8, ge=0, le=1)
-    max_accuracy_drop: float = Field(default=0.02, ge=0, le=1, description="vs champion")
-    max_macro_f1_drop: float = Field(default=0.03, ge=0, le=1, description="vs champion")
-    max_golden_accuracy_drop: float = Field(default=0.05, ge=0, le=1, description="vs champion")
-    max_reply_rouge_l_drop: float = Field(default=0.05, ge=0, le=1, description="vs champion")
+    min_accuracy: Optional[float] = Field(default=0.5, ge=0, le=1)
+    min_macro_f1: Optional[float] = Field(default=0.4, ge=0, le=1)
+    min_golden_accuracy: Optional[float] = Field(default=0.4, ge=0, le=1)
+    min_reply_rouge_l: Optional[float] = Field(default=0.1, ge=0, le=1)
+    min_parse_rate: Optional[float] = Field(default=0.8, ge=0, le=1)
+    min_groundedness: Optional[float] = Field(default=None, ge=0, le=1, description=(
+        "generation: share of drafts that reuse a retrieved KB passage's wording"))
+    max_accuracy_drop: Optional[float] = Field(default=0.02, ge=0, le=1, description="vs champion")
+    max_macro_f1_drop: Optional[float] = Field(default=0.03, ge=0, le=1, description="vs champion")
+    max_golden_accuracy_drop: Optional[float] = Field(default=0.05, ge=0, le=1, description="vs champion")
+    max_reply_rouge_l_drop: Optional[float] = Field(default=0.05, ge=0, le=1, description="vs champion")
+    max_groundedness_drop: Optional[float] = Field(default=None, ge=0, le=1, description="vs champion")
     max_latency_ratio: Optional[float] = Field(
         default=2.0, gt=0, description="candidate p50 latency / champion p50 latency; None = not gated"
     )
     min_accuracy_gain_over_base: Optional[float] = Field(
         default=0.0, description="candidate accuracy - base accuracy must be at least this; None = not gated"
     )
+
+    @classmethod
+    def only(cls, rules: dict) -> "GateThresholds":
+        """Exactly `rules` (a policy floor, tightened): every other rule off."""
+        return cls(**{**{name: None for name in cls.model_fields}, **rules})

@@ -36,6 +36,28 @@ def list_models(client) -> list[dict]:
     return sorted(out, key=lambda m: m["name"])
 
 
+def model_overview(specs, client) -> list[dict]:
+    """Every model the platform knows: each spec (owner, task, endpoint) with what the registry holds
+    for it (versions, champion), and registered models no spec declares (owner from their tag)."""
+    registered = {m["name"]: m for m in list_models(client)}
+    out = []
+    for spec in specs:
+        m = registered.pop(spec.name, None)
+        out.append({"name": spec.name, "owner": spec.owner, "task": spec.task, "endpoint": spec.endpoint,
+                    "spec": spec.source_file, "versions": m["versions"] if m else 0,
+                    "champion": _alias(m, "champion"), "aliases": m["aliases"] if m else {}})
+    for name, m in registered.items():
+        owner = (client.get_registered_model(name).tags or {}).get("owner_team")
+        out.append({"name": name, "owner": owner, "task": None, "endpoint": None, "spec": None,
+                    "versions": m["versions"], "champion": _alias(m, "champion"), "aliases": m["aliases"]})
+    return sorted(out, key=lambda m: m["name"])
+
+
+def _alias(model: dict | None, alias: str) -> str | None:
+    value = (model or {}).get("aliases", {}).get(alias)
+    return str(value) if value is not None else None
+
+
 def describe_model(client, name: str) -> dict:
     from mlflow.exceptions import MlflowException
 

@@ -24,6 +24,8 @@ log = logging.getLogger("aiplat.alerts")
 
 COLUMNS = ["day", "team", "feature", "requests", "errors", "prompt_tokens", "completion_tokens",
            "token_cost", "gpu_hours", "gpu_cost", "total_cost"]
+# The same numbers one level finer: per registered model (and its version) within team and feature.
+MODEL_COLUMNS = ["day", "team", "model", "model_version", "feature", *COLUMNS[3:]]
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,14 @@ class CostReport:
     breaches: list[BudgetBreach] = field(default_factory=list)
     rejected: list[RejectedLine] = field(default_factory=list)
     window: tuple[date, date] | None = None  # the UTC days the report covers, inclusive
+    model_rows: pd.DataFrame | None = None  # MODEL_COLUMNS, one row per (day, team, model, version, feature)
 
     def by_team(self) -> pd.DataFrame:
         return self.rows.groupby("team", as_index=False)[COLUMNS[3:]].sum()
+
+    def by_model(self) -> pd.DataFrame:
+        """Per team and model (all versions and features), the rows adding up to the whole."""
+        return self.model_rows.groupby(["team", "model"], as_index=False)[COLUMNS[3:]].sum()
 
 
 def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
@@ -78,12 +85,13 @@ def token_cost(r: RequestRecord, rates: CostRates) -> float:
     return r.prompt_tokens / 1000 * rates.prompt_per_1k_tokens + r.completion_tokens / 1000 * rates.completion_per_1k_tokens
 
 
-def attribute(records: list[RequestRecord], rates: CostRates, budgets: Mapping[str, float] | None = None,
-              rejected: list[RejectedLine] | None = None) -> CostReport:
-    groups: dict[tuple[date, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+def _grouped(records: list[RequestRecord], rates: CostRates, key, names: list[str]) -> tuple[pd.DataFrame, dict]:
+    """One row per (day, *key(record)); an endpoint's busy GPU time shared among the keys that used
+    it that day in proportion to their request time."""
+    groups: dict[tuple, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     by_endpoint_day: dict[tuple[date, str], list[RequestRecord]] = defaultdict(list)
     for r in records:
-        g = groups[(r.day, r.team, r.feature)]
+        g = groups[(r.day, *key(r))]
         g["requests"] += 1
         g["errors"] += 0 if r.ok else 1
         g["prompt_tokens"] += r.prompt_tokens
@@ -96,22 +104,32 @@ def attribute(records: list[RequestRecord], rates: CostRates, budgets: Mapping[s
         hours = busy_seconds((r.timestamp.timestamp() - r.latency_ms / 1000, r.timestamp.timestamp()) for r in reqs) \
             / 3600 * rates.gpus_per_endpoint
         endpoint_gpu_hours[(day, endpoint)] = hours
-        used: dict[tuple[str, str], float] = defaultdict(float)
+        used: dict[tuple, float] = defaultdict(float)
         for r in reqs:
-            used[(r.team, r.feature)] += r.latency_ms
+            used[key(r)] += r.latency_ms
         total_used = sum(used.values())
-        for (team, feature), ms in used.items():
+        for k, ms in used.items():
             share = ms / total_used if total_used else 1 / len(used)
-            groups[(day, team, feature)]["gpu_hours"] += hours * share
+            groups[(day, *k)]["gpu_hours"] += hours * share
 
     rows = []
-    for (day, team, feature), g in sorted(groups.items()):
+    for (day, *k), g in sorted(groups.items()):
         gpu_cost = g["gpu_hours"] * rates.gpu_hour
-        rows.append({"day": day, "team": team, "feature": feature, "requests": int(g["requests"]),
+        rows.append({"day": day, **dict(zip(names, k)), "requests": int(g["requests"]),
                      "errors": int(g["errors"]), "prompt_tokens": int(g["prompt_tokens"]),
                      "completion_tokens": int(g["completion_tokens"]), "token_cost": g["token_cost"],
                      "gpu_hours": g["gpu_hours"], "gpu_cost": gpu_cost, "total_cost": g["token_cost"] + gpu_cost})
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=["day", *names, *COLUMNS[3:]]), endpoint_gpu_hours
+
+
+def attribute(records: list[RequestRecord], rates: CostRates, budgets: Mapping[str, float] | None = None,
+              rejected: list[RejectedLine] | None = None, endpoint_models: Mapping[str, str] | None = None) -> CostReport:
+    """`endpoint_models` names the registered model behind each endpoint (from the model specs); a
+    request to an endpoint no spec declares is attributed to the endpoint's name."""
+    models = dict(endpoint_models or {})
+    frame, endpoint_gpu_hours = _grouped(records, rates, lambda r: (r.team, r.feature), ["team", "feature"])
+    model_frame, _ = _grouped(records, rates, lambda r: (r.team, models.get(r.endpoint, r.endpoint), r.model, r.feature),
+                              ["team", "model", "model_version", "feature"])
 
     # Start the sums at 0.0: a day without traffic still totals floats, not the int 0.
     whole_gpu_hours = sum(endpoint_gpu_hours.values(), 0.0)
@@ -125,7 +143,7 @@ def attribute(records: list[RequestRecord], rates: CostRates, budgets: Mapping[s
         "gpu_cost": whole_gpu_hours * rates.gpu_hour,
         "total_cost": whole_token_cost + whole_gpu_hours * rates.gpu_hour,
     }
-    report = CostReport(frame, totals, endpoint_gpu_hours, rejected=list(rejected or []))
+    report = CostReport(frame, totals, endpoint_gpu_hours, rejected=list(rejected or []), model_rows=model_frame)
     report.breaches = check_budgets(report, budgets or {})
     return report
 
@@ -178,6 +196,18 @@ def write_chart(report: CostReport, path: Path, title: str = "Cost by team and f
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def model_markdown_table(frame: pd.DataFrame) -> str:
+    """The per-model rows (MODEL_COLUMNS)."""
+    if frame.empty:
+        return "(no requests)"
+    head = "| day | team | model | version | feature | requests | errors | token cost | GPU-h | total |"
+    rows = [head, "|" + "---|" * 10]
+    for r in frame.itertuples(index=False):
+        rows.append(f"| {r.day} | {r.team} | {r.model} | {r.model_version} | {r.feature} | {r.requests} | {r.errors} | "
+                    f"{r.token_cost:.4f} | {r.gpu_hours:.4f} | {r.total_cost:.4f} |")
+    return "\n".join(rows)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

@@ -107,9 +107,10 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold a bearer token
 
 
-def ask(client: httpx.Client, target: Target, row: dict, max_tokens: int, timeout_s: float) -> tuple[LiveAnswer, dict]:
+def ask(client: httpx.Client, target: Target, row: dict, max_tokens: int, timeout_s: float,
+        fmt: prompts.PromptFormat | None = None) -> tuple[LiveAnswer, dict]:
     """One golden row as a chat completion, exactly as the fine-tune phrased it (no features)."""
-    body = {"model": target.served_model_name, "messages": prompts.messages(row, []), "max_tokens": max_tokens,
+    body = {"model": target.served_model_name, "messages": prompts.messages(row, [], fmt), "max_tokens": max_tokens,
             "temperature": 0.0}
     start = time.perf_counter()
     usage: dict = {}
@@ -139,6 +140,7 @@ def ask_golden(
     timeout_s: float = 120.0,
     record: Callable[[RequestRecord], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    fmt: prompts.PromptFormat | None = None,
 ) -> list[LiveAnswer]:
     """Every golden row against the live server, `concurrency` at a time; answers in row order.
     Each request goes to `record` as a request-log line labelled with the monitor's team."""
@@ -147,7 +149,7 @@ def ask_golden(
 
     def one(client: httpx.Client, row: dict) -> LiveAnswer:
         nonlocal done
-        answer, usage = ask(client, target, row, max_tokens, timeout_s)
+        answer, usage = ask(client, target, row, max_tokens, timeout_s, fmt)
         if record is not None:
             record(RequestRecord(
                 timestamp=datetime.now(timezone.utc), endpoint=target.endpoint, model=target.model_version,

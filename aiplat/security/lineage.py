@@ -13,13 +13,39 @@ from dataclasses import asdict, dataclass, field
 
 from aiplat.security.audit_log import AuditLog, AuditLogTampered
 
-# Upstream of the fine-tune: shown as they stood when the version was trained.
-UPSTREAM_PREFIXES = ("raw_", "redacted_")
-UPSTREAM_SUFFIXES = ("_pii_findings",)
-UPSTREAM_ASSETS = ("customer_features", "ticket_features", "feature_registry", "training_set", "base_model")
-# The assets whose materializations name the model version, with the metadata key that names it.
-VERSIONED_ASSETS = (("fine_tuned_model", "model_version"), ("eval_report", "model_version"),
-                    ("champion_model", "champion_version"), ("served_endpoint", "model_version"))
+# In a model's chain (assets/model_lifecycle.py): the assets whose materializations name the model
+# version, with the metadata key that names it.
+CHAIN_VERSIONED = (("fine_tuned_model", "model_version"), ("eval_report", "model_version"),
+                   ("champion", "champion_version"), ("served_endpoint", "model_version"))
+
+
+@dataclass(frozen=True)
+class ModelLineage:
+    """Where to look for one model: the asset keys upstream of its fine-tune (its real upstream in
+    the asset graph, nothing else) and its versioned chain assets."""
+
+    upstream: tuple[str, ...]
+    versioned: tuple[tuple[str, str], ...]
+    fine_tune: str
+
+
+def model_lineage(graph, prefix: str) -> ModelLineage:
+    """From a Dagster asset graph (Definitions.resolve_asset_graph()): every ancestor of
+    `<prefix>/fine_tuned_model`, found by walking parent keys."""
+    import dagster as dg
+
+    fine_tune = dg.AssetKey([prefix, "fine_tuned_model"])
+    seen: set = set()
+    todo = list(graph.get(fine_tune).parent_keys)
+    while todo:
+        key = todo.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        todo += list(graph.get(key).parent_keys)
+    return ModelLineage(tuple(sorted(k.to_user_string() for k in seen)),
+                        tuple((f"{prefix}/{name}", vkey) for name, vkey in CHAIN_VERSIONED),
+                        fine_tune.to_user_string())
 MAX_PER_ASSET = 20  # partitioned raw/redacted assets: the newest batches before the training
 SCAN_LIMIT = 200
 VALUE_WIDTH = 160
@@ -64,7 +90,7 @@ def _step(key: str, record) -> Step:
 def _records(instance, key: str):
     import dagster as dg
 
-    return instance.fetch_materializations(dg.AssetKey(key), limit=SCAN_LIMIT).records  # newest first
+    return instance.fetch_materializations(dg.AssetKey.from_user_string(key), limit=SCAN_LIMIT).records  # newest first
 
 
 def _versioned(instance, key: str, version_key: str, model: str, version: str) -> list[Step]:
@@ -75,12 +101,6 @@ def _versioned(instance, key: str, version_key: str, model: str, version: str) -
         if _text(meta.get(version_key, "")) == version and (named is None or _text(named) == model):
             found.append(_step(key, record))
     return sorted(found, key=lambda s: s.timestamp or 0)
-
-
-def _upstream_keys(instance) -> list[str]:
-    keys = sorted(k.to_user_string() for k in instance.get_asset_keys())
-    chosen = [k for k in keys if k.startswith(UPSTREAM_PREFIXES) or k.endswith(UPSTREAM_SUFFIXES)]
-    return chosen + [k for k in UPSTREAM_ASSETS if k in keys]
 
 
 def _upstream(instance, key: str, before: float | None) -> list[Step]:
@@ -99,14 +119,17 @@ def _upstream(instance, key: str, before: float | None) -> list[Step]:
     return sorted(steps, key=lambda s: s.timestamp or 0)
 
 
-def audit_trail(model: str, version: str, instance=None, client=None, log: AuditLog | None = None) -> AuditTrail:
+def audit_trail(model: str, version: str, instance=None, client=None, log: AuditLog | None = None,
+                lineage: ModelLineage | None = None) -> AuditTrail:
+    """`lineage` (model_lineage) says which assets are this model's: without it only MLflow and the
+    audit log are read."""
     version = str(version)
     trail = AuditTrail(model, version)
-    if instance is not None:
-        versioned = {key: _versioned(instance, key, vkey, model, version) for key, vkey in VERSIONED_ASSETS}
-        trained = versioned["fine_tuned_model"]
+    if instance is not None and lineage is not None:
+        versioned = {key: _versioned(instance, key, vkey, model, version) for key, vkey in lineage.versioned}
+        trained = versioned[lineage.fine_tune]
         before = trained[-1].timestamp if trained else None
-        for key in _upstream_keys(instance):
+        for key in lineage.upstream:
             steps = _upstream(instance, key, before)
             trail.steps += steps
             if not steps:

@@ -99,7 +99,8 @@ def resolve_device(choice: str) -> str:
     return choice
 
 
-def encode_examples(tokenizer, df: pd.DataFrame, max_length: int) -> list[Example]:
+def encode_examples(tokenizer, df: pd.DataFrame, max_length: int,
+                    fmt: prompts.PromptFormat | None = None) -> list[Example]:
     """Chat-template prompt + answer + end-of-turn; labels only on the answer."""
     features = feature_columns(df)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -107,9 +108,9 @@ def encode_examples(tokenizer, df: pd.DataFrame, max_length: int) -> list[Exampl
         eos = tokenizer.eos_token_id
     out: list[Example] = []
     for row in df.to_dict("records"):
-        text = tokenizer.apply_chat_template(prompts.messages(row, features), add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(prompts.messages(row, features, fmt), add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(prompts.target(row), add_special_tokens=False)["input_ids"] + [eos]
+        answer_ids = tokenizer(prompts.target(row, fmt), add_special_tokens=False)["input_ids"] + [eos]
         answer_ids = answer_ids[: max_length // 2]
         budget = max_length - len(answer_ids)
         if len(prompt_ids) > budget:
@@ -178,6 +179,7 @@ def fine_tune(
     params: FineTuneParams,
     out_dir: Path,
     on_step: Callable[[StepMetrics], None] | None = None,
+    fmt: prompts.PromptFormat | None = None,
 ) -> FineTuneResult:
     """Train LoRA on the `train` rows, evaluate on `validation`, save adapter/ and merged/ in out_dir."""
     import torch
@@ -193,8 +195,8 @@ def fine_tune(
     try:
         seed_everything(params.seed)
         tokenizer, model = load_for_training(base_dir, params, device)
-        train = encode_examples(tokenizer, train_df, params.max_length)
-        val = encode_examples(tokenizer, val_df, params.max_length)
+        train = encode_examples(tokenizer, train_df, params.max_length, fmt)
+        val = encode_examples(tokenizer, val_df, params.max_length, fmt)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.learning_rate)
         schedule = get_linear_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)

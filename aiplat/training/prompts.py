@@ -1,10 +1,16 @@
-"""The triage task as chat messages: redacted ticket (+ a few features) -> category and short reply."""
+"""A model's task as chat messages. Classification (triage): redacted ticket (+ a few features) ->
+category and short reply. Generation (reply drafting): redacted ticket (+ features, + the top KB
+passages when the model is grounded) -> the agent's reply.
+
+The same functions build the prompt at training, evaluation and serving time; a model spec's
+`prompt_template` and task become a PromptFormat."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 SYSTEM_PROMPT = (
     "You triage customer-support tickets. Answer with two lines: "
@@ -26,9 +32,38 @@ def short_reply(text: str) -> str:
     return reply[:MAX_REPLY_CHARS]
 
 
-def user_prompt(row: Mapping, features: Sequence[str]) -> str:
+PASSAGES_COLUMN = "kb_passages"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How one model asks and answers: its system prompt, its task kind, and whether the prompt
+    carries retrieved KB passages (the `kb_passages` column: passages joined by blank lines)."""
+
+    system_prompt: str = SYSTEM_PROMPT
+    task: str = "classification"  # classification | generation
+    grounded: bool = False
+
+    def key(self) -> dict:
+        return {"system_prompt": self.system_prompt, "task": self.task, "grounded": self.grounded}
+
+
+TRIAGE = PromptFormat()
+
+
+def passages_of(row: Mapping) -> list[str]:
+    value = row.get(PASSAGES_COLUMN)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [p for p in str(value).split("\n\n") if p.strip()]
+
+
+def user_prompt(row: Mapping, features: Sequence[str], fmt: PromptFormat | None = None) -> str:
     lines = [f"subject: {row['subject']}", f"message: {row['message']}"]
     lines += [f"{name}: {row[name]}" for name in features if not _missing(row.get(name))]
+    if fmt is not None and fmt.grounded:
+        lines.append("knowledge base:")
+        lines += [f"- {p}" for p in passages_of(row)] or ["- (no passage found)"]
     return "\n".join(lines)
 
 
@@ -36,14 +71,17 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def messages(row: Mapping, features: Sequence[str]) -> list[dict[str, str]]:
+def messages(row: Mapping, features: Sequence[str], fmt: PromptFormat | None = None) -> list[dict[str, str]]:
+    fmt = fmt or TRIAGE
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": user_prompt(row, features)},
+        {"role": "system", "content": fmt.system_prompt},
+        {"role": "user", "content": user_prompt(row, features, fmt)},
     ]
 
 
-def target(row: Mapping) -> str:
+def target(row: Mapping, fmt: PromptFormat | None = None) -> str:
+    if fmt is not None and fmt.task == "generation":
+        return short_reply(row["agent_reply"])
     return f"category: {row['category']}\nreply: {short_reply(row['agent_reply'])}"
 
 

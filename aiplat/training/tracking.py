@@ -126,7 +126,8 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name)
 
 
-def _ensure_registered_model(client, name: str, description: str, owner_team: str | None = None) -> None:
+def _ensure_registered_model(client, name: str, description: str, owner_team: str | None = None,
+                             task: str | None = None) -> None:
     """Create the registered model (tagged with its owner team) unless it exists.
 
     An existing model without an owner gets one; an existing owner is never replaced here, or any
@@ -141,7 +142,7 @@ def _ensure_registered_model(client, name: str, description: str, owner_team: st
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        tags = {"aiplat.task": "ticket-triage", **({OWNER_TAG: owner_team} if owner_team else {})}
+        tags = {**({"aiplat.task": task} if task else {}), **({OWNER_TAG: owner_team} if owner_team else {})}
         try:
             client.create_registered_model(name, description=description, tags=tags)
         except MlflowException as race:  # another run created it meanwhile
@@ -177,9 +178,12 @@ def tracked_fine_tune(
     on_step: Callable[[StepMetrics], None] | None = None,
     signing_keys: KeyPair | None = None,
     owner_team: str | None = None,
+    prompt_format=None,
+    description: str = "LoRA fine-tunes",
 ) -> TrackedFineTune:
     """Train, sign (when `signing_keys` are given: the Dagster asset always passes them), upload,
-    register. `owner_team` becomes the registered model's `owner_team` tag when it has none."""
+    register. `owner_team` becomes the registered model's `owner_team` tag when it has none;
+    `prompt_format` (aiplat.training.prompts.PromptFormat) is the model's task and prompt."""
     from mlflow.entities import Metric, Param
 
     # Bad data and an unreachable server are both known before a run exists: fail without one.
@@ -223,7 +227,7 @@ def tracked_fine_tune(
             if on_step is not None:
                 on_step(m)
 
-        result = fine_tune(base_dir, training_set, params, work_dir, on_step=report)
+        result = fine_tune(base_dir, training_set, params, work_dir, on_step=report, fmt=prompt_format)
 
         stage = "logging results"
         now = int(time.time() * 1000)
@@ -252,7 +256,8 @@ def tracked_fine_tune(
             monitor = None
 
         stage = "registering the model version"
-        _ensure_registered_model(client, model_name, "LoRA fine-tunes for support-ticket triage", owner_team)
+        _ensure_registered_model(client, model_name, description, owner_team,
+                                 task=prompt_format.task if prompt_format is not None else None)
         artifact_uri = client.get_run(run_id).info.artifact_uri
         url = run_url(tracking_uri, experiment_id, run_id)
         version_tags = {
