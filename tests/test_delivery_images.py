@@ -303,6 +303,8 @@ def test_helm_values_describe_the_same_instance_as_the_run_pods_config() -> None
     monitoring = values["dagsterDaemon"]["runMonitoring"]
     assert monitoring["startTimeoutSeconds"] == instance["run_monitoring"]["start_timeout_seconds"]
     assert monitoring["maxResumeRunAttempts"] == instance["run_monitoring"]["max_resume_run_attempts"]
+    assert monitoring["cancelTimeoutSeconds"] == instance["run_monitoring"]["cancel_timeout_seconds"]
+    assert monitoring["freeSlotsAfterRunEndSeconds"] == instance["run_monitoring"]["free_slots_after_run_end_seconds"]
     assert values["additionalInstanceConfig"]["concurrency"]["pools"] == instance["concurrency"]["pools"]
     assert values["global"]["postgresqlSecretName"] == run_launcher["postgres_password_secret"]
     assert values["postgresql"]["enabled"] is False
