@@ -16,7 +16,7 @@ from aiplat.models.base import DEFAULT_NAME, DEFAULT_SOURCE, prepare_base_model
 from aiplat.provenance import code_version, git_commit
 from aiplat.training.data import TrainingSetError, training_set_hash
 from aiplat.training.lora import FineTuneParams
-from aiplat.training.tracking import Lineage, MlflowUnavailableError, tracked_fine_tune
+from aiplat.training.tracking import Lineage, MlflowUnavailableError, preflight, tracked_fine_tune
 from resources.kubernetes import GPU_TRAINING_POOL, gpu_training_tags
 from resources.mlflow import MLflowResource
 from resources.signing import ModelSigningResource
@@ -109,7 +109,7 @@ def _base_model_record(context: dg.AssetExecutionContext) -> dict[str, str]:
     op_tags=gpu_training_tags(),
     # MLflow unreachable for a while: the attempt fails before registering anything and a later
     # attempt (which first closes the runs dead attempts left RUNNING) trains again.
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description=(
         "LoRA fine-tune of base_model for support-ticket triage (redacted ticket + features -> category "
         "and a short reply): one MLflow run, adapter and merged safetensors model as artifacts, and a new "
@@ -147,7 +147,7 @@ def fine_tuned_model(
             base_model_source=prepared.source,
         )
         work_dir = aiplat_config.local_paths().models / "fine_tuned" / model_name / context.run_id
-        mlflow.check_available()  # fails fast (MlflowUnavailableError) before anything below waits on it
+        preflight(mlflow.client, mlflow.uri)  # fails fast (MlflowUnavailableError) before anything waits on MLflow
         _reap_orphans(context, mlflow, lineage.asset_key)
         tracked = tracked_fine_tune(
             mlflow.client,
