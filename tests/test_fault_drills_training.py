@@ -154,3 +154,22 @@ def test_mlflow_down_mid_fine_tune_retry_policy_recovers(mlflow_server, tiny_mod
            f"trains again once MLflow is back ({summary['retries']} retries); the dead attempt's run FAILED, "
            "exactly one version registered", recovery)
 
+
+
+def test_why_dead_reaps_only_runs_that_cannot_be_training() -> None:
+    import os
+    import socket
+
+    from aiplat.training.orphans import HOST_TAG, PID_TAG, why_dead
+
+    here, alive = socket.gethostname(), str(os.getpid())
+    finished = {"old-run": False, "running-run": True}.__getitem__
+    assert "earlier attempt" in why_dead({"dagster.run_id": "me"}, "me", finished)
+    assert "no longer in progress" in why_dead({"dagster.run_id": "old-run"}, "me", finished)
+    # Its Dagster run still says in progress, but its process on this host is gone (kill -9).
+    gone = {"dagster.run_id": "running-run", HOST_TAG: here, PID_TAG: "999999999"}
+    assert "is gone" in why_dead(gone, "me", finished)
+    # Alive here, or on another host whose processes this one cannot see: left alone.
+    assert why_dead({"dagster.run_id": "running-run", HOST_TAG: here, PID_TAG: alive}, "me", finished) is None
+    assert why_dead({"dagster.run_id": "running-run", HOST_TAG: "gpu-node-7", PID_TAG: "999999999"}, "me",
+                    finished) is None
