@@ -298,7 +298,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         op_tags=training_tags(spec),
         # MLflow unreachable for a while: the attempt fails before registering anything and a later
         # attempt (which first closes the runs dead attempts left RUNNING) trains again.
-        retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+        retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
         description=(f"LoRA fine-tune of {spec.base_model} for {spec.name} ({spec.task}): one MLflow run in "
                      f"`{spec.experiment}`, adapter and merged safetensors model as artifacts, signed, and a new "
                      f"version of the registered model `{spec.name}` tagged with its lineage."),
@@ -308,7 +308,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         from aiplat.models.base import prepare_base_model
         from aiplat.security.signing import SignatureError
         from aiplat.training.data import TrainingSetError, training_set_hash
-        from aiplat.training.tracking import Lineage, MlflowUnavailableError, tracked_fine_tune
+        from aiplat.training.tracking import Lineage, MlflowUnavailableError, preflight, tracked_fine_tune
 
         params = config.params(spec)
         base = _latest_metadata(context.instance, BASE_MODEL)
@@ -325,7 +325,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
                               base_model_sha256=prepared.folder_sha256, base_model_source=prepared.source,
                               extra={"aiplat.model_spec": spec.name})
             work_dir = aiplat_config.local_paths().models / "fine_tuned" / spec.name / context.run_id
-            mlflow.check_available()  # fails fast (MlflowUnavailableError) before anything below waits on it
+            preflight(mlflow.client, mlflow.uri)  # fails fast (MlflowUnavailableError) before anything waits on MLflow
             _reap_orphans(context, mlflow, spec.experiment, lineage.asset_key)
             tracked = tracked_fine_tune(
                 mlflow.client, mlflow.uri, spec.experiment, spec.name, lineage, prepared.path, training_set, params,

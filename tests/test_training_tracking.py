@@ -177,7 +177,12 @@ def test_mlflow_down_fails_before_training(mlflow_server: str, tiny_model: Path,
     result = _materialize(closed, tiny_model, state_dir / "lake", "triage-down")
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    message = failure.step_failure_data.error.message
+    # The step's RetryPolicy tries again first; the final error carries the reason as its cause.
+    error, messages = failure.step_failure_data.error, []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    message = " ".join(messages)
     assert "unreachable" in message and "nothing was trained" in message
     # Nothing was trained (no work folder) and nothing reached the real registry.
     assert not (state_dir / "models" / "fine_tuned").exists()
