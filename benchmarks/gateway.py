@@ -8,7 +8,7 @@ is the gateway's own cost; `--upstream URL --served-model NAME` measures in fron
 
 `--compare litellm mlflow` also measures, in front of the same instant upstream and interleaved in
 the same rounds, LiteLLM's proxy (`litellm --config`, from the venv given by --litellm-python,
-e.g. the one scripts/setup_litellm_bench.sh makes: it conflicts with this venv's pins) and the AI
+scripts/setup_litellm_bench.sh makes it: it conflicts with this venv's pins) and the AI
 Gateway inside MLflow's tracking server (`mlflow server`, an endpoint made in its SQLite store,
 OpenAI-compatible route /gateway/mlflow/v1/chat/completions). Those run as their own server
 processes, as they would in production; the platform gateway runs in this process (uvicorn thread).
@@ -173,8 +173,9 @@ def main() -> None:
     parser.add_argument("--served-model", default=None, help="Its served model name (with --upstream)")
     parser.add_argument("--compare", nargs="*", default=[], choices=["litellm", "mlflow"],
                         help="Also measure these gateways in front of the same upstream")
-    parser.add_argument("--litellm-python", default="/tmp/litellm-venv/bin/python",
-                        help="Python of a venv with litellm[proxy] installed")
+    parser.add_argument("--litellm-python", default=None,
+                        help="Python of a venv with litellm[proxy] (default: <state>/venvs/litellm-bench, "
+                             "from scripts/setup_litellm_bench.sh)")
     parser.add_argument("--mlflow-usage-tracking", action="store_true",
                         help="Create MLflow's endpoint with usage tracking (traces), which its budgets need")
     args = parser.parse_args()
@@ -204,7 +205,10 @@ def main() -> None:
     processes = []
     try:
         if "litellm" in args.compare:
-            url, process = start_litellm(args.litellm_python, upstream, served, work)
+            from aiplat.config import state_dir
+
+            python = args.litellm_python or str(state_dir() / "venvs" / "litellm-bench" / "bin" / "python")
+            url, process = start_litellm(python, upstream, served, work)
             processes.append(process)
             targets["litellm"] = (url, ENDPOINT, {"Authorization": f"Bearer {LITELLM_MASTER_KEY}"})
         if "mlflow" in args.compare:
