@@ -142,9 +142,12 @@ def test_promotion_refuses_reports_that_do_not_hold_under_the_current_policy(tmp
     models = session_models(tmp_path_factory.getbasetemp())
     with mlflow_server(tmp_path / "mlflow") as uri:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        evaluate = lambda version, thresholds=TEST_THRESHOLDS, data=None: evaluate_version(  # noqa: E731
-            client, uri, NAME, version, triage_data() if data is None else data, TEST_SETTINGS, thresholds,
-            base_folder=models["base"], dagster_run_id="attack")
+        def evaluate(version, thresholds=None, data=None):
+            # Default: exactly the floor of the policy in force at the call (the asset's way).
+            floor = GateThresholds.only(load_policy(policy_file).floor("classification"))
+            return evaluate_version(client, uri, NAME, version, triage_data() if data is None else data, TEST_SETTINGS,
+                                    thresholds or floor, base_folder=models["base"], dagster_run_id="attack")
+
 
         # 1. A report evaluated with thresholds looser than the floor (a library caller, not the
         #    asset) passes its own gate, but promotion refuses it.
