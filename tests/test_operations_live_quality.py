@@ -66,7 +66,8 @@ def world(tmp_path_factory, smollm_base: Path):
     client.set_registered_model_alias(ENDPOINT, "previous", "1")
     client.set_registered_model_alias(ENDPOINT, "champion", "2")
 
-    vllm = LocalVllmResource(enforce_eager=True, vllm_python=str(env.python), start_timeout_s=900,
+    # float32: the served answers match the fp32 reference decoding (see test_serving_live.py).
+    vllm = LocalVllmResource(enforce_eager=True, dtype="float32", vllm_python=str(env.python), start_timeout_s=900,
                              max_num_seqs=4)
     for version, folder in folders.items():
         vllm.manager.deploy(ENDPOINT, FolderSource(folder, version).resolve())
