@@ -66,20 +66,22 @@ def config_errors(what: str = "the runtime's resources") -> Iterator[None]:
 
 def with_overrides(key: str, **given: Any) -> Any:
     """Resource `key` of the runtime's set with the settings a caller passed explicitly (options
-    left empty keep the runtime's, dg.EnvVar ones included), resolved."""
+    left empty keep the runtime's, dg.EnvVar ones read now: an unset one is a click error naming
+    it). Not initialized: for resources whose methods build their own clients (e.g. Milvus's
+    open_store), which Dagster will not initialize outside a context manager."""
+    import dagster as dg
+
     declared_resource = declared(key)
     overrides = {k: v for k, v in given.items() if v not in (None, "")}
-    if overrides:
-        fields = {name: getattr(declared_resource, name) for name in declared_resource.model_fields_set}
-        declared_resource = type(declared_resource)(**{**fields, **overrides})
-    return resolve(declared_resource, key)
-
-
-@contextmanager
-def runtime_resource_cm(key: str) -> Iterator[Any]:
-    """Like runtime_resource, for a resource with teardown (e.g. presidio's scanner processes)."""
-    with config_errors(f"resource {key!r}"), declared(key).process_config_and_initialize_cm() as ready:
-        yield ready
+    fields = {name: getattr(declared_resource, name) for name in declared_resource.model_fields_set}
+    merged = {**fields, **overrides}
+    missing = sorted(v.env_var_name for v in merged.values() if isinstance(v, dg.EnvVar) and v.get_value() is None)
+    if missing:
+        raise click.ClickException(
+            f"AIPLAT_ENV={runtime()}: resource {key!r} needs {', '.join(missing)} set in the environment "
+            f"(see platform_defs/resources.py)"
+        )
+    return type(declared_resource)(**{k: v.get_value() if isinstance(v, dg.EnvVar) else v for k, v in merged.items()})
 
 
 def runtime_resource(key: str) -> Any:
