@@ -91,7 +91,8 @@ def scan(input_path: Path, output: Path, fields: tuple[str, ...], dataset: str |
             for i in range(0, len(records), chunk):
                 part = records[i : i + chunk]
                 lines = [r["__line"] for r in part]
-                result = scan_columns({f: [r.get(f) for r in part] for f in config.text_fields}, lines, config,
+                result = scan_columns({f: [r.get(f) for r in part] for f in (*config.text_fields, *config.list_fields)},
+                                      lines, config,
                                       scanner)
                 for record, found in zip(part, result.per_record):
                     line = record.pop("__line")

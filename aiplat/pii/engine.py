@@ -167,7 +167,8 @@ def postprocess(text: str, results, config: PiiConfig) -> list[Finding]:
         recognizer = (r.recognition_metadata or {}).get("recognizer_name", "unknown")
         key = (r.entity_type, r.start, r.end)
         finding = Finding(r.entity_type, r.start, r.end, round(float(r.score), 4), recognizer)
-        if key not in best or best[key].score < finding.score:
+        # Ties go to the recognizer named first: Presidio's result order is not stable across paths.
+        if key not in best or (-finding.score, finding.recognizer) < (-best[key].score, best[key].recognizer):
             best[key] = finding
     return sorted(best.values(), key=lambda f: (f.start, f.end, f.entity_type))
 
