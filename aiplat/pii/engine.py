@@ -170,7 +170,14 @@ def postprocess(text: str, results, config: PiiConfig) -> list[Finding]:
         # Ties go to the recognizer named first: Presidio's result order is not stable across paths.
         if key not in best or (-finding.score, finding.recognizer) < (-best[key].score, best[key].recognizer):
             best[key] = finding
-    return sorted(best.values(), key=lambda f: (f.start, f.end, f.entity_type))
+    found = list(best.values())
+    # Digits inside a found address ("083 254 Damvergi Street") are its building and street numbers,
+    # not a phone number: the address redaction covers them either way.
+    addresses = [(f.start, f.end) for f in found if f.entity_type == "POSTAL_ADDRESS"]
+    if addresses:
+        found = [f for f in found if f.entity_type != "PHONE_NUMBER"
+                 or not any(a <= f.start and f.end <= b for a, b in addresses)]
+    return sorted(found, key=lambda f: (f.start, f.end, f.entity_type))
 
 
 def scan_naive(texts: Sequence[str], config: PiiConfig) -> list[list[Finding]]:

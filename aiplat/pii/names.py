@@ -16,12 +16,16 @@ from presidio_analyzer import EntityRecognizer, RecognizerResult
 
 from aiplat.pii.results import recognizer_result
 
-from aiplat.pii.gazetteer import common_words, name_words
+from aiplat.pii.gazetteer import common_words, name_words, street_suffixes
 
 _TOKEN = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "di", "do", "dos", "du", "del", "della", "la", "le",
                         "bin", "ibn", "al", "el", "ter", "ten", "zu"})
 _MAX_RUN = 4
+_NOT_PERSON_LABELS = frozenset({"NORP", "LANGUAGE", "WORK_OF_ART", "EVENT"})
+# A capitalized run followed by one of these is a company: "Brands Inc", "James River Group".
+_ORG_WORDS = frozenset({"inc", "corp", "corporation", "ltd", "llc", "plc", "co", "company", "group", "holdings",
+                        "gmbh", "ag", "sa", "nv", "bv", "ab", "asa", "oy", "spa", "trust", "bank", "fund"})
 
 
 def _capitalized(word: str) -> bool:
@@ -45,6 +49,10 @@ class GazetteerNameRecognizer(EntityRecognizer):
                   if not (m.end() < len(text) and text[m.end()] in "@._" and m.end() + 1 < len(text)
                           and not text[m.end() + 1].isspace())
                   and not (m.start() > 0 and text[m.start() - 1] in "@._/")]
+        # Words spaCy's NER calls a nationality, language, organisation or work ("Danish food",
+        # "Hyatt Hotels Corporation") are not names, whatever the gazetteer says.
+        not_person = [(e.start_char, e.end_char) for e in getattr(nlp_artifacts, "entities", None) or ()
+                      if e.label_ in _NOT_PERSON_LABELS]
         out: list[RecognizerResult] = []
         i = 0
         while i < len(tokens):
@@ -65,7 +73,12 @@ class GazetteerNameRecognizer(EntityRecognizer):
                 span = self._name_in_run(run, words, given, family, common)
                 if span:
                     a, b, score = span
-                    out.append(self._result(run[a].start(), run[b].end(), score))
+                    start, end = run[a].start(), run[b].end()
+                    after = tokens[j].group().casefold().rstrip(".") if j < len(tokens) else ""
+                    last = words[b].casefold().rstrip(".")
+                    if not (after in _ORG_WORDS or last in _ORG_WORDS or last in street_suffixes()
+                            or any(s <= start and end <= e for s, e in not_person)):
+                        out.append(self._result(start, end, score))
                 i = j
                 continue
             # Lower case: given name + family name, neither an ordinary word.

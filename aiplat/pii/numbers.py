@@ -8,7 +8,8 @@ addresses, amounts with decimals, versions, numbers glued to letters (order A123
 tracking), and a bare run of fewer than 9 digits (reference numbers) unless it starts with + or 0.
 
 Cards: 12-19 digits in any grouping (spaces or dashes), a first digit of 2-6 (the issuer
-industries of payment cards; a phone number starts with 0, 1, 7, 8 or 9 or +), Luhn-valid.
+industries of payment cards; a phone number starts with 0, 1, 7, 8 or 9 or +) or one of the few
+card prefixes outside them (JCB 1800, Maestro 0604, UATP 1 with 15 digits), Luhn-valid.
 """
 
 from __future__ import annotations
@@ -103,7 +104,13 @@ class AnyRegionPhoneRecognizer(EntityRecognizer):
         return out
 
 
-_CARD_CANDIDATE = re.compile(r"(?<![\w+.,/-])[2-6]\d{0,5}(?:[ -]?\d{1,6}){2,7}(?![\w/-]|[.,]\d)")
+_CARD_CANDIDATE = re.compile(r"(?<![\w+.,/-])\d{1,6}(?:[ -]?\d{1,6}){2,7}(?![\w/-]|[.,]\d)")
+# Issuer prefixes outside 2-6: JCB's 1800, Maestro's 0604, UATP's 1 (15 digits).
+_LOW_PREFIXES = ("1800", "0604")
+
+
+def _card_prefix_ok(digits: str) -> bool:
+    return digits[0] in "23456" or digits.startswith(_LOW_PREFIXES) or (digits[0] == "1" and len(digits) == 15)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -117,7 +124,7 @@ def luhn_valid(digits: str) -> bool:
 
 
 class LuhnCardRecognizer(EntityRecognizer):
-    """CREDIT_CARD: 12-19 digits in any grouping, first digit 2-6, Luhn checksum valid."""
+    """CREDIT_CARD: 12-19 digits in any grouping, a payment-card prefix, Luhn checksum valid."""
 
     def __init__(self) -> None:
         super().__init__(supported_entities=["CREDIT_CARD"], name="LuhnCardRecognizer",
@@ -130,6 +137,6 @@ class LuhnCardRecognizer(EntityRecognizer):
         out = []
         for m in _CARD_CANDIDATE.finditer(text):
             digits = re.sub(r"[ -]", "", m.group())
-            if 12 <= len(digits) <= 19 and luhn_valid(digits) and len(set(digits)) > 1:
+            if 12 <= len(digits) <= 19 and _card_prefix_ok(digits) and luhn_valid(digits) and len(set(digits)) > 1:
                 out.append(recognizer_result(self, "CREDIT_CARD", m.start(), m.end(), 0.85))
         return out
