@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from aiplat.pii.guardrails import Guardrails, check_prompt, check_response, request_note
 from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM, UNATTRIBUTED, RequestLog, RequestRecord, labels_for_request
 from aiplat.serving.gateway_routing import Resolver, UnknownEndpoint, Upstream, label_problem
 from aiplat.serving.registry import RegistryError
@@ -52,6 +53,7 @@ class GatewaySettings:
     upstream_api_key: str | None = field(default=None, repr=False)
     forward_authorization: bool = False
     timeout_s: float = 300.0
+    guardrails: Guardrails | None = None  # PII policy per team / endpoint (aiplat.pii.guardrails)
 
 
 class GatewayMetrics:
@@ -108,7 +110,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
         metrics.tokens.labels(team, "prompt").inc(tokens[0])
         metrics.tokens.labels(team, "completion").inc(tokens[1])
         entry = RequestRecord(datetime.now(timezone.utc), upstream.endpoint, upstream.model_label, team, feature,
-                              tokens[0], tokens[1], round(latency_ms, 3), status)
+                              tokens[0], tokens[1], round(latency_ms, 3), status, pii=request_note())
         log.info("request endpoint=%s team=%s feature=%s status=%d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f",
                  upstream.endpoint, team, feature, status, tokens[0], tokens[1], latency_ms)
         try:
@@ -156,6 +158,13 @@ def build_app(settings: GatewaySettings) -> Starlette:
             return _error(401, "requests must name their team: send the X-AIPLAT-Team header (and X-AIPLAT-Feature), "
                                "or use an API key registered to a team", "authentication_error", "missing_team")
 
+        if settings.guardrails is not None:
+            verdict = await check_prompt(settings.guardrails, body, team, upstream.endpoint)
+            if verdict.error:
+                await record(upstream, team, feature, (0, 0), 0.0, verdict.error[0])
+                return _error(verdict.error[0], verdict.error[1], "invalid_request_error", verdict.error[2])
+            body = verdict.body
+
         forward = {**body, "model": upstream.served_model_name}
         streaming = bool(body.get("stream"))
         client_wants_usage = False
@@ -194,9 +203,14 @@ def build_app(settings: GatewaySettings) -> Starlette:
                     tokens = _usage(json.loads(content))
                 except ValueError:
                     tokens = None
-            await record(upstream, team, feature, tokens or (0, 0), (time.monotonic() - started) * 1000,
-                         answer.status_code)
-            return Response(content, status_code=answer.status_code, media_type=media_type)
+            status, verdict = answer.status_code, None
+            if settings.guardrails is not None and answer.is_success:
+                verdict = await check_response(settings.guardrails, content, team, upstream.endpoint)
+                content, status = verdict.body, verdict.error[0] if verdict.error else status
+            await record(upstream, team, feature, tokens or (0, 0), (time.monotonic() - started) * 1000, status)
+            if verdict is not None and verdict.error:
+                return _error(verdict.error[0], verdict.error[1], "content_filter", verdict.error[2])
+            return Response(content, status_code=status, media_type=media_type)
 
         async def relay() -> AsyncIterator[bytes]:
             tokens, status, buffer = (0, 0), CLIENT_CLOSED, b""
@@ -258,4 +272,6 @@ def build_app(settings: GatewaySettings) -> Starlette:
         Route("/metrics", prometheus, methods=["GET"]),
     ], lifespan=lifespan)
     app.state.metrics = metrics
+    if settings.guardrails is not None:
+        settings.guardrails.bind_metrics(metrics.registry)
     return app
