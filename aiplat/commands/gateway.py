@@ -8,6 +8,7 @@ Deployment sets by env are marked with their variable (the same ones the Dagster
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -40,9 +41,12 @@ def cli() -> None:
 @click.option("--forward-authorization", is_flag=True,
               help="Pass the client's Authorization header upstream (when no --upstream-api-key is set).")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for an upstream answer.")
+@click.option("--pii-policy", envvar="AIPLAT_GATEWAY_PII_POLICY", default=None, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PII guardrail policy file (YAML/JSON; see aiplat/pii/guardrails.py). Default: no guardrails.")
 def serve(host: str, port: int | None, upstream_template: str | None, endpoints: tuple[str, ...],
           require_attribution: bool | None, api_key_teams: Path | None, request_log: Path | None,
-          upstream_api_key: str | None, forward_authorization: bool, timeout: float) -> None:
+          upstream_api_key: str | None, forward_authorization: bool, timeout: float, pii_policy: Path | None) -> None:
     """Run the gateway until interrupted."""
     import logging
 
@@ -66,6 +70,15 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         api_key_teams=mapping, upstream_api_key=upstream_api_key or None,
         forward_authorization=forward_authorization, timeout_s=timeout,
     )
+    if pii_policy is not None:
+        import os
+
+        from aiplat.pii.guardrails import guardrails_for_gateway
+
+        try:
+            settings = replace(settings, guardrails=guardrails_for_gateway(pii_policy, runtime() == "prod", os.environ))
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     port = port or local_ports().gateway
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     upstream = upstream_template or "the local endpoint registry"

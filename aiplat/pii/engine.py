@@ -172,11 +172,11 @@ def postprocess(text: str, results, config: PiiConfig) -> list[Finding]:
             best[key] = finding
     found = list(best.values())
     # Digits inside a found address ("083 254 Damvergi Street") are its building and street numbers,
-    # not a phone number: the address redaction covers them either way.
-    addresses = [(f.start, f.end) for f in found if f.entity_type == "POSTAL_ADDRESS"]
-    if addresses:
+    # and a Luhn-valid card number is a card, not a phone number: their redaction covers them anyway.
+    covering = [(f.start, f.end) for f in found if f.entity_type in ("POSTAL_ADDRESS", "CREDIT_CARD")]
+    if covering:
         found = [f for f in found if f.entity_type != "PHONE_NUMBER"
-                 or not any(a <= f.start and f.end <= b for a, b in addresses)]
+                 or not any(a <= f.start and f.end <= b for a, b in covering)]
     return sorted(found, key=lambda f: (f.start, f.end, f.entity_type))
 
 

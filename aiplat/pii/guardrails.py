@@ -231,3 +231,17 @@ def _prompt_slots(body: dict) -> list[tuple[object, object]]:
     elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         out.extend((prompt, i) for i in range(len(prompt)))
     return out
+
+
+def guardrails_for_gateway(policy_file: Path, prod: bool, environ: Mapping[str, str]) -> Guardrails:
+    """The gateway's guardrails from a policy file, with the pipeline's pseudonymization key: in prod
+    the secret AIPLAT_PII_HMAC_KEY (required: tokens that differ from the datasets' would break the
+    joins), locally the platform's fixed development key. Warm before the first request."""
+    from resources.presidio import LOCAL_DEV_HMAC_KEY
+
+    key = environ.get("AIPLAT_PII_HMAC_KEY", "") if prod else LOCAL_DEV_HMAC_KEY
+    if not key:
+        raise ValueError("PII guardrails in prod need AIPLAT_PII_HMAC_KEY (the pipeline's pseudonymization key)")
+    guard = Guardrails(load_policies(policy_file), Pseudonymizer(key))
+    guard.warm_up()
+    return guard
