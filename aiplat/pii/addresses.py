@@ -70,7 +70,7 @@ _PART = re.compile(
     rf"(?:{_SECONDARY}|{_MILITARY_TAIL}|"
     rf"(?:{_CAPW}|{_PARTICLE})(?:[ \t]+(?:{_CAPW}|{_PARTICLE}|and)){{0,4}}(?:,?[ \t]+{_POSTCODE})?|"
     rf"[A-Z]{{2}}(?:[ \t]+{_POSTCODE})?|{_POSTCODE})"
-    rf"(?=[ \t]*(?:$|[,.;\n)]))",
+    rf"(?=[ \t]*(?:$|[,.;:!?\n)])|[ \t]+[a-z])",  # a whole part: the text goes on in lower case or stops
     re.MULTILINE,
 )
 _SECONDARY_LINE = re.compile(rf"(?m)^[ \t>?]*{_SECONDARY}[ \t]*$|(?<=[ \t]){_SECONDARY}(?=[ \t]*(?:\n|$))")
