@@ -327,7 +327,8 @@ def build_app(settings: GatewaySettings) -> Starlette:
             limit = forward.get("max_tokens") if isinstance(forward.get("max_tokens"), int) else forward["max_completion_tokens"]
             try:
                 # Bytes bound tokens; a masked prompt's pseudonyms can be longer than the values they replace.
-                prompt_bound = len(raw) if settings.guardrails is None else max(len(raw), len(json.dumps(forward)))
+                sent = len(json.dumps(forward, separators=(",", ":"))) if settings.guardrails is not None else 0
+                prompt_bound = max(len(raw), sent)
                 reservation = settings.ledger.reserve(team, prompt_bound, max(0, limit))
             except OverBudget as e:
                 return await refuse(429, "hard_budget", str(e), "rate_limit_error", team, feature, upstream)
