@@ -138,3 +138,17 @@ def test_streaming_is_refused_where_answers_are_checked(world) -> None:
     answer = _complete(world["url"], "blocked", stream=True)
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "pii_guardrail_no_stream"
+
+
+def test_a_stream_under_log_goes_through_masked_and_is_recorded_with_its_usage(world) -> None:
+    """vLLM's own stream (running usage asked for by the gateway) through the guardrails: the prompt
+    is masked, the answer streamed as generated and scanned once it has ended."""
+    with httpx.stream("POST", f"{world['url']}/v1/completions", headers={"X-AIPLAT-Team": "team:support"},
+                      timeout=120, json={"model": "open", "prompt": PII_PROMPT, "max_tokens": 8, "temperature": 0,
+                                         "stream": True}) as response:
+        assert response.status_code == 200
+        body = response.read().decode()
+    assert body.rstrip().endswith("data: [DONE]")
+    records, _ = world["log"].read()
+    assert records[-1].status == 200 and 0 < records[-1].completion_tokens <= 8
+    assert records[-1].prompt_tokens > 0 and "prompt:mask" in records[-1].pii
