@@ -101,3 +101,16 @@ def test_a_clean_answer_passes_a_blocking_policy_unchanged(guard) -> None:
 def test_streaming_is_refused_only_where_answers_are_masked_or_blocked(guard) -> None:
     assert guard.on_prompt({"model": "m", "prompt": "hi", "stream": True}, "t", "bot").error[2] == "pii_guardrail_no_stream"
     assert guard.on_prompt({"model": "m", "prompt": "hi", "stream": True}, "t", "open-bot").error is None
+
+
+def test_a_scanner_that_cannot_load_fails_closed() -> None:
+    import asyncio
+
+    from aiplat.pii.guardrails import check_prompt, check_response, inference_config
+
+    broken = Guardrails(GuardrailPolicies(), Pseudonymizer(KEY),
+                        config=inference_config().with_nlp(model_name="en_core_web_definitely_not_installed"))
+    verdict = asyncio.run(check_prompt(broken, {"model": "m", "prompt": "I am Ingrid Solberg"}, "t", "bot"))
+    assert verdict.error[0] == 503 and "Ingrid" not in verdict.error[1]
+    answer = json.dumps({"choices": [{"text": "Ingrid Solberg"}]}).encode()
+    assert asyncio.run(check_response(broken, answer, "t", "bot")).error[0] == 503

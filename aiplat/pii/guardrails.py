@@ -30,7 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiplat.pii.config import PiiConfig
-from aiplat.pii.engine import Finding, Scanner
+from aiplat.pii.engine import Finding, PiiScanError, Scanner
 from aiplat.pii.redact import Pseudonymizer, redact_text
 
 PromptAction = Literal["mask", "off"]
@@ -102,7 +102,12 @@ async def check_prompt(guardrails: Guardrails, body: dict, team: str, endpoint: 
     """The gateway's hook for a request body: scans in a worker thread, notes the action for the log."""
     from starlette.concurrency import run_in_threadpool
 
-    verdict = await run_in_threadpool(guardrails.on_prompt, body, team, endpoint)
+    try:
+        verdict = await run_in_threadpool(guardrails.on_prompt, body, team, endpoint)
+    except PiiScanError as e:  # fail closed: an unscanned prompt is not forwarded
+        _NOTE.set("prompt:unavailable")
+        return Verdict(body, (503, f"the PII guardrail could not scan the prompt ({e}); nothing was sent to the model",
+                              "pii_guardrail_unavailable"))
     _NOTE.set(verdict.note)
     return verdict
 
@@ -111,7 +116,11 @@ async def check_response(guardrails: Guardrails, content: bytes, team: str, endp
     """The gateway's hook for a non-streamed answer."""
     from starlette.concurrency import run_in_threadpool
 
-    verdict = await run_in_threadpool(guardrails.on_response, content, team, endpoint)
+    try:
+        verdict = await run_in_threadpool(guardrails.on_response, content, team, endpoint)
+    except PiiScanError as e:  # fail closed: an unchecked answer is withheld
+        verdict = Verdict(content, (503, f"the PII guardrail could not check the answer ({e}); it was withheld",
+                                    "pii_guardrail_unavailable"), note="response:unavailable")
     if verdict.note:
         _NOTE.set(f"{_NOTE.get()}; {verdict.note}" if _NOTE.get() else verdict.note)
     return verdict

@@ -85,7 +85,7 @@ class GazetteerNameRecognizer(EntityRecognizer):
             if j == i + 1 and i + 1 < len(tokens) and text[tokens[i].end():tokens[i + 1].start()] == " ":
                 w1, w2 = tokens[i].group().casefold(), tokens[i + 1].group().casefold()
                 if w1 in given and w2 in family and w1 not in common and w2 not in common and w2.islower():
-                    out.append(self._result(tokens[i].start(), tokens[i + 1].end(), 0.55))
+                    out.append(self._result(tokens[i].start(), tokens[i + 1].end(), 0.52))
                     i += 2
                     continue
             i += 1
@@ -110,7 +110,9 @@ class GazetteerNameRecognizer(EntityRecognizer):
             b -= 1
         if b - a + 1 > _MAX_RUN:
             return None
-        score = 0.8 if b > a else 0.6
+        # Scores differ from the other name recognizers' (0.85, 0.6, 0.55): Presidio keeps one of two
+        # tied results on a span in an order that is not the same on the batched and naive paths.
+        score = 0.8 if b > a else 0.58
         return a, b, score
 
     def _result(self, start: int, end: int, score: float) -> RecognizerResult:
