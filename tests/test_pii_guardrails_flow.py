@@ -30,7 +30,7 @@ from starlette.routing import Route
 from aiplat.net import free_port
 from aiplat.operations.cost import CostRates
 from aiplat.operations.requests import RequestLog
-from aiplat.pii.guardrails import GuardrailPolicies, GuardrailPolicy, Guardrails
+from aiplat.pii.guardrails import GuardrailPolicies, GuardrailPolicy, Guardrails, inference_config
 from aiplat.pii.redact import Pseudonymizer
 from aiplat.serving.budgets import InProcessLedger, token_cost
 from aiplat.serving.gateway import GatewaySettings, build_app
@@ -199,22 +199,35 @@ def test_a_stream_is_refused_before_any_budget_where_answers_are_blocked(world: 
     assert world["seen"] == [] and ledger.committed("team:support") == (0.0, 0.0)
 
 
-class _BrokenScanner(Guardrails):
-    """Stands in for a scanner that crashes (its worker died): a fault the test cannot cause on the
-    real scanner without killing processes it does not own."""
-
-    def __init__(self) -> None:  # no scanner: the point is that scanning fails
-        self.policies = GuardrailPolicies()
-        self.actions = None
-
-    def on_prompt(self, body, team, endpoint):  # type: ignore[no-untyped-def]
-        raise RuntimeError("scanner worker died")
+def _broken(policies: GuardrailPolicies) -> Guardrails:
+    """A real scanner that cannot load (its NER model is not installed): every scan fails."""
+    return Guardrails(policies, Pseudonymizer(KEY),
+                      config=inference_config().with_nlp(model_name="en_core_web_definitely_not_installed"))
 
 
-def test_a_guardrail_that_fails_keeps_the_prompt_from_the_model(world: dict) -> None:
-    with gateway(world, _BrokenScanner()) as url:
-        answer = _chat(url)
-    assert answer.status_code == 503 and answer.json()["error"]["code"] == "pii_guardrail_failed"
-    assert world["seen"] == []
+def test_a_guardrail_that_cannot_scan_keeps_the_prompt_from_the_model(world: dict) -> None:
+    broken = _broken(GuardrailPolicies())
+    try:
+        with gateway(world, broken) as url:
+            answer = _chat(url)
+    finally:
+        broken.close()
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "pii_guardrail_unavailable"
+    assert "Ingrid" not in answer.text and world["seen"] == []
     records, _ = world["log"].read()
-    assert records[-1].status == 503
+    assert (records[-1].status, records[-1].pii) == (503, "prompt:unavailable")
+
+
+def test_an_answer_that_cannot_be_checked_is_withheld_and_billed(world: dict) -> None:
+    broken = _broken(GuardrailPolicies(default=GuardrailPolicy(prompt="off", response="mask")))
+    ledger = InProcessLedger(RATES, {"team:support": 10.0})
+    try:
+        with gateway(world, broken, ledger=ledger) as url:
+            answer = _chat(url)
+    finally:
+        broken.close()
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "pii_guardrail_unavailable"
+    assert "7946" not in answer.text and len(world["seen"]) == 1
+    assert ledger.committed("team:support") == (pytest.approx(token_cost(RATES, 20, 9)), 0.0)
+    records, _ = world["log"].read()
+    assert (records[-1].status, records[-1].pii) == (503, "response:unavailable")

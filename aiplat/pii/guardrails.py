@@ -130,7 +130,10 @@ async def check_streamed(guardrails: Guardrails, texts: list[str], team: str, en
     """The gateway's hook for a streamed answer, once sent: counts (log) what it carried."""
     from starlette.concurrency import run_in_threadpool
 
-    verdict = await run_in_threadpool(guardrails.on_streamed, texts, team, endpoint)
+    try:
+        verdict = await run_in_threadpool(guardrails.on_streamed, texts, team, endpoint)
+    except PiiScanError:  # already sent: nothing to withhold, but the log line says it went unchecked
+        verdict = Verdict(b"", note="response:unavailable")
     if verdict.note:
         _NOTE.set(f"{_NOTE.get()}; {verdict.note}" if _NOTE.get() else verdict.note)
     return verdict

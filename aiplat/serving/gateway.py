@@ -310,13 +310,15 @@ def build_app(settings: GatewaySettings) -> Starlette:
         if settings.guardrails is not None:  # after authentication, before any budget or model sees the prompt
             try:
                 verdict = await check_prompt(settings.guardrails, body, team, upstream.endpoint)
-            except Exception as e:  # fail closed: a prompt that was not checked does not reach the model
+            except Exception as e:  # fail closed (a scanner error is a 503 verdict already; this is anything else)
                 log.error("PII guardrail failed on a prompt for endpoint %s: %s: %s", upstream.endpoint,
                           type(e).__name__, e)
-                return await refuse(503, "pii_guardrail_failed", "the gateway could not check the prompt for personal "
-                                    "data, so it did not send it; retry later", "server_error", team, feature, upstream)
+                return await refuse(503, "pii_guardrail_unavailable", "the gateway could not check the prompt for "
+                                    "personal data, so it did not send it; retry later", "server_error",
+                                    team, feature, upstream)
             if verdict.error:
-                return await refuse(verdict.error[0], verdict.error[2], verdict.error[1], "invalid_request_error",
+                status, message, code = verdict.error
+                return await refuse(status, code, message, "server_error" if status >= 500 else "invalid_request_error",
                                     team, feature, upstream)
             body = verdict.body
         forward = {**body, "model": upstream.served_model_name}
@@ -393,13 +395,14 @@ def build_app(settings: GatewaySettings) -> Starlette:
                     log.error("PII guardrail failed on an answer of endpoint %s: %s: %s", upstream.endpoint,
                               type(e).__name__, e)
                     withheld = (503, "the gateway could not check the answer for personal data, so it withheld it",
-                                "pii_guardrail_failed")
+                                "pii_guardrail_unavailable")
                 status = withheld[0] if withheld else status
             # A withheld answer is still billed: the model did the work.
             await record(upstream, team, feature, tokens or (0, 0), (time.monotonic() - started) * 1000,
                          status, reservation)
             if withheld:
-                return _error(withheld[0], withheld[1], "content_filter", withheld[2])
+                return _error(withheld[0], withheld[1], "server_error" if withheld[0] >= 500 else "content_filter",
+                              withheld[2])
             return Response(content, status_code=status, media_type=media_type)
 
         async def relay() -> AsyncIterator[bytes]:
