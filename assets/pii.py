@@ -62,9 +62,10 @@ def _build_pii_stage(dataset_name: str) -> dg.AssetsDefinition:
         config = presidio.config_for(dataset_name)
         scanner = presidio.scanner(dataset_name)
         ids = raw[config.id_field].tolist() if len(raw) else []
+        lines = raw["_line"].tolist() if len(raw) else []  # errors name lines: an id may itself hold PII
         try:
-            scan = scan_columns({f: raw[f].tolist() for f in config.text_fields if f in raw.columns}, ids, config,
-                                scanner)
+            scan = scan_columns({f: raw[f].tolist() for f in (*config.text_fields, *config.list_fields)
+                                 if f in raw.columns}, lines, config, scanner)
             redacted = redact_frame(raw, scan, config, presidio.pseudonymizer)
             residual = residuals(redacted, config, scanner)
         except PiiScanError as e:
@@ -98,7 +99,7 @@ def _build_pii_stage(dataset_name: str) -> dg.AssetsDefinition:
             raise dg.Failure(
                 f"{dataset_name} batch {context.partition_key}: re-scan of the redacted batch found "
                 f"{sum(residual.by_entity.values())} residual findings in {len(residual.records)} records "
-                f"(first ids: {residual.records[:5]}) and {sum(residual.bad_identifiers.values())} identifiers "
+                f"(first lines: {residual.records[:5]}) and {sum(residual.bad_identifiers.values())} identifiers "
                 "that are not pseudonyms; the redacted batch was not written"
             )
         yield dg.Output(

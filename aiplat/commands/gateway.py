@@ -50,11 +50,15 @@ def cli() -> None:
 @click.option("--completion-per-1k", type=float, default=None, help="Rate for hard budgets (default: the operations resource's).")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=None,
               help="Larger request bodies are refused (413). Default 1,000,000.")
+@click.option("--pii-policy", envvar="AIPLAT_GATEWAY_PII_POLICY", default=None, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PII guardrail policy file (YAML/JSON; see aiplat/pii/guardrails.py). Default: no guardrails. "
+                   "Pseudonyms use the runtime's Presidio key (prod: AIPLAT_PII_HMAC_KEY).")
 def serve(host: str, port: int | None, upstream_template: str | None, endpoints: tuple[str, ...],
           require_attribution: bool | None, api_key_teams: Path | None, request_log: Path | None,
           upstream_api_key: str | None, forward_authorization: bool, timeout: float, trust_team_header: bool | None,
           hard_budgets: Path | None, prompt_per_1k: float | None, completion_per_1k: float | None,
-          max_body_bytes: int | None) -> None:
+          max_body_bytes: int | None, pii_policy: Path | None) -> None:
     """Run the gateway until interrupted."""
     import logging
 
@@ -82,6 +86,17 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         budgets = load_hard_budgets(hard_budgets) if hard_budgets else {}
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    guardrails = None
+    if pii_policy is not None:
+        from aiplat.commands import _resources
+        from aiplat.pii.guardrails import guardrails_for_gateway
+
+        # The pipeline's own Presidio resource: the same key (so the same pseudonyms) and NER model; in
+        # prod a missing, empty or development key is an error here, before the gateway serves anything.
+        try:
+            guardrails = guardrails_for_gateway(pii_policy, _resources.runtime_resource("presidio"))
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     if endpoints and not upstream_template:
         raise click.ClickException("--endpoint needs --upstream-template; locally the endpoint registry says what exists")
     log_file = RequestLog(request_log)
@@ -97,7 +112,7 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         api_key_teams=mapping, trust_team_header=not prod if trust_team_header is None else trust_team_header,
         upstream_api_key=upstream_api_key or None,
         forward_authorization=forward_authorization, timeout_s=timeout, ledger=ledger,
-        max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES, guardrails=guardrails,
     )
     port = port or local_ports().gateway
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -105,7 +120,7 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
     click.echo(f"gateway on http://{host}:{port}/v1 -> {upstream}; request log {settings.request_log.path}; "
                f"attribution {'required' if settings.require_attribution else 'optional'}; "
                f"{len(mapping)} API key(s) mapped; team header {'trusted' if settings.trust_team_header else 'ignored'}; "
-               f"{len(budgets)} hard budget(s)", err=True)
+               f"{len(budgets)} hard budget(s); PII guardrails {pii_policy or 'off'}", err=True)
     uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 

@@ -79,14 +79,20 @@ def split_lines(data: bytes) -> Iterator[bytes]:
 
 def _describe_schema_errors(error: ValidationError) -> str:
     parts = []
+    unknown = 0
     for err in error.errors(include_url=False, include_input=False, include_context=False):
         loc = ".".join(str(p) for p in err["loc"]) or "<record>"
         if err["type"] == "missing":
             parts.append(f"field '{loc}' is missing")
         elif err["type"] == "extra_forbidden":
-            parts.append(f"field '{loc}' is not in the schema")
+            # The name of an undeclared field comes from the data (a key can be an e-mail address):
+            # count them, never quote them.
+            unknown += 1
         else:
             parts.append(f"field '{loc}': {err['msg']}")
+    if unknown:
+        parts.append(f"{unknown} field{'s' if unknown > 1 else ''} not in the schema (names not shown: they come "
+                     "from the data)")
     return "; ".join(parts)
 
 

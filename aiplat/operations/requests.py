@@ -65,6 +65,7 @@ class RequestRecord:
     completion_tokens: int
     latency_ms: float
     status: int  # HTTP status
+    pii: str = ""  # PII guardrail actions, e.g. "prompt:mask PERSON=1; response:log PHONE_NUMBER=2" (never values)
 
     @property
     def ok(self) -> bool:
@@ -92,7 +93,8 @@ class RequestRecord:
         try:
             record = cls(ts, str(data["endpoint"]), str(data["model"]), str(data["team"] or UNATTRIBUTED),
                          str(data["feature"] or UNATTRIBUTED), int(data["prompt_tokens"]),
-                         int(data["completion_tokens"]), float(data["latency_ms"]), int(data["status"]))
+                         int(data["completion_tokens"]), float(data["latency_ms"]), int(data["status"]),
+                         str(data.get("pii") or ""))
         except (TypeError, ValueError) as e:
             raise RequestLogError(f"a numeric field is not a number: {e}") from None
         if record.prompt_tokens < 0 or record.completion_tokens < 0 or record.latency_ms < 0:

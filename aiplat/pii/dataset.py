@@ -43,11 +43,33 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def scan_columns(columns: Mapping[str, Sequence], ids: Sequence, config: PiiConfig, scanner: Scanner) -> ScanResult:
-    """Scan `config.text_fields` of every record; `columns[field][i]` is record i's value."""
-    n = len(ids)
+def _as_list(value) -> list | None:
+    """A list-of-text value as a list (parquet gives numpy arrays), else None."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        out = value.tolist()
+        return out if isinstance(out, list) else None
+    return None
+
+
+def element_key(field: str, j: int) -> str:
+    """How findings in element j of a list field are keyed: "tags[2]"."""
+    return f"{field}[{j}]"
+
+
+def scan_columns(columns: Mapping[str, Sequence], lines: Sequence, config: PiiConfig, scanner: Scanner) -> ScanResult:
+    """Scan `config.text_fields` and every element of `config.list_fields` of every record;
+    `columns[field][i]` is record i's value and `lines[i]` how an error names it: a line number,
+    never a value from the data (an id can hold PII)."""
+    n = len(lines)
     texts: list[str] = []
     where: list[tuple[int, str]] = []
+
+    def not_text(i: int, field: str, value) -> PiiScanError:
+        return PiiScanError(
+            f"record on line {lines[i]}: field {field!r} is {type(value).__name__}, not text; it cannot be scanned")
+
     for field in config.text_fields:
         values = columns.get(field)
         if values is None:
@@ -56,10 +78,24 @@ def scan_columns(columns: Mapping[str, Sequence], ids: Sequence, config: PiiConf
             if _is_missing(value):
                 continue
             if not isinstance(value, str):
-                raise PiiScanError(
-                    f"record {ids[i]!r}: field {field!r} is {type(value).__name__}, not text; it cannot be scanned")
+                raise not_text(i, field, value)
             texts.append(value)
             where.append((i, field))
+    for field in config.list_fields:
+        values = columns.get(field)
+        if values is None:
+            continue
+        for i, value in enumerate(values):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            items = _as_list(value)
+            if items is None:
+                raise not_text(i, field, value)
+            for j, item in enumerate(items):
+                if not isinstance(item, str):
+                    raise not_text(i, element_key(field, j), item)
+                texts.append(item)
+                where.append((i, element_key(field, j)))
     results = scanner.scan(texts)
     if len(results) != len(texts):
         raise PiiScanError(f"scanner returned {len(results)} results for {len(texts)} texts")
@@ -98,6 +134,12 @@ def redact_frame(df: pd.DataFrame, scan: ScanResult, config: PiiConfig, pseudony
                 v if _is_missing(v) else redact_text(v, scan.per_record[i].get(field, ()), config, pseudonymizer)
                 for i, v in enumerate(values)
             ]
+    for field in config.list_fields:
+        if field in out.columns:
+            out[field] = [v if _as_list(v) is None else
+                          [redact_text(t, scan.per_record[i].get(element_key(field, j), ()), config, pseudonymizer)
+                           for j, t in enumerate(_as_list(v))]
+                          for i, v in enumerate(out[field].tolist())]
     for field in config.identifier_fields:
         if field in out.columns:
             out[field] = [None if _is_missing(v) else pseudonymizer.identifier(field, str(v))
@@ -110,7 +152,13 @@ def redact_record(record: Mapping, findings: RecordFindings, config: PiiConfig, 
     """A copy of `record` with its text fields redacted and every other field as it was."""
     out = dict(record)
     for field, fs in findings.items():
-        out[field] = redact_text(record[field], fs, config, pseudonymizer)
+        if field in record:
+            out[field] = redact_text(record[field], fs, config, pseudonymizer)
+    for field in config.list_fields:
+        items = _as_list(record.get(field))
+        if items is not None:
+            out[field] = [redact_text(t, findings.get(element_key(field, j), ()), config, pseudonymizer)
+                          for j, t in enumerate(items)]
     for field in config.identifier_fields:
         if field in out and not _is_missing(out[field]):
             out[field] = pseudonymizer.identifier(field, str(out[field]))
@@ -122,7 +170,7 @@ class Residuals:
     """What a re-scan of redacted output still finds: counts only, never values."""
 
     by_entity: dict[str, int]
-    records: list  # ids of records with a residual finding
+    records: list  # line numbers (else positions) of records with a residual finding, never their ids
     bad_identifiers: dict[str, int]  # identifier column -> values that are not pseudonym tokens
 
     @property
@@ -131,8 +179,9 @@ class Residuals:
 
 
 def residuals(df: pd.DataFrame, config: PiiConfig, scanner: Scanner) -> Residuals:
-    ids = df[config.id_field].tolist() if config.id_field in df.columns else list(range(len(df)))
-    scan = scan_columns({f: df[f].tolist() for f in config.text_fields if f in df.columns}, ids, config, scanner)
+    ids = df["_line"].tolist() if "_line" in df.columns else list(range(1, len(df) + 1))
+    scan = scan_columns({f: df[f].tolist() for f in (*config.text_fields, *config.list_fields) if f in df.columns},
+                        ids, config, scanner)
     bad = {}
     for field in config.identifier_fields:
         if field in df.columns:
@@ -144,7 +193,8 @@ def residuals(df: pd.DataFrame, config: PiiConfig, scanner: Scanner) -> Residual
     for i, rec in enumerate(scan.per_record):
         out: RecordFindings = {}
         for field, findings in rec.items():
-            text = df[field].iloc[i]
+            base, _, j = field.partition("[")
+            text = df[base].iloc[i] if not j else _as_list(df[base].iloc[i])[int(j.rstrip("]"))]
             spans = [m.span() for m in PLACEHOLDER_RE.finditer(text)]
             real = [f for f in findings if not any(a <= f.start and f.end <= b for a, b in spans)]
             if real:

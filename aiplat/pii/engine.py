@@ -167,9 +167,17 @@ def postprocess(text: str, results, config: PiiConfig) -> list[Finding]:
         recognizer = (r.recognition_metadata or {}).get("recognizer_name", "unknown")
         key = (r.entity_type, r.start, r.end)
         finding = Finding(r.entity_type, r.start, r.end, round(float(r.score), 4), recognizer)
-        if key not in best or best[key].score < finding.score:
+        # Ties go to the recognizer named first: Presidio's result order is not stable across paths.
+        if key not in best or (-finding.score, finding.recognizer) < (-best[key].score, best[key].recognizer):
             best[key] = finding
-    return sorted(best.values(), key=lambda f: (f.start, f.end, f.entity_type))
+    found = list(best.values())
+    # Digits inside a found address ("083 254 Damvergi Street") are its building and street numbers,
+    # and a Luhn-valid card number is a card, not a phone number: their redaction covers them anyway.
+    covering = [(f.start, f.end) for f in found if f.entity_type in ("POSTAL_ADDRESS", "CREDIT_CARD")]
+    if covering:
+        found = [f for f in found if f.entity_type != "PHONE_NUMBER"
+                 or not any(a <= f.start and f.end <= b for a, b in covering)]
+    return sorted(found, key=lambda f: (f.start, f.end, f.entity_type))
 
 
 def scan_naive(texts: Sequence[str], config: PiiConfig) -> list[list[Finding]]:

@@ -23,6 +23,11 @@ Durability: every request-log line is fsynced before the record completes (group
 queued by concurrent requests share one write and one fsync). A line that cannot be
 written is kept in memory (the unbilled backlog, shown in /metrics and /health) and the gateway
 refuses new requests (503) until the backlog is written: no request is ever served unbilled in silence.
+PII guardrails (aiplat.pii.guardrails, optional): once the caller is authenticated and the body parsed,
+the prompt is masked before a budget is reserved or the model sees it; a non-streamed answer is
+checked (mask / block / log) before it is returned; a streamed one is only logged, since sent bytes
+cannot be taken back (endpoints that mask or block answers refuse `stream: true`). Every action is
+counted in /metrics and summarized in the request's log line (`pii`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from aiplat.pii.guardrails import Guardrails, check_prompt, check_response, check_streamed, request_note
 from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM, UNATTRIBUTED, RequestLog, RequestRecord
 from aiplat.serving.budgets import OverBudget, Reservation, SpendLedger
 from aiplat.serving.gateway_auth import Caller, identify
@@ -76,6 +82,7 @@ class GatewaySettings:
     ledger: SpendLedger | None = None  # hard budgets; None = budgets are only reported, not enforced
     default_max_tokens: int = 1024  # set on requests without max_tokens when the team has a hard budget
     refusal_limiter: RefusalLimiter = field(default_factory=RefusalLimiter)
+    guardrails: Guardrails | None = None  # PII policy per team / endpoint (aiplat.pii.guardrails)
 
 
 class GatewayMetrics:
@@ -137,6 +144,18 @@ def _content_chunks(payload: dict | None) -> int:
             if text:
                 return 1
     return 0
+
+
+def _content_texts(payload: dict | None) -> list[tuple[int, str]]:
+    """(choice index, text) a stream chunk carries (delta content of chat, text of completions)."""
+    out: list[tuple[int, str]] = []
+    for choice in (payload or {}).get("choices") or []:
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str) and text:
+                out.append((choice.get("index") if isinstance(choice.get("index"), int) else 0, text))
+    return out
 
 
 class _RecordingStream(StreamingResponse):
@@ -213,7 +232,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
         metrics.tokens.labels(team, "prompt").inc(tokens[0])
         metrics.tokens.labels(team, "completion").inc(tokens[1])
         entry = RequestRecord(datetime.now(timezone.utc), upstream.endpoint, upstream.model_label, team, feature,
-                              tokens[0], tokens[1], round(latency_ms, 3), status)
+                              tokens[0], tokens[1], round(latency_ms, 3), status, pii=request_note())
         log.info("request endpoint=%s team=%s feature=%s status=%d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f",
                  upstream.endpoint, team, feature, status, tokens[0], tokens[1], latency_ms)
         await write(entry)
@@ -288,6 +307,20 @@ def build_app(settings: GatewaySettings) -> Starlette:
                                 "(and X-AIPLAT-Feature), or use an API key registered to a team",
                                 "authentication_error", team, feature, upstream)
 
+        if settings.guardrails is not None:  # after authentication, before any budget or model sees the prompt
+            try:
+                verdict = await check_prompt(settings.guardrails, body, team, upstream.endpoint)
+            except Exception as e:  # fail closed (a scanner error is a 503 verdict already; this is anything else)
+                log.error("PII guardrail failed on a prompt for endpoint %s: %s: %s", upstream.endpoint,
+                          type(e).__name__, e)
+                return await refuse(503, "pii_guardrail_unavailable", "the gateway could not check the prompt for "
+                                    "personal data, so it did not send it; retry later", "server_error",
+                                    team, feature, upstream)
+            if verdict.error:
+                status, message, code = verdict.error
+                return await refuse(status, code, message, "server_error" if status >= 500 else "invalid_request_error",
+                                    team, feature, upstream)
+            body = verdict.body
         forward = {**body, "model": upstream.served_model_name}
         reservation: Reservation | None = None
         if settings.ledger is not None and settings.ledger.limited(team):
@@ -295,7 +328,10 @@ def build_app(settings: GatewaySettings) -> Starlette:
                 forward["max_tokens"] = settings.default_max_tokens  # so the reservation is a real upper bound
             limit = forward.get("max_tokens") if isinstance(forward.get("max_tokens"), int) else forward["max_completion_tokens"]
             try:
-                reservation = settings.ledger.reserve(team, len(raw), max(0, limit))
+                # Bytes bound tokens; a masked prompt's pseudonyms can be longer than the values they replace.
+                sent = len(json.dumps(forward, separators=(",", ":"))) if settings.guardrails is not None else 0
+                prompt_bound = max(len(raw), sent)
+                reservation = settings.ledger.reserve(team, prompt_bound, max(0, limit))
             except OverBudget as e:
                 return await refuse(429, "hard_budget", str(e), "rate_limit_error", team, feature, upstream)
             spent, reserved = settings.ledger.committed(team)
@@ -350,12 +386,28 @@ def build_app(settings: GatewaySettings) -> Starlette:
                     tokens = _usage(json.loads(content))
                 except ValueError:
                     tokens = None
+            status, withheld = answer.status_code, None
+            if settings.guardrails is not None and answer.is_success:
+                try:
+                    verdict = await check_response(settings.guardrails, content, team, upstream.endpoint)
+                    content, withheld = verdict.body, verdict.error
+                except Exception as e:  # fail closed: an answer that was not checked is not returned
+                    log.error("PII guardrail failed on an answer of endpoint %s: %s: %s", upstream.endpoint,
+                              type(e).__name__, e)
+                    withheld = (503, "the gateway could not check the answer for personal data, so it withheld it",
+                                "pii_guardrail_unavailable")
+                status = withheld[0] if withheld else status
+            # A withheld answer is still billed: the model did the work.
             await record(upstream, team, feature, tokens or (0, 0), (time.monotonic() - started) * 1000,
-                         answer.status_code, reservation)
-            return Response(content, status_code=answer.status_code, media_type=media_type)
+                         status, reservation)
+            if withheld:
+                return _error(withheld[0], withheld[1], "server_error" if withheld[0] >= 500 else "content_filter",
+                              withheld[2])
+            return Response(content, status_code=status, media_type=media_type)
 
         async def relay() -> AsyncIterator[bytes]:
             tokens, status, buffer, produced = None, CLIENT_CLOSED, b"", 0
+            said: dict[int, list[str]] = {}  # the streamed text per choice, for a log-only guardrail check at the end
             try:
                 async for chunk in answer.aiter_bytes():
                     buffer += chunk
@@ -363,6 +415,9 @@ def build_app(settings: GatewaySettings) -> Starlette:
                         event, buffer = buffer[:end.end()], buffer[end.end():]
                         payload = _event_json(event)
                         produced += _content_chunks(payload)
+                        if settings.guardrails is not None:
+                            for index, text in _content_texts(payload):
+                                said.setdefault(index, []).append(text)
                         found = _usage(payload)
                         if found is not None and payload is not None:
                             tokens = found
@@ -389,6 +444,13 @@ def build_app(settings: GatewaySettings) -> Starlette:
                     tokens = (tokens[0], max(tokens[1], produced if status == CLIENT_CLOSED else 0))
                 with anyio.CancelScope(shield=True):
                     await answer.aclose()
+                    if settings.guardrails is not None and said:
+                        try:
+                            await check_streamed(settings.guardrails, ["".join(t) for t in said.values()], team,
+                                                 upstream.endpoint)
+                        except Exception as e:  # already sent: nothing to withhold; the record must still be written
+                            log.error("PII guardrail failed on a streamed answer of endpoint %s: %s: %s",
+                                      upstream.endpoint, type(e).__name__, e)
                     await record(upstream, team, feature, tokens, (time.monotonic() - started) * 1000, status,
                                  reservation)
 
@@ -433,4 +495,6 @@ def build_app(settings: GatewaySettings) -> Starlette:
         Route("/metrics", prometheus, methods=["GET"]),
     ], lifespan=lifespan)
     app.state.metrics = metrics
+    if settings.guardrails is not None:
+        settings.guardrails.bind_metrics(metrics.registry)
     return app
