@@ -35,6 +35,7 @@ COMMANDS: dict[str, list[str]] = {
 LOCAL_ONLY = {
     "stack": "starts the local runtime's own processes; prod services run in the cluster",
     "demo-data": "writes a synthetic corpus to a folder the caller names; no platform resource",
+    "pipeline": "CI's client of a Dagster webserver named by --url (AIPLAT_DAGSTER_URL) and token; no runtime resource",
 }
 
 

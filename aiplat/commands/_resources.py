@@ -84,6 +84,13 @@ def with_overrides(key: str, **given: Any) -> Any:
     return type(declared_resource)(**{k: v.get_value() if isinstance(v, dg.EnvVar) else v for k, v in merged.items()})
 
 
+@contextmanager
+def runtime_resource_cm(key: str) -> Iterator[Any]:
+    """Like runtime_resource, for a resource with teardown (e.g. presidio's scanner processes)."""
+    with config_errors(f"resource {key!r}"), declared(key).process_config_and_initialize_cm() as ready:
+        yield ready
+
+
 def runtime_resource(key: str) -> Any:
     """Resource `key` of the runtime's set, resolved and ready to use outside Dagster."""
     return resolve(declared(key), key)
