@@ -103,9 +103,17 @@ def kb_index(
             f"{plan.describe()}; kb_index applies that only after {GUARD_CHECK} passed for this chunk set in "
             "the same run (materialize kb_chunks with its checks, or `aiplat index reindex`). Served index unchanged.",
             metadata=plan.metadata(),
+            allow_retries=False,  # a refusal, not a fault: retrying cannot change it
         )
+    from aiplat.retrieval.index import IndexVerificationError
+
     queries = embedder.encode(list(QUERY_SET))
-    report = build_index(milvus.store, kb_embeddings, embedder.model_id, queries)
+    try:
+        report = build_index(milvus.store, kb_embeddings, embedder.model_id, queries)
+    except IndexVerificationError as e:
+        # Row count, key set or recall did not verify: the alias stayed where it was; a retry
+        # would build and fail the same way (the RetryPolicy is for Milvus going away).
+        raise dg.Failure(str(e), allow_retries=False) from e
     context.log.info(
         f"{report.mode}: alias {report.alias} -> {report.collection} "
         f"(added {report.diff.added}, updated {report.diff.updated}, deleted {report.diff.deleted}, "

@@ -22,7 +22,7 @@ from aiplat.operations.requests import RequestLog
 from aiplat.serving.gateway import GatewaySettings, build_app
 from aiplat.serving.gateway_routing import RegistryResolver
 from aiplat.serving.server import process_of
-from tests.conftest import built_vllm_env
+from tests.conftest import built_vllm_env, copy_model
 from tests.fault_drills import child_env, report, start_child
 from tests.test_gateway import serve
 
@@ -31,6 +31,8 @@ from tests.test_gateway import serve
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ENDPOINT = "ticket-triage"
+# The ticket-triage spec's generated chain (models/ticket-triage.yaml).
+SERVED_KEY, SERVED_OP = "ticket_triage/served_endpoint", "ticket_triage__served_endpoint"
 
 
 def _ask(url: str, model: str = ENDPOINT) -> httpx.Response:
@@ -40,7 +42,7 @@ def _ask(url: str, model: str = ENDPOINT) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, smollm_base):
     env = built_vllm_env()  # looked up before the private state dir is set
     state = tmp_path_factory.mktemp("drill-serving") / "state"
     state.mkdir()
@@ -48,14 +50,13 @@ def world(tmp_path_factory):
     mp.setenv("AIPLAT_STATE_DIR", str(state))
     mp.setenv("AIPLAT_ENV", "local")
     mp.setenv("AIPLAT_TEAM", "team:platform")  # deploys are for the owner or the platform team
-    from aiplat.models.base import prepare_base_model
     from aiplat.security.signing import dev_key_pair, sign_model
     from platform_defs.definitions import build_definitions
     from resources.vllm import LocalVllmResource
 
-    model = prepare_base_model(dest_root=state / "models").path
+    model = copy_model(smollm_base, state / "model")
     sign_model(model, dev_key_pair())
-    cfg = dict(endpoint=ENDPOINT, enforce_eager=True, max_num_seqs=2, vllm_python=str(env.python),
+    cfg = dict(enforce_eager=True, max_num_seqs=2, vllm_python=str(env.python),
                start_timeout_s=900, canary_concurrency=1, canary_max_tokens=8, canary_load_share=0.0,
                canary_max_p95_ratio=100.0, canary_p95_slack_ms=120_000.0)
     vllm = LocalVllmResource(**cfg)
@@ -74,8 +75,8 @@ def world(tmp_path_factory):
 
 def _deploy(world, version: str) -> dg.ExecuteInProcessResult:
     return world["job"].execute_in_process(
-        instance=world["instance"], asset_selection=[dg.AssetKey("served_endpoint")], raise_on_error=False,
-        run_config={"ops": {"served_endpoint": {"config": {"model_folder": str(world["model"]), "model_version": version}}}})
+        instance=world["instance"], asset_selection=[dg.AssetKey.from_user_string(SERVED_KEY)], raise_on_error=False,
+        run_config={"ops": {SERVED_OP: {"config": {"model_folder": str(world["model"]), "model_version": version}}}})
 
 
 def test_kill9_during_canary_live_endpoint_keeps_serving(world, tmp_path: Path):
@@ -83,8 +84,8 @@ def test_kill9_during_canary_live_endpoint_keeps_serving(world, tmp_path: Path):
     live = manager.get(ENDPOINT).live
     version = str(int(live.model_version) + 1)
     child = start_child(tmp_path / "drill", child_env(world["state"], world["home"], AIPLAT_TEAM="team:platform"),
-                        assets=["served_endpoint"], resources={"vllm": {"kind": "vllm_local", **world["cfg"]}},
-                        run_config={"ops": {"served_endpoint": {"config": {"model_folder": str(world["model"]),
+                        assets=[SERVED_KEY], resources={"vllm": {"kind": "vllm_local", **world["cfg"]}},
+                        run_config={"ops": {SERVED_OP: {"config": {"model_folder": str(world["model"]),
                                                                            "model_version": version}}}},
                         pause="aiplat.serving.manager:EndpointManager.start_candidate", pause_when="after")
     # The candidate is up and recorded; the kill lands before it is compared, switched or discarded.
@@ -104,7 +105,7 @@ def test_kill9_during_canary_live_endpoint_keeps_serving(world, tmp_path: Path):
     result = _deploy(world, version)
     recovery = time.monotonic() - killed_at
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    meta = result.asset_materializations_for_node("served_endpoint")[0].metadata
+    meta = result.asset_materializations_for_node(SERVED_OP)[0].metadata
     assert meta["action"].value == "switched" and meta["model_version"].value == version
     assert process_of(orphan) is None  # the left-over candidate was stopped, not leaked
     assert any(e.get("reason") == "left over from an interrupted canary" for e in manager.get(ENDPOINT).history)
