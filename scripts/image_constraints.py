@@ -31,6 +31,8 @@ NEVER = {"ai-platform", "pip", "setuptools", "wheel"}
 LOCKS: dict[str, list[str]] = {
     "constraints.txt": ["ai-platform"],
     "gateway-requirements.txt": ["anyio", "httpx", "prometheus-client", "starlette", "uvicorn", "pyyaml", "click", "rich",
+                                 # the request log and cost rates (pandas, pyarrow), guardrail settings and names (pydantic, faker)
+                                 "pandas", "pyarrow", "pydantic", "faker", "cloudpickle",
                                  "sniffio", "watchfiles"],
     "verify-requirements.txt": ["click", "pyyaml", "model-signing", "pyopenssl"],
 }
