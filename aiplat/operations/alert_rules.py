@@ -149,7 +149,7 @@ def render_rules(s: AlertSettings) -> dict:
 
 def settings_from(operations) -> AlertSettings:
     """The alert settings of an OperationsResource (budgets and token rates)."""
-    return AlertSettings(dict(operations.team_daily_budgets), operations.prompt_per_1k_tokens,
+    return AlertSettings(operations.budgets(), operations.prompt_per_1k_tokens,
                          operations.completion_per_1k_tokens)
 
 
