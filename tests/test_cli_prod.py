@@ -20,7 +20,8 @@ COMMANDS: dict[str, list[str]] = {
     "models": ["models", "list"],
     "promote": ["promote", "ticket-triage", "1"],
     "rollback": ["rollback", "ticket-triage"],
-    "endpoints": ["endpoints", "list"],
+    # deploy authorizes and audits through the runtime's resources before anything starts
+    "endpoints": ["endpoints", "deploy", "ticket-triage", "{folder}", "--version", "1"],
     "chat": ["chat", "ticket-triage", "hello"],
     "index": ["index", "status"],
     "features": ["features", "get", "--service", "customer_profile_v1", "--entity", "customer_id=c1"],
@@ -52,7 +53,10 @@ def test_prod_command_names_the_missing_variable(group: str, tmp_path: Path, mon
     monkeypatch.setenv("AIPLAT_STATE_DIR", str(tmp_path / "state"))
     src = tmp_path / "in.jsonl"
     src.write_text('{"ticket_id": "T1", "message": "hello"}\n')
-    argv = [a.format(input=src, output=tmp_path / "out.jsonl") for a in COMMANDS[group]]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    argv = [a.format(input=src, output=tmp_path / "out.jsonl", folder=folder) for a in COMMANDS[group]]
     result = CliRunner().invoke(cli, argv)
     assert result.exit_code != 0, f"{argv} succeeded under prod without its settings:\n{result.output}"
     named = PROD_VARS.findall(result.output)

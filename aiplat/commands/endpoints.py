@@ -44,16 +44,8 @@ def _spinner(description: str) -> Iterator:
 
 
 def _resource(**overrides):
-    """The local servers' manager. Under prod the runtime's serving resource is resolved first (a
-    missing setting is named), then refused: prod rollouts go through the served asset or
-    `aiplat endpoints render`, never CPU servers started from a workstation."""
-    from aiplat.commands import _resources
     from resources.vllm import LocalVllmResource
 
-    if _resources.runtime() == "prod":
-        _resources.runtime_resource("vllm")
-        raise click.ClickException("AIPLAT_ENV=prod: this command manages local vLLM servers; prod endpoints roll out "
-                                   "through the served asset (or `aiplat endpoints render` for the manifests)")
     return LocalVllmResource(**{k: v for k, v in overrides.items() if v is not None})
 
 
