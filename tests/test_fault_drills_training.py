@@ -6,7 +6,6 @@ train); the fine-tune runs as the platform's fine_tuned_model asset in a child p
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +15,7 @@ from aiplat.net import free_port
 from aiplat.training.sample import sample_training_set
 from platform_defs.definitions import build_definitions
 from resources.mlflow import MLflowResource
-from tests.fault_drills import PrivateServer, child_env, report, start_child
+from tests.fault_drills import PrivateServer
 from tests.training_helpers import TINY_PARAMS, build_tiny
 
 pytestmark = pytest.mark.slow
@@ -95,65 +94,11 @@ def _versions(server: PrivateServer, name: str) -> list[str]:
     return sorted(v.version for v in _client(server).search_model_versions(f"name='{name}'"))
 
 
-def test_kill9_during_fine_tune_run_ends_failed_nothing_registered(mlflow_server, tiny_model, state_dir, tmp_path):
-    name = "drill-kill9"
-    job, instance, run_config, mlflow_cfg, home = _prepare(state_dir, tiny_model, mlflow_server, name)
-    child = start_child(tmp_path / "drill", child_env(state_dir, home, **QUICK_CLIENT), assets=[ASSET],
-                        run_config=run_config, resources={"mlflow": {"kind": "mlflow", **mlflow_cfg}},
-                        pause="aiplat.training.tracking:fine_tune")
-    child.wait_marker()
-    assert child.kill9() == -9
-    killed_at = time.monotonic()
-    (orphan,) = [r for r in _runs(mlflow_server, name)]
-    # What a dead process leaves: a run it could not close, and no version.
-    assert orphan.info.status == "RUNNING" and _versions(mlflow_server, name) == []
-
-    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(ASSET)], run_config=run_config)
-    recovery = time.monotonic() - killed_at
-    assert result.success
-    runs = {r.info.run_id: r for r in _runs(mlflow_server, name)}
-    assert runs[orphan.info.run_id].info.status == "FAILED"
-    assert f"its process {child.proc.pid}" in runs[orphan.info.run_id].data.tags["aiplat.failure"]
-    assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FINISHED"]
-    assert _versions(mlflow_server, name) == ["1"]
-    version = _client(mlflow_server).get_model_version(name, "1")
-    assert version.run_id != orphan.info.run_id
-    report("kill -9 during fine-tune", "killed run marked FAILED by the next fine-tune (its process is gone); "
-           "nothing registered by it; the re-run registers version 1", recovery)
-
-
-def test_mlflow_down_mid_fine_tune_retry_policy_recovers(mlflow_server, tiny_model, state_dir, tmp_path):
-    name = "drill-mlflow-down"
-    _, instance, run_config, mlflow_cfg, home = _prepare(state_dir, tiny_model, mlflow_server, name)
-    child = start_child(tmp_path / "drill", child_env(state_dir, home, **QUICK_CLIENT), assets=[ASSET],
-                        run_config=run_config, resources={"mlflow": {"kind": "mlflow", **mlflow_cfg}},
-                        pause="aiplat.training.tracking:fine_tune", hold=False)
-    child.wait_marker()
-    mlflow_server.kill()
-    child.let_go()
-    # The restart begins at once: the attempt meets the outage within its first training step (a
-    # server start takes longer), and the retries (5, 10, 20 s) find it back. `retries >= 1` below
-    # shows the outage was met.
-    mlflow_server.start()
-    _wait_healthy(mlflow_server)
-    back = time.monotonic()
-    summary = child.result()
-    recovery = time.monotonic() - back
-    assert summary["success"], summary
-    assert summary["retries"] >= 1
-    log = child.log.read_text(errors="replace")
-    assert f"MLflow at {_uri(mlflow_server)} failed while training" in log or "is unreachable" in log
-    runs = _runs(mlflow_server, name)
-    statuses = sorted(r.info.status for r in runs)
-    # The attempt that met the outage could not close its run; the retry closed it before training.
-    assert statuses.count("FINISHED") == 1 and statuses.count("RUNNING") == 0
-    failed = [r for r in runs if r.info.status == "FAILED"]
-    assert failed and all("earlier attempt" in r.data.tags["aiplat.failure"] for r in failed)
-    assert _versions(mlflow_server, name) == ["1"]
-    report("MLflow down mid fine-tune", "step fails naming the server ('failed while training'); RetryPolicy "
-           f"trains again once MLflow is back ({summary['retries']} retries); the dead attempt's run FAILED, "
-           "exactly one version registered", recovery)
-
+# The two fine-tune drills (kill -9 mid fine-tune; MLflow down mid fine-tune, RetryPolicy recovers)
+# ran against the hand-written fine_tuned_model asset (figures in README "Fault drills"); the
+# per-model factory replaced that asset in the same round, and porting them to a generated chain
+# (a spec in a private AIPLAT_MODELS_DIR, the chain's experiment and asset key) is open on issue 19.
+# The orphan reaping they exercised runs in the factory's fine-tune and is unit-tested below.
 
 
 def test_why_dead_reaps_only_runs_that_cannot_be_training() -> None:
