@@ -44,7 +44,7 @@ def test_kill9_during_request_log_write_loses_no_answered_request(state_dir: Pat
         child.kill9()
 
         # The next gateway stops inside the record of a request; it dies there.
-        child, url = _gateway(tmp_path, state_dir, upstream, log, pause="aiplat.operations.requests:RequestLog.append")
+        child, url = _gateway(tmp_path, state_dir, upstream, log, pause="aiplat.operations.requests:RequestLog.append_many")
         outcome: dict = {}
 
         def in_flight():
