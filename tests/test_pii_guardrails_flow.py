@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from aiplat.net import free_port
 from aiplat.operations.cost import CostRates
 from aiplat.operations.requests import RequestLog
 from aiplat.pii.guardrails import GuardrailPolicies, GuardrailPolicy, Guardrails, inference_config
@@ -37,6 +33,7 @@ from aiplat.serving.gateway import GatewaySettings, build_app
 from aiplat.serving.gateway_routing import RegistryResolver
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from aiplat.synth import PERSON
+from tests.test_gateway import serve
 
 KEY = "flow-test-key-0123456789abcdef"
 API_KEY = "sk-support-flow-tests-5c1d"
@@ -45,23 +42,6 @@ PII_PROMPT = "I am Ingrid Solberg, mail ingrid.solberg@example.org, my parcel ne
 ANSWER_PARTS = ["We will call you at +44 20 79", "46 0958 tomorrow."]
 USAGE = {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}
 RATES = CostRates(prompt_per_1k_tokens=1.0, completion_per_1k_tokens=1.0)
-
-
-@contextmanager
-def serve(app) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _upstream(seen: list[dict]) -> Starlette:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,26 +33,10 @@ from aiplat.serving.gateway import GatewaySettings, build_app
 from aiplat.serving.gateway_guards import RefusalLimiter
 from aiplat.serving.gateway_routing import RegistryResolver
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
+from tests.test_gateway import serve
 
 ENDPOINT = "ticket-triage"
 ML_KEY = "sk-ml-3b9f0a1c-attack-tests"
-
-
-@contextmanager
-def serve(app) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _upstream(seen: list[dict]) -> Starlette:
