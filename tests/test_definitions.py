@@ -90,3 +90,12 @@ def test_every_sensor_and_schedule_starts_running():
     assert "kb_reindex_sensor" in states and "landing_zone_sensor" in states
     stopped = {name for name, status in states.items() if status.value != "RUNNING"}
     assert stopped == set(EXPECTED_STOPPED), f"not running by default: {sorted(stopped - set(EXPECTED_STOPPED))}"
+
+
+def test_local_runs_keep_every_step_in_the_run_process_and_prod_keeps_the_default() -> None:
+    """A multiprocess step reloads the whole code location; locally that costs more than it buys."""
+    from platform_defs.definitions import build_definitions, executor_for
+
+    assert executor_for("local") is dg.in_process_executor
+    assert executor_for("prod") is None
+    assert build_definitions().resolve_job_def("refresh_downstream").executor_def.name == "in_process"

@@ -69,15 +69,20 @@ def first_run(tmp_path_factory: pytest.TempPathFactory):
     update["_batch"] = "batch-late"
     landed = pd.concat([frame, update], ignore_index=True)
     result = _run(landed, instance, state)
-    return state, instance, frame, update, result
+    # Read what the first run wrote now: later tests in this module (any order) rewrite the table.
+    written = {
+        "customer_features": pd.read_parquet(_metadata(result, "customer_features")["dagster/uri"]),
+        "training_set": pd.read_parquet(state / "lake" / "ticket_triage" / "training_set.parquet"),
+    }
+    return state, instance, frame, update, result, written
 
 
 def test_assets_materialize_with_metadata_and_passing_checks(first_run) -> None:
-    state, _, frame, update, result = first_run
+    state, _, frame, update, result, written = first_run
     assert result.success
     customer = _metadata(result, "customer_features")
     assert customer["current_tickets"] == 400 and customer["upstream_rows"] == 420
-    assert customer["dagster/row_count"] == pd.read_parquet(customer["dagster/uri"]).shape[0]
+    assert customer["dagster/row_count"] == len(written["customer_features"])
     assert Path(customer["dagster/uri"]).is_relative_to(state / "feast")
 
     registry = _metadata(result, "feature_registry")
@@ -98,16 +103,15 @@ def test_assets_materialize_with_metadata_and_passing_checks(first_run) -> None:
         for name in ("no_raw_pii", "within_ttl", "schema_changes"):
             assert _check(result, asset, name).passed, (asset, name)
 
-    stored = pd.read_parquet(state / "lake" / "ticket_triage" / "training_set.parquet")
-    assert training.content_hash(stored) == ts["content_hash"]
+    assert training.content_hash(written["training_set"]) == ts["content_hash"]
     # The late batch's category won for the tickets it updated.
-    by_id = stored.set_index("ticket_id")["label"]
+    by_id = written["training_set"].set_index("ticket_id")["label"]
     updated = [t for t in update["ticket_id"] if t in by_id.index]
     assert updated and all(by_id[t] == "returns" for t in updated)
 
 
 def test_cli_reads_the_materialized_online_store(first_run, monkeypatch: pytest.MonkeyPatch) -> None:
-    state, _, frame, _, _ = first_run
+    state, _, frame, _, _, _ = first_run
     monkeypatch.setenv("AIPLAT_STATE_DIR", str(state))
     monkeypatch.setenv("AIPLAT_ENV", "local")
     table = pd.read_parquet(state / "feast" / "data" / "customer_features.parquet")
@@ -130,7 +134,7 @@ def test_cli_reads_the_materialized_online_store(first_run, monkeypatch: pytest.
 
 def test_cli_reads_a_service_over_two_entities(first_run, monkeypatch: pytest.MonkeyPatch) -> None:
     """ticket_triage_v1 joins tickets and customers: both keys make one entity row."""
-    state, _, frame, _, _ = first_run
+    state, _, frame, _, _, _ = first_run
     monkeypatch.setenv("AIPLAT_STATE_DIR", str(state))
     monkeypatch.setenv("AIPLAT_ENV", "local")
     row = frame.iloc[0]
@@ -148,7 +152,7 @@ def test_cli_reads_a_service_over_two_entities(first_run, monkeypatch: pytest.Mo
 
 
 def test_second_run_is_incremental_and_reports_schema_unchanged(first_run) -> None:
-    state, instance, frame, update, _ = first_run
+    state, instance, frame, update, _, _ = first_run
     more = sample.redacted_tickets(50, 60, seed=4, span_days=1)
     more["ticket_id"] = [f"N{i:05d}" for i in range(len(more))]
     result = _run(pd.concat([frame, update, more], ignore_index=True), instance, state)
@@ -160,7 +164,7 @@ def test_second_run_is_incremental_and_reports_schema_unchanged(first_run) -> No
 
 
 def test_raw_pii_stops_the_table_and_keeps_the_previous_one(first_run) -> None:
-    state, instance, frame, update, _ = first_run
+    state, instance, frame, update, _, _ = first_run
     path = state / "feast" / "data" / "customer_features.parquet"
     before = path.read_bytes()
     leaked = frame.copy()

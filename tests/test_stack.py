@@ -206,7 +206,7 @@ def test_gateway_service_routes_by_the_state_folder_and_writes_its_request_log(s
         [line] = (state_dir / "operations" / "requests.jsonl").read_text().splitlines()
         assert json.loads(line) | {"timestamp": None, "latency_ms": None} == {
             "timestamp": None, "endpoint": "ticket-triage", "model": "7", "team": "team:ml", "feature": "stack-test",
-            "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": None, "status": 502}
+            "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": None, "status": 502, "pii": ""}
         assert [r.state for r in stack.status(["gateway"])] == ["running"]
     finally:
         stopped = stack.down(["gateway"])
