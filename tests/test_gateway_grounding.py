@@ -222,3 +222,60 @@ def test_milvus_down_is_a_clear_503_recorded_and_a_restarted_milvus_grounds_agai
     statuses = [(line["status"], line["grounding"]) for line in _lines(world)]
     assert statuses[0][1].startswith("kb=") and statuses[-1] == statuses[0]
     assert set(statuses[1:-1]) == {(503, "kb=unavailable")}
+
+
+@pytest.mark.slow
+def test_a_real_vllm_gets_the_training_prompt_through_the_cli_wired_gateway(tmp_path: Path, smollm_base: Path,
+                                                                           shared_embedder,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end on real parts: `aiplat gateway serve`'s grounding (from the demo specs, the runtime's
+    Milvus and embedder), a real vLLM serving SmolLM2 as the grounded endpoint, `aiplat chat` and the
+    official client. vLLM's own prompt-token count equals the training prompt's under the chat template."""
+    import openai
+    from transformers import AutoTokenizer
+
+    from aiplat.cli import cli
+    from aiplat.commands.gateway import _grounding
+    from aiplat.serving.champion import FolderSource
+    from resources.vllm import LocalVllmResource
+    from tests.conftest import built_vllm_env
+
+    env = built_vllm_env()  # looked up before the private state dir is set
+    monkeypatch.setenv("AIPLAT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AIPLAT_ENV", "local")
+    monkeypatch.setenv("AIPLAT_TEAM", "team:support")
+    vllm = LocalVllmResource(enforce_eager=True, dtype="float32", vllm_python=str(env.python), start_timeout_s=900)
+    question = "How do I print a return label?"
+    with MilvusLiteServer(tmp_path / "milvus") as server:
+        monkeypatch.setenv("AIPLAT_MILVUS_PORT", str(server.port))  # the local runtime's Milvus, default alias
+        _index(server.uri, shared_embedder, IndexSettings())
+        store = IndexStore.connect(server.uri)
+        world = {"store": store, "embedder": shared_embedder}
+        expected, _ = _training_prompt(world, {"ticket_id": "x", "subject": "", "message": question})
+        store.close()
+        try:
+            vllm.manager.deploy(GROUNDED.endpoint, FolderSource(smollm_base, "1").resolve())
+            grounding = _grounding()
+            assert grounding is not None and set(grounding.endpoints) == {GROUNDED.endpoint}
+            settings = GatewaySettings(resolver=RegistryResolver(), request_log=RequestLog(), grounding=grounding)
+            with serve(build_app(settings)) as url:
+                monkeypatch.setenv("AIPLAT_GATEWAY_PORT", url.rsplit(":", 1)[1])
+                chat = CliRunner().invoke(cli, ["chat", GROUNDED.endpoint, question, "--max-tokens", "16"])
+                client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-not-logged", max_retries=0,
+                                       default_headers={"X-AIPLAT-Feature": "drafts"})
+                raw = client.chat.completions.with_raw_response.create(
+                    model=GROUNDED.endpoint, max_tokens=8, temperature=0,
+                    messages=[{"role": "user", "content": question}])
+        finally:
+            vllm.manager.stop_all()
+    assert chat.exit_code == 0 and chat.output.strip(), chat.output
+    answer = raw.parse()
+    tokenizer = AutoTokenizer.from_pretrained(smollm_base)
+    text = tokenizer.apply_chat_template(expected, add_generation_prompt=True, tokenize=False)
+    assert answer.usage.prompt_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = raw.headers[PASSAGES_HEADER].split(",")
+    assert len(ids) == GROUNDED.training.retrieval.top_k
+    records, rejected = RequestLog().read()
+    assert rejected == [] and [(r.endpoint, r.status, r.grounding) for r in records] == \
+        [(GROUNDED.endpoint, 200, "kb=" + ",".join(ids))] * 2
+    assert records[0].prompt_tokens == answer.usage.prompt_tokens
