@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from aiplat.operations.requests import RequestLog
@@ -279,3 +280,13 @@ def test_a_real_vllm_gets_the_training_prompt_through_the_cli_wired_gateway(tmp_
     assert rejected == [] and [(r.endpoint, r.status, r.grounding) for r in records] == \
         [(GROUNDED.endpoint, 200, "kb=" + ",".join(ids))] * 2
     assert records[0].prompt_tokens == answer.usage.prompt_tokens
+
+
+def test_the_prod_gateway_manifest_gets_the_kb_index_address_and_token_from_the_secret() -> None:
+    from aiplat.config import project_root
+
+    docs = [d for d in yaml.safe_load_all((project_root() / "deploy" / "serving" / "gateway.yaml").read_text()) if d]
+    [container] = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("AIPLAT_MILVUS_URI", "AIPLAT_MILVUS_TOKEN"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "aiplat-secrets" and "value" not in env[name]

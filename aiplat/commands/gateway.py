@@ -148,9 +148,15 @@ def _grounding():
         raise click.ClickException(str(e)) from None
     if not endpoints:
         return None
-    milvus = _resources.with_overrides("milvus", **SERVING_MILVUS_RETRY)
-    embeddings = _resources.with_overrides("embeddings")
-    return Grounding(endpoints, Retriever(milvus.open_store, embeddings.load))
+
+    def connect():
+        # Resolved per connection: a Milvus not configured yet (prod: AIPLAT_MILVUS_URI, AIPLAT_MILVUS_TOKEN)
+        # makes the grounded endpoints answer 503 with the reason in this log, not the gateway fail to start.
+        # The gateway only searches: the backup location is not its business.
+        milvus = _resources.with_overrides("milvus", backup_uri="unused-by-the-gateway", **SERVING_MILVUS_RETRY)
+        return milvus.open_store()
+
+    return Grounding(endpoints, Retriever(connect, _resources.with_overrides("embeddings").load))
 
 
 @cli.command("hash-key")
