@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from aiplat.operations.requests import RequestLog
 from aiplat.retrieval.chunking import chunk_articles
-from aiplat.retrieval.grounding import add_passages, ticket_query
+from aiplat.retrieval.grounding import EmbedderMismatch, add_passages, ticket_query
 from aiplat.retrieval.index import build_index, embed_chunks
 from aiplat.retrieval.lite_server import MilvusLiteServer
 from aiplat.retrieval.queries import QUERY_SET
@@ -193,6 +193,27 @@ def test_a_grounded_endpoint_refuses_prompts_it_cannot_ground_as_trained(world: 
     assert "send the ticket as one user message" in turns.json()["error"]["message"]
     assert completions.json()["error"]["code"] == "grounded_chat_only"
     assert world["seen"] == []
+
+
+def test_an_index_embedded_by_another_model_is_refused_at_training_and_serving_time(world: dict) -> None:
+    """Rows of the served index carry the id of the model that embedded them; here a real index whose
+    rows name another model (as after a rebuild with a new embedder that this process does not have)."""
+    other = IndexSettings(alias="kb_grounding_other", collection_prefix="kbc_grounding_other")
+    store = IndexStore.connect(world["uri"], settings=other)
+    try:
+        embedded, _ = embed_chunks(chunk_articles(sample_kb_articles(4)), world["embedder"], store)
+        build_index(store, embedded.assign(model_id="another-model@0123456789ab"), "another-model@0123456789ab",
+                    world["embedder"].encode(list(QUERY_SET)))
+        with pytest.raises(EmbedderMismatch, match="embedded with another-model@0123456789ab"):
+            add_passages(pd.DataFrame([TICKET]), store, world["embedder"], 2, 240)
+    finally:
+        store.close()
+    connect = lambda: IndexStore.connect(world["uri"], settings=other, retry=QUICK)  # noqa: E731
+    grounding = Grounding(grounded_endpoints(SPECS), Retriever(connect, lambda: world["embedder"]))
+    with gateway(world, grounding) as url:
+        refused = _ask(url, GROUNDED.endpoint, [{"role": "user", "content": "How do I print a return label?"}])
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "grounding_unavailable"
+    assert "another-model" not in refused.text and world["seen"] == []
 
 
 @pytest.mark.slow

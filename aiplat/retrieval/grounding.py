@@ -55,8 +55,26 @@ def top_passages(store, embedder, queries: Sequence[str], top_k: int, max_chars:
     return [passages_text(row) for row in retrieve(store, embedder, queries, top_k, max_chars)]
 
 
+class EmbedderMismatch(RuntimeError):
+    """The served index's vectors come from another embedding model than the queries would."""
+
+
+def check_embedder(store, embedder) -> None:
+    """Queries must be embedded by the model that embedded the served index (its rows carry that
+    model's id): another model's vectors would retrieve unrelated passages without any error."""
+    served = store.served_collection()
+    if served is None:
+        return  # nothing served: the search itself reports it
+    sample = store.read(served, f"sampling {served}",
+                        lambda: store.client.query(served, filter="", output_fields=["model_id"], limit=1))
+    if sample and sample[0]["model_id"] != embedder.model_id:
+        raise EmbedderMismatch(f"the served KB index {served} was embedded with {sample[0]['model_id']}; queries "
+                               f"here would be embedded with {embedder.model_id}")
+
+
 def add_passages(df: pd.DataFrame, store, embedder, top_k: int, max_chars: int, batch: int = 256) -> pd.DataFrame:
     """Training time: `df` (subject, message) with the `kb_passages` column retrieved for every row."""
+    check_embedder(store, embedder)
     queries = [ticket_query(s, m) for s, m in zip(df["subject"].astype(str), df["message"].astype(str))]
     passages: list[str] = []
     for start in range(0, len(queries), batch):

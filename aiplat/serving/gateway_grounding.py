@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from aiplat.retrieval.grounding import grounded_prompt
+from aiplat.retrieval.grounding import check_embedder, grounded_prompt
 from aiplat.training.data import PROMPT_FEATURES
 from aiplat.training.prompts import PromptFormat, parse_user_prompt
 
@@ -56,7 +56,8 @@ class GroundingRefused(Exception):
 
 class Retriever:
     """The KB side: a Milvus store (opened on first use, reopened after any failure, so a Milvus that
-    comes back is used again) and the embedder the index was built with (loaded once)."""
+    comes back is used again) and the embedder (loaded once), checked to be the one that embedded
+    the served index at every (re)connection."""
 
     def __init__(self, connect: Callable[[], object], load_embedder: Callable[[], object]) -> None:
         self._connect, self._load_embedder = connect, load_embedder
@@ -75,7 +76,13 @@ class Retriever:
             if self._embedder is None:
                 self._embedder = self._load_embedder()
             if self._store is None:
-                self._store = self._connect()
+                store = self._connect()
+                try:  # once per connection: the index may have been rebuilt with another model since
+                    check_embedder(store, self._embedder)
+                except BaseException:
+                    store.close()
+                    raise
+                self._store = store
             return self._store, self._embedder
 
     def forget_store(self) -> None:
