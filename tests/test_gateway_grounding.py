@@ -120,8 +120,11 @@ def test_a_grounded_endpoint_gets_the_training_prompt_with_passages_retrieved_no
     sent = prompts.user_prompt(TICKET, feature_columns(df))
     with gateway(world, _grounding(world)) as url:
         answer = _ask(url, GROUNDED.endpoint, [{"role": "user", "content": sent}], temperature=0.0)
+        streamed = _ask(url, GROUNDED.endpoint, [{"role": "user", "content": sent}], temperature=0.0, stream=True)
     assert answer.status_code == 200, answer.text
-    [forwarded] = world["seen"]
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
+    forwarded, forwarded_stream = world["seen"]
+    assert forwarded_stream["body"]["messages"] == expected
     body = forwarded["body"]
     assert body["messages"] == expected  # equal to the training-time builder's, field by field
     assert (body["model"], body["temperature"], body["max_tokens"]) == ("drafter-served", 0.0, 5)
@@ -137,10 +140,11 @@ def test_a_grounded_endpoint_gets_the_training_prompt_with_passages_retrieved_no
     top = world["store"].search(SETTINGS.alias, world["embedder"].encode([ticket_query(TICKET["subject"],
                                 TICKET["message"])]), GROUNDED.training.retrieval.top_k)[0]
     ids = [h["chunk_id"] for h in top]
-    assert answer.headers[PASSAGES_HEADER] == ",".join(ids)
-    [line] = _lines(world)
-    assert (line["endpoint"], line["status"], line["team"], line["grounding"]) == \
-        (GROUNDED.endpoint, 200, "team:support", "kb=" + ",".join(ids))
+    assert answer.headers[PASSAGES_HEADER] == streamed.headers[PASSAGES_HEADER] == ",".join(ids)
+    for line in _lines(world):  # the plain answer's and the stream's
+        assert (line["endpoint"], line["status"], line["team"], line["grounding"]) == \
+            (GROUNDED.endpoint, 200, "team:support", "kb=" + ",".join(ids))
+    assert len(_lines(world)) == 2
     assert passages[0][2:30] not in world["log"].path.read_text(), "passage text must not reach the request log"
 
 
