@@ -45,7 +45,7 @@ def training_tags(spec: ModelSpec) -> dict[str, str]:
 
 
 def prompt_format(spec: ModelSpec) -> PromptFormat:
-    return PromptFormat(system_prompt=spec.training.prompt_template, task=spec.task, grounded=spec.grounded)
+    return spec.prompt_format
 
 
 def owners_of(spec: ModelSpec) -> dict[str, str]:

@@ -185,6 +185,8 @@ def test_a_bad_spec_stops_the_definitions_with_its_file_and_field(tmp_path, monk
 
 
 def test_the_grounded_model_reads_the_kb_index_at_training_and_serving_time(state_dir):
+    """kb_index is a direct upstream of the grounded chain's training set and served endpoint (the
+    gateway retrieves passages for its prompts, aiplat.serving.gateway_grounding); not the triage chain's."""
     from platform_defs.definitions import build_definitions
 
     graph = build_definitions().resolve_asset_graph()
@@ -192,6 +194,10 @@ def test_the_grounded_model_reads_the_kb_index_at_training_and_serving_time(stat
     assert kb in graph.get(dg.AssetKey(["reply_drafter", "training_set"])).parent_keys
     assert kb in graph.get(dg.AssetKey(["reply_drafter", "served_endpoint"])).parent_keys
     assert kb not in graph.get(dg.AssetKey(["ticket_triage", "training_set"])).parent_keys
+    assert kb not in graph.get(dg.AssetKey(["ticket_triage", "served_endpoint"])).parent_keys
+    # Nor anywhere upstream of the triage endpoint (its chain reads no KB), unlike the drafter's.
+    assert kb not in graph.get_ancestor_asset_keys(dg.AssetKey(["ticket_triage", "served_endpoint"]))
+    assert kb in graph.get_ancestor_asset_keys(dg.AssetKey(["reply_drafter", "served_endpoint"]))
 
 
 NAMES = re.compile(r"ticket-triage|ticket_triage|reply-drafter|reply_drafter|team:(ml|support|search)\b")

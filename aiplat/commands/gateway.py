@@ -106,6 +106,7 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         rates = CostRates(defaults.prompt_per_1k_tokens if prompt_per_1k is None else prompt_per_1k,
                           defaults.completion_per_1k_tokens if completion_per_1k is None else completion_per_1k)
         ledger = InProcessLedger.from_request_log(log_file, rates, budgets)
+    grounding = _grounding()
     settings = GatewaySettings(
         resolver=resolver, request_log=log_file,
         require_attribution=prod if require_attribution is None else require_attribution,
@@ -113,6 +114,7 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         upstream_api_key=upstream_api_key or None,
         forward_authorization=forward_authorization, timeout_s=timeout, ledger=ledger,
         max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES, guardrails=guardrails,
+        grounding=grounding,
     )
     port = port or local_ports().gateway
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -120,8 +122,41 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
     click.echo(f"gateway on http://{host}:{port}/v1 -> {upstream}; request log {settings.request_log.path}; "
                f"attribution {'required' if settings.require_attribution else 'optional'}; "
                f"{len(mapping)} API key(s) mapped; team header {'trusted' if settings.trust_team_header else 'ignored'}; "
-               f"{len(budgets)} hard budget(s); PII guardrails {pii_policy or 'off'}", err=True)
+               f"{len(budgets)} hard budget(s); PII guardrails {pii_policy or 'off'}; grounded endpoints: "
+               f"{', '.join(sorted(grounding.endpoints)) if grounding else 'none'}", err=True)
+    if grounding is not None:
+        import threading
+
+        threading.Thread(target=grounding.retriever.warm, name="grounding-warm", daemon=True).start()
     uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+# A request waits for Milvus at most this long before its 503 (the pipeline's steps retry longer).
+SERVING_MILVUS_RETRY = {"retry_attempts": 2, "retry_base_delay_s": 0.25, "retry_max_delay_s": 1.0}
+
+
+def _grounding():
+    """The grounded endpoints of the model specs (AIPLAT_MODELS_DIR), searching the runtime's KB
+    index with the runtime's embedder, as the training set's step does; None when no spec is grounded."""
+    from aiplat.commands import _resources
+    from aiplat.serving.gateway_grounding import Grounding, Retriever, grounded_endpoints
+    from aiplat.specs import SpecError, load_specs
+
+    try:
+        endpoints = grounded_endpoints(load_specs())
+    except SpecError as e:
+        raise click.ClickException(str(e)) from None
+    if not endpoints:
+        return None
+
+    def connect():
+        # Resolved per connection: a Milvus not configured yet (prod: AIPLAT_MILVUS_URI, AIPLAT_MILVUS_TOKEN)
+        # makes the grounded endpoints answer 503 with the reason in this log, not the gateway fail to start.
+        # The gateway only searches: the backup location is not its business.
+        milvus = _resources.with_overrides("milvus", backup_uri="unused-by-the-gateway", **SERVING_MILVUS_RETRY)
+        return milvus.open_store()
+
+    return Grounding(endpoints, Retriever(connect, _resources.with_overrides("embeddings").load))
 
 
 @cli.command("hash-key")

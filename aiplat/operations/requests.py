@@ -66,6 +66,9 @@ class RequestRecord:
     latency_ms: float
     status: int  # HTTP status
     pii: str = ""  # PII guardrail actions, e.g. "prompt:mask PERSON=1; response:log PHONE_NUMBER=2" (never values)
+    # Grounded endpoints only: the KB chunk ids in the prompt ("kb=<id>,<id>", "kb=none") or "kb=unavailable"
+    # (never passage text). Left out of the line when empty, so other endpoints' lines are unchanged.
+    grounding: str = ""
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,8 @@ class RequestRecord:
     def to_json(self) -> str:
         data = asdict(self)
         data["timestamp"] = self.timestamp.isoformat(timespec="milliseconds")
+        if not self.grounding:
+            del data["grounding"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -94,7 +99,7 @@ class RequestRecord:
             record = cls(ts, str(data["endpoint"]), str(data["model"]), str(data["team"] or UNATTRIBUTED),
                          str(data["feature"] or UNATTRIBUTED), int(data["prompt_tokens"]),
                          int(data["completion_tokens"]), float(data["latency_ms"]), int(data["status"]),
-                         str(data.get("pii") or ""))
+                         str(data.get("pii") or ""), str(data.get("grounding") or ""))
         except (TypeError, ValueError) as e:
             raise RequestLogError(f"a numeric field is not a number: {e}") from None
         if record.prompt_tokens < 0 or record.completion_tokens < 0 or record.latency_ms < 0:

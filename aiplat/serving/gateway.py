@@ -28,6 +28,10 @@ the prompt is masked before a budget is reserved or the model sees it; a non-str
 checked (mask / block / log) before it is returned; a streamed one is only logged, since sent bytes
 cannot be taken back (endpoints that mask or block answers refuse `stream: true`). Every action is
 counted in /metrics and summarized in the request's log line (`pii`).
+Grounding (aiplat.serving.gateway_grounding, optional): a grounded model's endpoint (its spec has
+`training.retrieval`) gets the training-time prompt with KB passages retrieved now, after the PII
+check (the KB side is redacted already) and before the budget; a KB that cannot be searched is a
+503 recorded in the request log. Other endpoints' requests pass exactly as before.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from aiplat.pii.guardrails import Guardrails, check_prompt, check_response, chec
 from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM, UNATTRIBUTED, RequestLog, RequestRecord
 from aiplat.serving.budgets import OverBudget, Reservation, SpendLedger
 from aiplat.serving.gateway_auth import Caller, identify
+from aiplat.serving.gateway_grounding import PASSAGES_HEADER, Grounding, GroundingRefused, passages_note
 from aiplat.serving.gateway_guards import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH, BadBody, BodyTooLarge,
                                            RefusalLimiter, parse_body, read_limited)
 from aiplat.serving.gateway_routing import Resolver, UnknownEndpoint, Upstream, label_problem
@@ -83,6 +88,7 @@ class GatewaySettings:
     default_max_tokens: int = 1024  # set on requests without max_tokens when the team has a hard budget
     refusal_limiter: RefusalLimiter = field(default_factory=RefusalLimiter)
     guardrails: Guardrails | None = None  # PII policy per team / endpoint (aiplat.pii.guardrails)
+    grounding: Grounding | None = None  # grounded endpoints from the model specs (aiplat.serving.gateway_grounding)
 
 
 class GatewayMetrics:
@@ -226,15 +232,16 @@ def build_app(settings: GatewaySettings) -> Starlette:
                       "new requests until %s is writable", type(e).__name__, e, len(backlog), settings.request_log.path)
 
     async def record(upstream: Upstream, team: str, feature: str, tokens: tuple[int, int], latency_ms: float,
-                     status: int, reservation: Reservation | None = None) -> None:
+                     status: int, reservation: Reservation | None = None, grounding: str = "") -> None:
         settle(reservation, tokens)
         metrics.requests.labels(upstream.endpoint, team, feature, str(status)).inc()
         metrics.tokens.labels(team, "prompt").inc(tokens[0])
         metrics.tokens.labels(team, "completion").inc(tokens[1])
         entry = RequestRecord(datetime.now(timezone.utc), upstream.endpoint, upstream.model_label, team, feature,
-                              tokens[0], tokens[1], round(latency_ms, 3), status, pii=request_note())
-        log.info("request endpoint=%s team=%s feature=%s status=%d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f",
-                 upstream.endpoint, team, feature, status, tokens[0], tokens[1], latency_ms)
+                              tokens[0], tokens[1], round(latency_ms, 3), status, pii=request_note(), grounding=grounding)
+        log.info("request endpoint=%s team=%s feature=%s status=%d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f"
+                 + (" %s" if grounding else ""), upstream.endpoint, team, feature, status, tokens[0], tokens[1],
+                 latency_ms, *((grounding,) if grounding else ()))
         await write(entry)
 
     async def refuse(status: int, reason: str, message: str, kind: str, team: str = UNATTRIBUTED,
@@ -321,6 +328,19 @@ def build_app(settings: GatewaySettings) -> Starlette:
                 return await refuse(status, code, message, "server_error" if status >= 500 else "invalid_request_error",
                                     team, feature, upstream)
             body = verdict.body
+        grounded = settings.grounding.of(upstream.endpoint) if settings.grounding is not None else None
+        kb, kb_headers = "", {}
+        if grounded is not None:
+            try:
+                body, passage_ids = await run_in_threadpool(settings.grounding.apply, request.url.path, body, grounded)
+            except GroundingRefused as e:
+                if e.status < 500:  # the caller's mistake: a refusal like the others
+                    return await refuse(e.status, e.code, e.message, "invalid_request_error", team, feature, upstream)
+                # The KB is down: always recorded (not rate-limited like refusals), like an unreachable upstream.
+                metrics.refused.labels(e.code, team).inc()
+                await record(upstream, team, feature, (0, 0), 0.0, e.status, grounding=e.note)
+                return _error(e.status, e.message, "server_error", e.code)
+            kb, kb_headers = passages_note(passage_ids), {PASSAGES_HEADER: ",".join(passage_ids)}
         forward = {**body, "model": upstream.served_model_name}
         reservation: Reservation | None = None
         if settings.ledger is not None and settings.ledger.limited(team):
@@ -329,7 +349,9 @@ def build_app(settings: GatewaySettings) -> Starlette:
             limit = forward.get("max_tokens") if isinstance(forward.get("max_tokens"), int) else forward["max_completion_tokens"]
             try:
                 # Bytes bound tokens; a masked prompt's pseudonyms can be longer than the values they replace.
-                sent = len(json.dumps(forward, separators=(",", ":"))) if settings.guardrails is not None else 0
+                # So can the passages a grounded prompt carries.
+                grown = settings.guardrails is not None or grounded is not None
+                sent = len(json.dumps(forward, separators=(",", ":"))) if grown else 0
                 prompt_bound = max(len(raw), sent)
                 reservation = settings.ledger.reserve(team, prompt_bound, max(0, limit))
             except OverBudget as e:
@@ -354,12 +376,12 @@ def build_app(settings: GatewaySettings) -> Starlette:
         except httpx.TimeoutException:
             # The address stays in the gateway's log: error bodies must not map the cluster for callers.
             log.error("endpoint %s timed out after %.0f s at %s", upstream.endpoint, settings.timeout_s, upstream.base_url)
-            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 504, reservation)
+            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 504, reservation, kb)
             return _error(504, f"endpoint {upstream.endpoint!r} did not answer within {settings.timeout_s:.0f} s",
                           "server_error", "upstream_timeout")
         except httpx.HTTPError as e:
             log.error("endpoint %s unreachable at %s: %s: %s", upstream.endpoint, upstream.base_url, type(e).__name__, e)
-            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502, reservation)
+            await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502, reservation, kb)
             return _error(502, f"endpoint {upstream.endpoint!r} is unreachable", "server_error", "upstream_unreachable")
         except BaseException:
             settle(reservation, (0, 0))  # cancelled: free the reservation
@@ -372,7 +394,7 @@ def build_app(settings: GatewaySettings) -> Starlette:
             except httpx.HTTPError as e:
                 await answer.aclose()
                 log.error("endpoint %s broke off its answer at %s: %s", upstream.endpoint, upstream.base_url, e)
-                await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502, reservation)
+                await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, 502, reservation, kb)
                 return _error(502, f"endpoint {upstream.endpoint!r} broke off its answer", "server_error",
                               "upstream_broken")
             except BaseException:
@@ -399,11 +421,11 @@ def build_app(settings: GatewaySettings) -> Starlette:
                 status = withheld[0] if withheld else status
             # A withheld answer is still billed: the model did the work.
             await record(upstream, team, feature, tokens or (0, 0), (time.monotonic() - started) * 1000,
-                         status, reservation)
+                         status, reservation, kb)
             if withheld:
                 return _error(withheld[0], withheld[1], "server_error" if withheld[0] >= 500 else "content_filter",
                               withheld[2])
-            return Response(content, status_code=status, media_type=media_type)
+            return Response(content, status_code=status, media_type=media_type, headers=kb_headers or None)
 
         async def relay() -> AsyncIterator[bytes]:
             tokens, status, buffer, produced = None, CLIENT_CLOSED, b"", 0
@@ -452,15 +474,15 @@ def build_app(settings: GatewaySettings) -> Starlette:
                             log.error("PII guardrail failed on a streamed answer of endpoint %s: %s: %s",
                                       upstream.endpoint, type(e).__name__, e)
                     await record(upstream, team, feature, tokens, (time.monotonic() - started) * 1000, status,
-                                 reservation)
+                                 reservation, kb)
 
         async def never_started() -> None:
             await answer.aclose()
             await record(upstream, team, feature, (0, 0), (time.monotonic() - started) * 1000, CLIENT_CLOSED,
-                         reservation)
+                         reservation, kb)
 
         return _RecordingStream(relay(), never_started, status_code=answer.status_code, media_type=media_type,
-                                headers={"cache-control": "no-cache"})
+                                headers={"cache-control": "no-cache", **kb_headers})
 
     async def models(request: Request) -> JSONResponse:
         try:

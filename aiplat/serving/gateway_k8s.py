@@ -3,7 +3,8 @@ ReadWriteMany volume that holds the request log it writes and the Dagster run po
 
 The API-key -> team mapping is a ConfigMap (`aiplat-gateway-api-keys`, key api-key-teams.json)
 that operators create from reviewed hashes; the upstream bearer token comes from the platform's
-`aiplat-secrets` Secret as an env variable, never from a file in the image or the manifest.
+`aiplat-secrets` Secret as an env variable, never from a file in the image or the manifest; so do
+the KB index's address and token, which grounded endpoints search at request time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ REQUEST_LOG_DIR = "/var/lib/aiplat/operations"
 REQUEST_LOG_PATH = f"{REQUEST_LOG_DIR}/requests.jsonl"
 SECRET = "aiplat-secrets"
 UPSTREAM_KEY_ENV = "AIPLAT_VLLM_API_KEY"
+MILVUS_ENV = ("AIPLAT_MILVUS_URI", "AIPLAT_MILVUS_TOKEN")
 DEFAULT_UPSTREAM = "http://inference-gateway.gateway-system.svc/{endpoint}"
 
 
@@ -66,6 +68,9 @@ def deployment(spec: GatewaySpec) -> dict:
         "env": [
             {"name": "AIPLAT_ENV", "value": "prod"},
             {"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": UPSTREAM_KEY_ENV, "optional": True}}},
+            # Grounded models' prompts carry KB passages searched at request time (gateway_grounding).
+            *({"name": name, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": name, "optional": True}}}
+              for name in MILVUS_ENV),
         ],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": probe,

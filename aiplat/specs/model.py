@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aiplat.models.base import DEFAULT_NAME, DEFAULT_SOURCE
 from aiplat.training.lora import FineTuneParams
+from aiplat.training.prompts import PromptFormat
 
 TaskKind = Literal["classification", "generation"]
 # Base models the platform prepares (offline, hashed) and serves from one vLLM per base.
@@ -102,3 +103,8 @@ class ModelSpec(_Strict):
     @property
     def grounded(self) -> bool:
         return self.training.retrieval is not None
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """How the model is asked: at training, evaluation and serving time (the gateway) alike."""
+        return PromptFormat(system_prompt=self.training.prompt_template, task=self.task, grounded=self.grounded)

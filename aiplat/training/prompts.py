@@ -67,6 +67,26 @@ def user_prompt(row: Mapping, features: Sequence[str], fmt: PromptFormat | None 
     return "\n".join(lines)
 
 
+def parse_user_prompt(text: str, feature_names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """A ticket a client sends, as (row, features) that `user_prompt` turns back into the same text:
+    the training shape "subject: S\nmessage: M" plus trailing "<feature>: <value>" lines for names in
+    `feature_names`; any other text is the message of a ticket without a subject."""
+    lines = text.split("\n")
+    if len(lines) < 2 or not lines[0].startswith("subject: ") or not lines[1].startswith("message: "):
+        return {"subject": "", "message": text}, []
+    row = {"subject": lines[0].removeprefix("subject: ")}
+    rest, features = lines[1:], []
+    while len(rest) > 1:  # feature lines at the end, each name once; the message keeps any other line
+        name, sep, value = rest[-1].partition(": ")
+        if not sep or name not in feature_names or name in row:
+            break
+        row[name] = value
+        features.insert(0, name)
+        rest.pop()
+    row["message"] = "\n".join(rest).removeprefix("message: ")
+    return row, features
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
