@@ -39,6 +39,18 @@ find_python() {
   return 1
 }
 
+# 2 runs in the background while 1 installs: both are mostly single-threaded pip work, and on a
+# fresh clone they are most of the set-up time.
+VLLM_PID="" VLLM_LOG=""
+stop_vllm_build() { [[ -z "$VLLM_PID" ]] || kill "$VLLM_PID" 2>/dev/null || true; }
+trap stop_vllm_build EXIT
+if [[ $WITH_VLLM -eq 1 ]]; then
+  VLLM_LOG="$(mktemp -t aiplat-vllm-env.XXXXXX.log)"
+  say "vLLM environment: building in the background (log: $VLLM_LOG)"
+  scripts/setup_vllm_env.sh >"$VLLM_LOG" 2>&1 &
+  VLLM_PID=$!
+fi
+
 # 1. The platform's environment. The stamp is the hash of what decides its content.
 PY="$(find_python)"
 [[ -x .venv/bin/python ]] || { say "creating .venv ($("$PY" --version))"; "$PY" -m venv .venv; }
@@ -58,10 +70,18 @@ else
 fi
 AIPLAT=.venv/bin/aiplat
 
-# 2. vLLM on the CPU, in its own environment.
-if [[ $WITH_VLLM -eq 1 ]]; then
-  say "vLLM environment"
-  scripts/setup_vllm_env.sh
+# 2. vLLM on the CPU, in its own environment (started above).
+if [[ -n "$VLLM_PID" ]]; then
+  say "vLLM environment: waiting for the background build"
+  if wait "$VLLM_PID"; then
+    VLLM_PID=""
+    tail -n 1 "$VLLM_LOG" >&2
+  else
+    VLLM_PID=""
+    cat "$VLLM_LOG" >&2
+    echo "bootstrap.sh: building the vLLM environment failed (its output is above, and in $VLLM_LOG)" >&2
+    exit 1
+  fi
 fi
 
 # 3. The base model, converted offline.

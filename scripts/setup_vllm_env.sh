@@ -31,9 +31,9 @@ done
 
 # The same rule as aiplat.config.state_dir(); asked from the platform's Python when it exists
 # so there is one definition.
-if [[ -x "$ROOT/.venv/bin/python" ]]; then
-  VENVS="$("$ROOT/.venv/bin/python" -c 'from aiplat.config import local_paths; print(local_paths().venvs)')"
-else
+# bootstrap.sh builds this while .venv is still installing, so a .venv that cannot import the
+# platform yet falls back to the same rule.
+if ! VENVS="$("$ROOT/.venv/bin/python" -c 'from aiplat.config import local_paths; print(local_paths().venvs)' 2>/dev/null)"; then
   VENVS="${AIPLAT_STATE_DIR:-$ROOT/.aiplat}/venvs"
 fi
 PYTHON="${AIPLAT_VLLM_PYTHON:-python3}"
