@@ -284,3 +284,29 @@ def test_help_does_not_import_vllm_or_torch() -> None:
             "print(sorted(m for m in ('torch', 'transformers', 'openai', 'dagster') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("writes_log", [True, False])
+def test_a_start_up_that_keeps_logging_is_waited_for_up_to_the_cap_and_a_silent_one_is_not(tmp_path, writes_log) -> None:
+    """A real child process that never answers (no server on the port): one that keeps writing
+    its log is slow, not stuck, so the wait runs to START_CAP_FACTOR x the timeout; one that
+    writes nothing is called stuck after the timeout."""
+    from aiplat.net import free_port
+    from aiplat.serving import server
+
+    log = tmp_path / "vllm.log"
+    log.write_text("starting\n")
+    script = f"while true; do echo tick >> {log}; sleep 0.2; done" if writes_log else "sleep 60"
+    proc = subprocess.Popen(["bash", "-c", script])
+    port = free_port()
+    record = ServerRecord(url=f"http://127.0.0.1:{port}", port=port, pid=proc.pid, create_time=0.0, model_version="1",
+                          model_path="/m", served_model_name="m", started_at="t", log_file=str(log), pid_file="p")
+    try:
+        cause = server._wait_ready(record, proc, timeout=1.5, say=lambda _m: None)
+    finally:
+        proc.kill()
+        proc.wait()
+    if writes_log:
+        assert f"the limit is {server.START_CAP_FACTOR}x 2 s" in cause
+    else:
+        assert "its log silent for the last 2 s" in cause

@@ -297,9 +297,24 @@ def start_server(
     )
 
 
+# A start-up that keeps writing to its log is slow, not stuck: on a busy 2-core machine vLLM's
+# start took over 5 min (measured under load 9-80 while a fine-tune ran beside it), on a quiet one
+# 30-60 s. So `timeout` runs from the log's last growth, and the whole start-up gets at most
+# START_CAP_FACTOR times that.
+START_CAP_FACTOR = 3
+
+
+def _log_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
 def _wait_ready(record: ServerRecord, proc: subprocess.Popen, timeout: float, say: Progress) -> str | None:
     start = time.monotonic()
     last_report = 0.0
+    log_size, last_growth = _log_size(record.log_file), start
     while True:
         code = proc.poll()
         if code is not None:
@@ -308,9 +323,14 @@ def _wait_ready(record: ServerRecord, proc: subprocess.Popen, timeout: float, sa
             problem = one_token_completion(record.url, record.served_model_name)
             if problem is None:
                 return None
-        elapsed = time.monotonic() - start
-        if elapsed >= timeout:
-            return f"was not ready after {timeout:.0f} s (timed out)"
+        now = time.monotonic()
+        elapsed = now - start
+        if (size := _log_size(record.log_file)) != log_size:
+            log_size, last_growth = size, now
+        if now - last_growth >= timeout:
+            return f"was not ready after {elapsed:.0f} s, its log silent for the last {timeout:.0f} s (timed out)"
+        if elapsed >= timeout * START_CAP_FACTOR:
+            return f"was not ready after {elapsed:.0f} s (timed out; the limit is {START_CAP_FACTOR}x {timeout:.0f} s)"
         if elapsed - last_report >= 10:
             say(f"waiting for vLLM ({record.served_model_name} version {record.model_version}) on {record.url}: {elapsed:.0f} s")
             last_report = elapsed
