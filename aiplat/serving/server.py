@@ -104,6 +104,11 @@ def server_env(settings: ServerSettings) -> dict[str, str]:
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
         "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib),
+        # vLLM's default ("auto") pins every server's model worker to the same core (core 0 on a
+        # 2-core machine, "core ids=[0]" in each server's log), so the old and new server of a
+        # canary, or two models, all compute on one core while the other idles. The worker runs
+        # one thread either way; unbound, the OS spreads the servers over the cores.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "VLLM_CACHE_ROOT": str(cache),
         "PYTHONUNBUFFERED": "1",
     })
