@@ -245,3 +245,26 @@ def test_prod_promote_refusal_goes_to_the_prod_log(state_dir: Path, prod_env: di
     (entry,) = _prod_log(prod_env).entries()
     assert entry["action"] == "promote" and entry["decision"] == "refused" and entry["owner_team"] == "team:search"
     assert not (state_dir / "audit").exists()
+
+
+def test_stop_is_refused_to_a_team_that_does_not_own_the_model_and_audited(state_dir: Path, switched: EndpointRegistry,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: any caller could stop an endpoint, unaudited, and its next deploy skipped the canary."""
+    monkeypatch.setenv("AIPLAT_TEAM", "search")
+    before = switched.path.read_bytes()
+    result = CliRunner().invoke(cli, ["endpoints", "stop", ENDPOINT])
+    assert result.exit_code == 1 and "may not stop ticket-triage version 2" in result.output
+    assert switched.path.read_bytes() == before
+    assert _events() == [("access", "refused")]
+
+
+def test_stop_by_the_owner_team_removes_the_endpoint_and_is_audited(state_dir: Path, switched: EndpointRegistry,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    monkeypatch.setenv("AIPLAT_ACTOR", "ops-alice")
+    result = CliRunner().invoke(cli, ["endpoints", "stop", ENDPOINT])
+    assert result.exit_code == 0, result.output
+    assert ENDPOINT not in switched.all()
+    assert _events() == [("access", "allowed"), ("endpoint stopped", None)]
+    stopped = list(AuditLog().entries())[-1]
+    assert stopped["actor"] == "ops-alice" and stopped["team"] == "team:ml" and stopped["version"] == "2"

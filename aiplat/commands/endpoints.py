@@ -198,11 +198,26 @@ def rollback(name: str, model_name: str | None, tracking_uri: str | None) -> Non
 
 @cli.command()
 @click.argument("name")
-def stop(name: str) -> None:
-    """Stop every server of NAME and remove it from the registry."""
+@click.option("--model-name", default=None, help=_MODEL_NAME_HELP)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=_TRACKING_HELP)
+def stop(name: str, model_name: str | None, tracking_uri: str | None) -> None:
+    """Stop every server of NAME and remove it from the registry.
+
+    Same guard as deploy (owner team or platform team), audited: a stopped endpoint's next deploy
+    starts directly, without a canary, so stopping is as privileged as deploying."""
+    from aiplat.security.access import record
+
+    model_name = model_name or name
     with _failures():
-        record = _resource().manager.stop(name)
-    click.echo(f"{name}: stopped (was version {record.live.model_version if record.live else '-'})")
+        manager = _resource().manager
+        entry = manager.get(name)
+    version = entry.live.model_version if entry.live else None
+    identity, audit = _authorize("stop", model_name, version, name, tracking_uri)
+    with _failures():
+        stopped = manager.stop(name)
+    record("endpoint stopped", model_name, version, identity, audit, endpoint=name,
+           candidate=stopped.candidate.model_version if stopped.candidate else "-")
+    click.echo(f"{name}: stopped (was version {version or '-'})")
 
 
 @cli.command()

@@ -17,7 +17,7 @@ from aiplat.security.audit_log import AuditLog
 
 PLATFORM_TEAM = "team:platform"
 OWNER_TAG = "owner_team"
-ACTIONS = ("promote", "rollback", "deploy")
+ACTIONS = ("promote", "rollback", "deploy", "stop")
 RUN_TAG_ACTOR = "aiplat/actor"
 RUN_TAG_TEAM = "aiplat/team"
 
