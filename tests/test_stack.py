@@ -418,3 +418,23 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+@pytest.mark.slow
+def test_the_gateway_reads_the_specs_under_the_same_local_gate_policy_as_the_platform(
+        state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the gateway's explicit environment dropped AIPLAT_GATE_POLICY, so it validated the
+    operator's spec files against the shipped policy and refused to start ("below the platform
+    policy's minimum test split") where the platform accepted them."""
+    from tests.test_newcomer_path import _smoke_gate_policy, _smoke_specs
+
+    _use_ports(monkeypatch)
+    monkeypatch.setenv("AIPLAT_GATE_POLICY", str(_smoke_gate_policy(tmp_path / "gate_policy.yaml")))
+    monkeypatch.setenv("AIPLAT_MODELS_DIR", str(_smoke_specs(tmp_path / "models")))
+    try:
+        [started] = stack.up(["gateway"])
+        assert started.state == "started", started
+        with urllib.request.urlopen(f"{started.url}/v1/models", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        stack.down(["gateway"])
