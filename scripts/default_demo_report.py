@@ -22,6 +22,8 @@ def _step_minutes(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
             if stats.start_time:
                 end = stats.end_time
                 state = stats.status.value if stats.status else "RUNNING"
+                if end is None:  # no step end: still running, or the run died (e.g. killed for memory)
+                    state = f"no end, run {record.dagster_run.status.value}"
                 minutes = ((end or time.time()) - stats.start_time) / 60
                 return f"{minutes:.1f} min ({state}, run {record.dagster_run.run_id[:8]})"
     return "not run"
