@@ -446,8 +446,8 @@ def model_chain(spec: ModelSpec) -> ModelChain:
     )
     def eval_gate(context: dg.AssetCheckExecutionContext, mlflow: MLflowResource) -> dg.AssetCheckResult:
         from aiplat.evaluation.gate import alert_line, emit_alert
-        from aiplat.evaluation.promotion import PromotionRefused, verify_report
-        from aiplat.evaluation.registry import CHAMPION, ModelVersionNotFound, ReportMissing, alias_version, model_version
+        from aiplat.evaluation.promotion import PromotionRefused, champion_compared, verify_report
+        from aiplat.evaluation.registry import ModelVersionNotFound, ReportMissing, model_version
 
         meta = _latest_metadata(context.instance, EVAL_REPORT)
         if meta is None:
@@ -456,7 +456,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         version, sha = str(meta["model_version"]), str(meta["report_sha256"])
         try:
             ref = model_version(mlflow.client, spec.name, version)
-            verify_report(mlflow.client, ref, alias_version(mlflow.client, spec.name, CHAMPION), expected_sha256=sha)
+            verify_report(mlflow.client, ref, champion_compared(mlflow.client, spec.name, version), expected_sha256=sha)
         except (PromotionRefused, ModelVersionNotFound, ReportMissing) as e:
             reason = e.reason if isinstance(e, PromotionRefused) else str(e)
             emit_alert(alert_line("eval", spec.name, version, reason, report=sha[:12], run=context.run.run_id), context.log)

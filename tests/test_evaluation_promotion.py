@@ -256,3 +256,29 @@ def test_cli_promotion_and_rollback_only_for_owner_or_platform_team(client, trac
     assert done == [("promote promoted", v1, "alice"), ("promote promoted", v2, "pat")]
     statuses = [(e["action"], e["status"]) for e in promotion.history(client, name)]
     assert statuses == [("promote", "refused"), ("promote", "promoted"), ("promote", "promoted"), ("rollback", "refused")]
+
+
+def test_a_report_is_judged_against_the_champion_it_replaced_once_its_version_is_champion(shared_mlflow, tmp_path) -> None:
+    """Before: the promotion sensor promoted a version on its report between the report and the
+    run's own eval_gate check, which then called the report stale ("compared against champion
+    none, the champion is now 1") and failed the run (the newcomer's "Materialize all")."""
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    from aiplat.evaluation.promotion import champion_compared
+    from aiplat.evaluation.registry import CHAMPION, PREVIOUS
+
+    client = MlflowClient(shared_mlflow)
+    name = f"gate-race-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, source="s3://aiplat-test/gate-race")  # never read
+    assert champion_compared(client, name, "1") is None  # no champion yet
+    client.set_registered_model_alias(name, CHAMPION, "1")
+    assert champion_compared(client, name, "1") is None  # v1 replaced nothing
+    assert champion_compared(client, name, "2").version == "1"
+    client.set_registered_model_alias(name, PREVIOUS, "1")
+    client.set_registered_model_alias(name, CHAMPION, "2")
+    assert champion_compared(client, name, "2").version == "1"  # v2's report compared against v1
+    assert champion_compared(client, name, "1").version == "2"  # another version: the champion

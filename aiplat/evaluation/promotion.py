@@ -122,6 +122,22 @@ def verify_report(
     return VerifiedReport(report, sha, run_id)
 
 
+def champion_compared(client, name: str, version: str) -> ModelRef | None:
+    """The champion a report of `version` must have compared against to be current now: the
+    champion, or, when `version` already is the champion, the one it replaced (`previous`).
+
+    The promotion sensor can promote a version on its report between the report and the run's own
+    gate check (locally a run executes its steps one at a time); the report then compared against
+    the champion that is now `previous`, and calling it stale would fail a run whose model was
+    rightly promoted."""
+    from aiplat.evaluation.registry import CHAMPION, PREVIOUS, alias_version
+
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None and champion.version == str(version):
+        return alias_version(client, name, PREVIOUS)
+    return champion
+
+
 def check_policy(ref: ModelRef, report: dict, policy=None) -> None:
     """PromotionRefused unless the report was made under the current gate policy (digest), with
     thresholds at least as strict as its floor, every mandatory probe run and passed, the policy's
