@@ -37,6 +37,7 @@ def build_definitions(resource_overrides: dict | None = None, models_dir: Path |
                   *(a for chain in chains for a in chain.assets)]
     jobs = ingest_jobs(all_assets)
     downstream = downstream_job(all_assets)
+    runtime_name = runtime()
     return dg.Definitions(
         assets=all_assets,
         asset_checks=[*dg.load_asset_checks_from_modules(SHARED_STAGES), *(c for chain in chains for c in chain.checks)],
@@ -44,8 +45,8 @@ def build_definitions(resource_overrides: dict | None = None, models_dir: Path |
               *(j for chain in chains for j in chain.jobs)],
         schedules=[feature_refresh_schedule(), cost_report_schedule(), *(s for chain in chains for s in chain.schedules)],
         sensors=[build_landing_sensor(jobs, BATCHES), kb_reindex_sensor, *(s for chain in chains for s in chain.sensors)],
-        resources={**resources_for(runtime()), **(resource_overrides or {})},
-        executor=executor_for(runtime()),
+        resources={**resources_for(runtime_name), **(resource_overrides or {})},
+        executor=executor_for(runtime_name),
     )
 
 
