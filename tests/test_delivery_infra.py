@@ -5,6 +5,7 @@ assert those."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -179,3 +180,12 @@ def test_stack_config_files_name_their_environment() -> None:
     for env in ("dev", "prod"):
         config = yaml.safe_load((ROOT / "infra" / f"Pulumi.{env}.yaml").read_text())["config"]
         assert config["aiplat-infra:environment"] == env
+
+
+def test_the_program_runs_after_another_test_closed_the_event_loop() -> None:
+    # CI ran a test calling asyncio.run() before this module (pytest-randomly's order): asyncio.run
+    # leaves the main thread with no event loop, and Pulumi's Output.secret() needs one. The whole
+    # module then failed at setup with "There is no current event loop in thread 'MainThread'".
+    asyncio.run(asyncio.sleep(0))
+    mocks = declared_resources(Settings(environment="dev"))
+    assert "aiplat-dev-dagster" in mocks.of("aws:iam/role:Role")

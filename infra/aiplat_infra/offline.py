@@ -6,6 +6,7 @@ snake_case (scripts/policy_scan.py scans that file)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pulumi
@@ -45,6 +46,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
 def declared_resources(settings: Settings) -> RecordingMocks:
     from aiplat_infra.stack import build
 
+    # Pulumi's Outputs need the thread's event loop; after an asyncio.run() elsewhere in the process
+    # (another test, a gateway call) the main thread has none, so give the program its own.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="aiplat-infra", stack=settings.environment, preview=False)
     stack = build(settings, redis_auth_token=pulumi.Output.secret("x" * 32))
