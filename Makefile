@@ -3,7 +3,7 @@ dev:          ## set up what is missing, start the local runtime and the Dagster
 	scripts/dev.sh
 test:         ## set up what is missing and run the whole test suite
 	scripts/test.sh
-materialize:  ## headless: ingest every landed batch and rebuild the whole graph (as the platform team)
-	AIPLAT_TEAM=$${AIPLAT_TEAM:-team:platform} AIPLAT_ACTOR=$${AIPLAT_ACTOR:-$$(id -un)} .venv/bin/aiplat materialize
+materialize:  ## headless: ingest every landed batch and rebuild the whole graph (runs act as the service account)
+	.venv/bin/aiplat materialize
 stop:         ## stop the local runtime's services
 	.venv/bin/aiplat stack down

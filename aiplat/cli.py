@@ -25,6 +25,7 @@ COMMAND_MODULES: dict[str, str] = {
     "rollback": "aiplat.commands.rollback",
     "cost": "aiplat.commands.cost",
     "audit": "aiplat.commands.audit",
+    "accounts": "aiplat.commands.accounts",
     "pipeline": "aiplat.commands.pipeline",
     "k8s": "aiplat.commands.k8s",
 }

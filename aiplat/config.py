@@ -145,13 +145,9 @@ def dagster_home() -> Path:
     return Path(configured) if configured else local_paths().dagster_home
 
 
-def actor_from_env() -> str | None:
-    """Who runs a local command (AIPLAT_ACTOR), for access checks; prod identity comes from the deployment."""
-    return (os.environ.get("AIPLAT_ACTOR") or "").strip() or None
-
-
 def team_from_env() -> str | None:
-    """The team the local actor acts for (AIPLAT_TEAM), e.g. `ml` or `team:ml`."""
+    """The team `aiplat chat` bills by default (AIPLAT_TEAM): attribution through the local gateway's
+    header, never a right (rights come from a verified credential: aiplat.security.identity)."""
     return (os.environ.get("AIPLAT_TEAM") or "").strip() or None
 
 

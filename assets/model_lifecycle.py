@@ -35,7 +35,6 @@ BASE_MODEL = dg.AssetKey("base_model")
 REDACTED_TICKETS = dg.AssetKey("redacted_tickets")
 FEATURE_STAGE = [dg.AssetKey("customer_features"), dg.AssetKey("ticket_features"), dg.AssetKey("feature_registry")]
 KB_INDEX = dg.AssetKey("kb_index")
-PLATFORM_OWNER = "team:platform"
 RETRIEVAL_RESOURCES = {"milvus", "embeddings"}
 
 
@@ -656,7 +655,8 @@ def _automation(spec: ModelSpec, fine_tuned: dg.AssetKey, eval_report: dg.AssetK
 
     live_job = dg.define_asset_job(
         f"{p}__live_quality_job", selection=dg.AssetSelection.assets(live_quality),
-        tags={"aiplat/team": PLATFORM_OWNER, "aiplat/actor": f"schedule:{p}__hourly_live_quality"},
+        # Attribution in the audit log; the run acts as the code location's service account.
+        tags={"aiplat/actor": f"schedule:{p}__hourly_live_quality"},
         description=f"Ask the live {spec.endpoint} endpoint; alert (and roll back where enabled) on a drop.")
 
     @dg.schedule(name=f"{p}__hourly_live_quality", job=live_job, cron_schedule="20 * * * *", execution_timezone="UTC",

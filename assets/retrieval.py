@@ -205,7 +205,7 @@ def kb_index_deletion_guard(
     decision, entry = evaluate_guard(plan, config.confirm_deletions, identity, operations.audit_log(), context.run.run_id)
     metadata = {**plan.metadata(), "confirm_deletions": config.confirm_deletions}
     if entry is not None:
-        metadata.update({"confirmed_by": identity.actor, "audit_entry_sha256": entry["hash"]})
+        metadata.update({"confirmed_by": identity.requested_by or identity.actor, "audit_entry_sha256": entry["hash"]})
     (context.log.info if decision.passed else context.log.error)(decision.description)
     return dg.AssetCheckResult(
         passed=decision.passed, severity=dg.AssetCheckSeverity.ERROR, description=decision.description, metadata=metadata

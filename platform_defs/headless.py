@@ -94,7 +94,8 @@ def materialize_all(
 
 
 def reindex_kb(
-    defs: dg.Definitions, instance: dg.DagsterInstance, confirm_deletions: int | None = None
+    defs: dg.Definitions, instance: dg.DagsterInstance, confirm_deletions: int | None = None,
+    requested_by: str | None = None,
 ) -> tuple[RunSummary, list[str]]:
     """One kb_reindex run (what the sensor launches), optionally confirming the deletion guard's
     count; returns the run's summary and what the guard said."""
@@ -102,7 +103,7 @@ def reindex_kb(
 
     run_config = {**QUIET, **(confirm_run_config(confirm_deletions) if confirm_deletions is not None else {})}
     result = defs.resolve_job_def("kb_reindex").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config, tags={"aiplat/trigger": "cli"}
+        instance=instance, raise_on_error=False, run_config=run_config, tags={"aiplat/trigger": "cli", **({"aiplat/actor": requested_by} if requested_by else {})}
     )
     guard = [c.description or "" for c in result.get_asset_check_evaluations() if c.check_name == GUARD_CHECK]
     return _summarize("kb_reindex", None, result), guard

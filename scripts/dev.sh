@@ -4,9 +4,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/bootstrap.sh --demo-data
-# Whoever starts the local platform operates it as the platform team: promotions and deploys are
-# checked against this identity and written to the audit log (.aiplat/audit/audit.jsonl).
-export AIPLAT_TEAM="${AIPLAT_TEAM:-team:platform}" AIPLAT_ACTOR="${AIPLAT_ACTOR:-${USER:-$(id -un)}}"
+# Accounts with verified tokens (.aiplat/credentials/, mode 600): runs act as the service account,
+# the CLI as whoever's token AIPLAT_TOKEN_FILE names (docs/operations.md, "Identity").
+.venv/bin/aiplat accounts init
 .venv/bin/aiplat stack up
 export DAGSTER_HOME="$(.venv/bin/python -c 'from aiplat.config import dagster_home; print(dagster_home())')"
 PORT="$(.venv/bin/python -c 'from aiplat.config import local_ports; print(local_ports().dagster)')"

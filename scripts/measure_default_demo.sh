@@ -24,7 +24,7 @@ cp -a .aiplat/models/base "$STATE/models/"
 port() { "$PY" -c 'from aiplat.net import free_port; print(free_port())'; }
 export AIPLAT_STATE_DIR="$STATE" AIPLAT_ENV=local DAGSTER_HOME="$STATE/dagster_home"
 export AIPLAT_MLFLOW_PORT="$(port)" AIPLAT_MILVUS_PORT="$(port)" AIPLAT_GATEWAY_PORT="$(port)"
-export AIPLAT_TEAM=team:platform AIPLAT_ACTOR="${AIPLAT_ACTOR:-$(id -un)}" PYTHONPATH="$ROOT"
+export PYTHONPATH="$ROOT"
 unset AIPLAT_GATE_POLICY AIPLAT_MODELS_DIR  # the shipped policy and specs, nothing else
 aiplat() { nice -n 10 "$PY" -m aiplat.cli "$@"; }
 

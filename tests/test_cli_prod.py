@@ -32,6 +32,7 @@ COMMANDS: dict[str, list[str]] = {
     "materialize": ["materialize"],
     "gateway": ["gateway", "serve", "--port", "9"],
     "k8s": ["k8s", "sweep", "--namespace", "team-ml", "--dry-run"],
+    "accounts": ["accounts", "list"],
 }
 LOCAL_ONLY = {
     "stack": "starts the local runtime's own processes; prod services run in the cluster",

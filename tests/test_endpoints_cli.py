@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from aiplat.cli import cli
 from aiplat.security.audit_log import AuditLog, PostgresAuditLog
 from tests.audit_helpers import private_audit_database
+from tests.identity_helpers import act_as
 from aiplat.security.signing import dev_key_pair
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from tests.test_serving_signature import ENDPOINT, _nothing_started, _tamper, registry, signed_folder  # noqa: F401
@@ -45,7 +46,7 @@ def _events(log: AuditLog | None = None) -> list[tuple[str, str | None]]:
 def test_deploy_refuses_a_tampered_folder_and_the_live_endpoint_stays(
         state_dir: Path, signed_folder: Path, registry: EndpointRegistry, how: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
+    act_as(monkeypatch, "platform")
     expected = _tamper(signed_folder, how)
     before = registry.path.read_bytes()
     result = _deploy(signed_folder)
@@ -62,7 +63,7 @@ def test_deploy_refuses_a_tampered_folder_and_the_live_endpoint_stays(
 
 def test_deploy_refuses_an_unsigned_folder(state_dir: Path, tmp_path: Path, registry: EndpointRegistry,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    act_as(monkeypatch, "ml")
     folder = tmp_path / "unsigned"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -73,29 +74,34 @@ def test_deploy_refuses_an_unsigned_folder(state_dir: Path, tmp_path: Path, regi
 
 
 @pytest.mark.parametrize("team, reason", [("search", "team:search is neither the owner (team:ml) nor team:platform"),
-                                          ("", "no team in the caller's identity")])
+                                          ("", "no credential")])
 def test_deploy_refuses_a_team_that_does_not_own_the_model(state_dir: Path, signed_folder: Path,
                                                            registry: EndpointRegistry, team: str, reason: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", team)
-    monkeypatch.setenv("AIPLAT_ACTOR", "eve")
+    if team:
+        act_as(monkeypatch, team, "eve")
+    else:  # no credential at all: whatever the environment claims
+        monkeypatch.delenv("AIPLAT_TOKEN", raising=False)
+        monkeypatch.setenv("AIPLAT_TEAM", "team:ml")
+        monkeypatch.setenv("AIPLAT_ACTOR", "eve")
     before = registry.path.read_bytes()
     result = _deploy(signed_folder)  # intact: only the team stops it
     assert result.exit_code == 1
-    assert f"access denied: eve ({'team:' + team if team else 'no team'}) may not deploy ticket-triage version 2" \
-        in result.output and reason in result.output
+    assert f"({'team:' + team if team else 'no team'}) may not deploy ticket-triage version 2" in result.output
+    assert "access denied: " in result.output and reason in result.output
     assert registry.path.read_bytes() == before
     _nothing_started(state_dir)
     (entry,) = AuditLog().entries()
-    assert entry["decision"] == "refused" and entry["action"] == "deploy" and entry["actor"] == "eve"
-    assert entry["owner_team"] == "team:ml" and entry["identity_source"] == "env" and entry["endpoint"] == ENDPOINT
+    assert entry["decision"] == "refused" and entry["action"] == "deploy" and (entry["actor"] == "eve") == bool(team)
+    assert entry["owner_team"] == "team:ml" and entry["endpoint"] == ENDPOINT
+    assert entry["identity_source"] == ("credential" if team else "none")
 
 
 def test_model_name_decides_the_owner(state_dir: Path, signed_folder: Path, registry: EndpointRegistry,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The owner team of ticket-triage may not deploy it under a model name nobody owns: such a
     model is the platform team's alone."""
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    act_as(monkeypatch, "ml")
     result = _deploy(signed_folder, "--model-name", "unowned-model")
     assert result.exit_code == 1 and "may not deploy unowned-model version 2" in result.output
     (entry,) = AuditLog().entries()
@@ -118,7 +124,7 @@ def switched(registry: EndpointRegistry, signed_folder: Path) -> EndpointRegistr
 @pytest.mark.parametrize("how", ["flipped byte", "added file"])
 def test_rollback_refuses_a_tampered_previous_folder(state_dir: Path, signed_folder: Path, switched: EndpointRegistry,
                                                      how: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    act_as(monkeypatch, "ml")
     expected = _tamper(signed_folder, how)
     before = switched.path.read_bytes()
     result = CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT])
@@ -133,7 +139,7 @@ def test_rollback_refuses_a_tampered_previous_folder(state_dir: Path, signed_fol
 
 def test_rollback_refuses_a_team_that_does_not_own_the_model(state_dir: Path, switched: EndpointRegistry,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "search")
+    act_as(monkeypatch, "search")
     before = switched.path.read_bytes()
     result = CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT])
     assert result.exit_code == 1 and "may not rollback ticket-triage version 1" in result.output
@@ -161,6 +167,7 @@ def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p
         # Only the public key: a host that deploys needs neither the private key nor its password.
         "AIPLAT_SIGNING_PUBLIC_KEY": str(dev_key_pair().public_key),
         "MLFLOW_TRACKING_URI": uri,
+        "AIPLAT_ACCOUNTS_FILE": str(prod / "accounts.json"),  # the store a Secret would mount
     }
     with private_audit_database(postgres_url) as db:
         env["AIPLAT_AUDIT_DATABASE_URL"] = db.writer_dsn
@@ -178,7 +185,7 @@ def _prod_log(prod_env: dict[str, str]) -> PostgresAuditLog:
 def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_mlflow(
         state_dir: Path, prod_env: dict[str, str], signed_folder: Path, registry: EndpointRegistry,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "search")  # allowed only because MLflow names team:search the owner
+    act_as(monkeypatch, "search")  # allowed only because MLflow names team:search the owner
     expected = _tamper(signed_folder, "flipped byte")
     result = _deploy(signed_folder)
     assert result.exit_code == 1 and expected in result.output, result.output
@@ -192,7 +199,7 @@ def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_mlflow(
 
 def test_prod_refusal_by_team_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
                                                    registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")  # the configured owner, but MLflow's tag says team:search
+    act_as(monkeypatch, "ml")  # the configured owner, but MLflow's tag says team:search
     result = _deploy(signed_folder)
     assert result.exit_code == 1 and "team:ml is neither the owner (team:search)" in result.output
     assert _events(_prod_log(prod_env)) == [("access", "refused")]
@@ -215,7 +222,7 @@ def test_prod_without_the_audit_log_setting_names_the_variable(state_dir: Path, 
                                                                signed_folder: Path, command: list[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIPLAT_AUDIT_DATABASE_URL")
-    monkeypatch.setenv("AIPLAT_TEAM", "platform")
+    act_as(monkeypatch, "platform")
     result = CliRunner().invoke(cli, [c.format(folder=signed_folder) for c in command])
     assert result.exit_code == 1
     assert "AIPLAT_ENV=prod: resource 'operations' needs AIPLAT_AUDIT_DATABASE_URL set in the environment" \
@@ -227,7 +234,7 @@ def test_prod_without_the_audit_log_setting_names_the_variable(state_dir: Path, 
 def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
                                                       registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIPLAT_SIGNING_PUBLIC_KEY")
-    monkeypatch.setenv("AIPLAT_TEAM", "platform")
+    act_as(monkeypatch, "platform")
     before = registry.path.read_bytes()
     result = _deploy(signed_folder)
     assert result.exit_code == 1 and "resource 'model_signing' needs AIPLAT_SIGNING_PUBLIC_KEY" in result.output
@@ -239,7 +246,7 @@ def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env:
 def test_prod_promote_refusal_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`aiplat promote` uses the same runtime resources: its access decision lands in the prod audit trail."""
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")
+    act_as(monkeypatch, "ml")
     result = CliRunner().invoke(cli, ["promote", ENDPOINT, "1"])
     assert result.exit_code == 1 and "access denied" in result.output and "(team:search)" in result.output, result.output
     (entry,) = _prod_log(prod_env).entries()
@@ -250,7 +257,7 @@ def test_prod_promote_refusal_goes_to_the_prod_log(state_dir: Path, prod_env: di
 def test_stop_is_refused_to_a_team_that_does_not_own_the_model_and_audited(state_dir: Path, switched: EndpointRegistry,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: any caller could stop an endpoint, unaudited, and its next deploy skipped the canary."""
-    monkeypatch.setenv("AIPLAT_TEAM", "search")
+    act_as(monkeypatch, "search")
     before = switched.path.read_bytes()
     result = CliRunner().invoke(cli, ["endpoints", "stop", ENDPOINT])
     assert result.exit_code == 1 and "may not stop ticket-triage version 2" in result.output
@@ -260,8 +267,7 @@ def test_stop_is_refused_to_a_team_that_does_not_own_the_model_and_audited(state
 
 def test_stop_by_the_owner_team_removes_the_endpoint_and_is_audited(state_dir: Path, switched: EndpointRegistry,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")
-    monkeypatch.setenv("AIPLAT_ACTOR", "ops-alice")
+    act_as(monkeypatch, "ml", "ops-alice")
     result = CliRunner().invoke(cli, ["endpoints", "stop", ENDPOINT])
     assert result.exit_code == 0, result.output
     assert ENDPOINT not in switched.all()

@@ -101,7 +101,7 @@ def eval_config() -> EvalReportConfig:
     return EvalReportConfig(threads=TEST_SETTINGS.threads, samples_in_report=TEST_SETTINGS.samples_in_report)
 
 
-# The team the promotion step acts for: a Dagster run tag (the owner team of the model).
+# What a launcher may tag a run with: attribution only; the run acts as the service account.
 RUN_TAGS = {"aiplat/team": "team:ml", "aiplat/actor": "ml-bot"}
 
 
@@ -133,9 +133,6 @@ def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, st
 
     from aiplat.security.audit_log import AuditLog
 
-    # Sensor-requested runs carry no team tag: the deployment's identity (here the environment) acts.
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
-
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     with dg.instance_for_test() as instance:
         # a good candidate passes the gate and is promoted in the same run
@@ -149,7 +146,8 @@ def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, st
         assert client.get_model_version(NAME, "1").tags["aiplat.promotion.dagster_run_id"] == first.run_id
         (allowed,) = [e for e in AuditLog().entries() if e["event"] == "access"]
         assert (allowed["actor"], allowed["team"], allowed["identity_source"], allowed["decision"]) == \
-            ("ml-bot", "team:ml", "dagster-run", "allowed")
+            ("svc:dagster", "team:platform", "service", "allowed")
+        assert allowed["requested_by"] == "ml-bot"
 
         # a degraded candidate: report materialized, check fails, promotion skipped, alert line logged
         with caplog.at_level(logging.ERROR, logger="aiplat.alerts"):

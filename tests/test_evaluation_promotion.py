@@ -14,6 +14,7 @@ from aiplat.evaluation import promotion
 from aiplat.evaluation.leak import DEFAULT_CANARIES
 from aiplat.evaluation.pipeline import evaluate_version
 from aiplat.evaluation.registry import CHAMPION, PREVIOUS, TAG_EVAL_RUN, TAG_EVAL_SHA, alias_version
+from tests.identity_helpers import act_as
 from tests.evaluation_helpers import (
     TEST_SETTINGS,
     TEST_THRESHOLDS,
@@ -28,11 +29,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def platform_team(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def platform_team(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_dir: Path) -> None:
     """The lifecycle tests act as the platform team; the access test below changes teams. The gate
     policy's floor is what a tiny model can meet (AIPLAT_GATE_POLICY: local runtime only)."""
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
-    monkeypatch.setenv("AIPLAT_ACTOR", "tester")
+    act_as(monkeypatch, "team:platform", "tester")
     monkeypatch.setenv("AIPLAT_GATE_POLICY", str(write_test_policy(tmp_path / "policy.yaml")))
 
 
@@ -217,27 +217,23 @@ def test_cli_promotion_and_rollback_only_for_owner_or_platform_team(client, trac
     client.set_registered_model_tag(name, "owner_team", "team:ml")
     assert evaluate(name, v1).passed
 
-    monkeypatch.setenv("AIPLAT_TEAM", "team:search")
-    monkeypatch.setenv("AIPLAT_ACTOR", "eve")
+    act_as(monkeypatch, "team:search", "eve")
     refused = runner.invoke(cli, ["promote", name, v1, "--tracking-uri", tracking_uri])
     assert refused.exit_code != 0
     assert "access denied: eve (team:search) may not promote triage-owned version 1" in refused.output
     assert "neither the owner (team:ml) nor team:platform" in refused.output
     assert alias_version(client, name, CHAMPION) is None
 
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")  # the owner team, short form
-    monkeypatch.setenv("AIPLAT_ACTOR", "alice")
+    act_as(monkeypatch, "ml", "alice")  # the owner team, short form
     assert runner.invoke(cli, ["promote", name, v1, "--tracking-uri", tracking_uri]).exit_code == 0
     assert alias_version(client, name, CHAMPION).version == v1
 
     v2 = register(client, name, models["good"])
     assert evaluate(name, v2).passed
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
-    monkeypatch.setenv("AIPLAT_ACTOR", "pat")
+    act_as(monkeypatch, "team:platform", "pat")
     assert runner.invoke(cli, ["promote", name, v2, "--tracking-uri", tracking_uri]).exit_code == 0
 
-    monkeypatch.setenv("AIPLAT_TEAM", "team:search")
-    monkeypatch.setenv("AIPLAT_ACTOR", "eve")
+    act_as(monkeypatch, "team:search", "eve")
     no_rollback = runner.invoke(cli, ["rollback", name, "--tracking-uri", tracking_uri])
     assert no_rollback.exit_code != 0 and "may not rollback triage-owned" in no_rollback.output
     assert alias_version(client, name, CHAMPION).version == v2

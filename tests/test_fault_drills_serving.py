@@ -49,7 +49,6 @@ def world(tmp_path_factory, smollm_base):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))
     mp.setenv("AIPLAT_ENV", "local")
-    mp.setenv("AIPLAT_TEAM", "team:platform")  # deploys are for the owner or the platform team
     from aiplat.security.signing import dev_key_pair, sign_model
     from platform_defs.definitions import build_definitions
     from resources.vllm import LocalVllmResource
@@ -83,7 +82,7 @@ def test_kill9_during_canary_live_endpoint_keeps_serving(world, tmp_path: Path):
     manager = world["vllm"].manager
     live = manager.get(ENDPOINT).live
     version = str(int(live.model_version) + 1)
-    child = start_child(tmp_path / "drill", child_env(world["state"], world["home"], AIPLAT_TEAM="team:platform"),
+    child = start_child(tmp_path / "drill", child_env(world["state"], world["home"]),
                         assets=[SERVED_KEY], resources={"vllm": {"kind": "vllm_local", **world["cfg"]}},
                         run_config={"ops": {SERVED_OP: {"config": {"model_folder": str(world["model"]),
                                                                            "model_version": version}}}},

@@ -15,6 +15,7 @@ from aiplat.specs import load_spec
 from aiplat.training.prompts import SYSTEM_PROMPT
 from assets.model_lifecycle import EvalReportConfig, effective_thresholds, model_chain
 from resources.mlflow import MLflowResource
+from tests.identity_helpers import act_as
 from tests.evaluation_helpers import (
     TEST_SETTINGS,
     TEST_THRESHOLDS,
@@ -138,7 +139,7 @@ def test_promotion_refuses_reports_that_do_not_hold_under_the_current_policy(tmp
     from aiplat.evaluation.pipeline import evaluate_version
     from aiplat.evaluation.settings import GateThresholds
 
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
+    act_as(monkeypatch, "team:platform")
     models = session_models(tmp_path_factory.getbasetemp())
     with mlflow_server(tmp_path / "mlflow") as uri:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -19,6 +19,7 @@ from aiplat.policy import load_policy
 from aiplat.training import prompts
 from aiplat.models.tiny import build_tiny_llama
 from tests.evaluation_helpers import TEST_SETTINGS, mlflow_server, register, triage_data, write_test_policy
+from tests.identity_helpers import act_as
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ def _train(base: Path, df: pd.DataFrame, out: Path, steps: int = 200) -> Path:
 def test_a_grounded_drafter_passes_and_the_untrained_base_is_blocked(tmp_path, state_dir, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
+    act_as(monkeypatch, "team:platform")
     policy_file = write_test_policy(tmp_path / "policy.yaml")
     policy = yaml.safe_load(policy_file.read_text())
     policy["tasks"]["generation"] = FLOOR

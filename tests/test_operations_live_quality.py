@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 ENDPOINT = "ticket-triage"  # the demo triage spec's model and endpoint
 PREFIX = "ticket_triage"
-ROLLBACK_TAGS = {"aiplat/team": "team:platform", "aiplat/actor": "schedule:hourly_live_quality"}
+ROLLBACK_TAGS = {"aiplat/actor": "schedule:hourly_live_quality"}  # attribution; the run is the service account
 
 
 def _chain_asset(name: str):
@@ -48,7 +48,6 @@ def world(tmp_path_factory, smollm_base: Path):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))
     mp.setenv("AIPLAT_ENV", "local")
-    mp.setenv("AIPLAT_TEAM", "team:platform")
     from mlflow.tracking import MlflowClient
 
     from aiplat.security.signing import dev_key_pair, sign_model
@@ -192,13 +191,25 @@ def test_a_drop_alerts_and_by_default_does_not_roll_back(world, serving_v2, regr
     assert world["vllm"].manager.get(ENDPOINT).live.model_version == "2"
 
 
-def test_rollback_by_another_team_is_refused_and_audited(world, serving_v2, regressed) -> None:
-    meta, check = _reading(_materialize(world, regressed, tags={"aiplat/team": "team:search",
-                                                                         "aiplat/actor": "mallory"},
-                                        rollback_on_regression=True))
-    assert not check.passed and meta["rollback"].startswith("refused: mallory (team:search) may not rollback")
+def test_rollback_by_a_run_without_the_service_credential_is_refused_and_audited(world, serving_v2, regressed) -> None:
+    """Tags grant nothing (before, `aiplat/team` was the team checked); the run acts as the code
+    location's service account only when its credential verifies."""
+    from aiplat.security.identity import SERVICE_ACCOUNT, ensure_local_accounts, token_file
+
+    ensure_local_accounts()
+    service = token_file(SERVICE_ACCOUNT)
+    genuine = service.read_text()
+    service.write_text("aiplat_forged\n")
+    try:
+        meta, check = _reading(_materialize(world, regressed, tags={"aiplat/team": "team:platform",
+                                                                    "aiplat/actor": "mallory"},
+                                            rollback_on_regression=True))
+    finally:
+        service.write_text(genuine)
+    assert not check.passed and meta["rollback"].startswith("refused: svc:dagster (no team) may not rollback")
     refused = [e for e in _audit_events(world) if e.get("decision") == "refused"]
-    assert refused[-1]["action"] == "rollback" and refused[-1]["team"] == "team:search"
+    assert refused[-1]["action"] == "rollback" and refused[-1]["requested_by"] == "mallory"
+    assert refused[-1]["identity_source"] == "unknown-credential"
     assert world["vllm"].manager.get(ENDPOINT).live.model_version == "2"
 
 

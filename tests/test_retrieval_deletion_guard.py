@@ -104,7 +104,9 @@ def test_a_one_article_snapshot_is_blocked_until_the_count_is_confirmed(setup):
     entries = [e for e in audit.entries() if e["event"] == "kb_index_deletions_confirmed"]
     assert len(entries) == 1
     assert entries[0]["deleted"] == planned and entries[0]["served_rows"] == before[1]
-    assert entries[0]["actor"] == "ops-alice" and entries[0]["collection"] == name
+    # The run acted as the platform's service account; the launcher's tag is attribution only.
+    assert entries[0]["requested_by"] == "ops-alice" and entries[0]["actor"] == "svc:dagster"
+    assert entries[0]["collection"] == name
     audit.verify()
 
     # Re-landing the older, full snapshot on purpose: it only adds rows, so nothing stops it.

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from aiplat.cli import cli
 from aiplat.retrieval.lite_server import MilvusLiteServer
 from aiplat.security.audit_log import AuditLog
+from tests.identity_helpers import act_as
 from tests.records import jsonl, kb_article
 
 
@@ -25,8 +26,7 @@ def platform(tmp_path, state_dir, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("AIPLAT_ACTOR", "ops-bob")
-    monkeypatch.setenv("AIPLAT_TEAM", "team:search")
+    act_as(monkeypatch, "team:search", "ops-bob")
     with MilvusLiteServer(tmp_path / "milvus") as server:
         monkeypatch.setenv("AIPLAT_MILVUS_PORT", str(server.port))
         yield server
@@ -68,7 +68,7 @@ def test_a_one_article_kb_snapshot_waits_for_a_confirmed_count(platform, tmp_pat
     assert code == 0, out
     assert _served_rows() == 1
     [entry] = [e for e in AuditLog().entries() if e["event"] == "kb_index_deletions_confirmed"]
-    assert entry["deleted"] == planned and entry["actor"] == "ops-bob" and entry["team"] == "team:search"
+    assert entry["deleted"] == planned and entry["requested_by"] == "ops-bob" and entry["actor"] == "svc:dagster"
 
     # On purpose: the older full snapshot, landed again under a new name, is a new batch (the
     # landing decision does not skip it as "already taken in") and becomes the current KB.

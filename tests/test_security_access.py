@@ -12,7 +12,6 @@ from aiplat.security.access import (
     Identity,
     authorize,
     current_identity,
-    identity_from_env,
     owner_team,
 )
 from aiplat.security.audit_log import AuditLog, AuditLogTampered
@@ -24,7 +23,7 @@ def log(state_dir: Path) -> AuditLog:
 
 
 def test_wrong_team_is_refused_and_logged(log: AuditLog) -> None:
-    who = Identity("mallory", "team:search", "env")
+    who = Identity("mallory", "team:search", "credential")
     with pytest.raises(AccessDenied, match="team:search is neither the owner \\(team:ml\\)"):
         authorize("promote", "ticket-triage", "3", who, "team:ml", log)
     (entry,) = list(log.entries())
@@ -33,8 +32,8 @@ def test_wrong_team_is_refused_and_logged(log: AuditLog) -> None:
 
 
 def test_owner_and_platform_are_allowed_and_logged(log: AuditLog) -> None:
-    authorize("deploy", "ticket-triage", "3", Identity("alice", "team:ml", "env"), "team:ml", log)
-    authorize("rollback", "ticket-triage", "2", Identity("ops", "team:platform", "dagster-run"), "team:ml", log)
+    authorize("deploy", "ticket-triage", "3", Identity("alice", "team:ml", "credential"), "team:ml", log)
+    authorize("rollback", "ticket-triage", "2", Identity("ops", "team:platform", "service"), "team:ml", log)
     entries = list(log.entries())
     assert [(e["actor"], e["decision"], e["reason"]) for e in entries] == [
         ("alice", "allowed", "owner team"), ("ops", "allowed", "platform team")]
@@ -43,27 +42,30 @@ def test_owner_and_platform_are_allowed_and_logged(log: AuditLog) -> None:
 
 def test_no_team_and_unowned_model(log: AuditLog) -> None:
     with pytest.raises(AccessDenied, match="no team"):
-        authorize("deploy", "m", "1", Identity("bob", None, "env"), "team:ml", log)
+        authorize("deploy", "m", "1", Identity("bob", None, "credential"), "team:ml", log)
     # A model without owner is the platform team's alone.
     with pytest.raises(AccessDenied):
-        authorize("deploy", "m", "1", Identity("alice", "team:ml", "env"), None, log)
-    authorize("deploy", "m", "1", Identity("ops", "team:platform", "env"), None, log)
+        authorize("deploy", "m", "1", Identity("alice", "team:ml", "credential"), None, log)
+    authorize("deploy", "m", "1", Identity("ops", "team:platform", "credential"), None, log)
     assert [e["decision"] for e in log.entries()] == ["refused", "refused", "allowed"]
 
 
-def test_identity_from_env_and_run_tags(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_ACTOR", "alice")
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")
-    assert identity_from_env() == Identity("alice", "team:ml", "env")
-    tagged = current_identity({"aiplat/actor": "sensor", "aiplat/team": "team:platform"})
-    assert tagged == Identity("sensor", "team:platform", "dagster-run")
-    assert current_identity({"dagster/partition": "x"}).source == "env"
+def test_identity_from_a_credential_and_in_a_run(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.identity_helpers import act_as
+
+    monkeypatch.setenv("AIPLAT_ACTOR", "someone-else")  # names nobody
+    act_as(monkeypatch, "ml", "alice")
+    assert current_identity() == Identity("alice", "team:ml", "credential")
+    # In a run (tags given, even none): the code location's service account; tags are attribution.
+    tagged = current_identity({"aiplat/actor": "sensor", "aiplat/team": "team:support"})
+    assert tagged == Identity("svc:dagster", "team:platform", "service", requested_by="sensor")
+    assert current_identity({"dagster/partition": "x"}).source == "service"
 
 
 @pytest.mark.parametrize("edit", ["change", "delete", "reorder"])
 def test_tampered_log_is_detected(log: AuditLog, edit: str) -> None:
     for team in ("team:ml", "team:platform", "team:ml"):
-        authorize("deploy", "ticket-triage", "3", Identity("a", team, "env"), "team:ml", log)
+        authorize("deploy", "ticket-triage", "3", Identity("a", team, "credential"), "team:ml", log)
     assert log.verify().entries == 3
     lines = log.path.read_text().splitlines()
     if edit == "change":

@@ -43,7 +43,6 @@ def world(tmp_path_factory, smollm_base: Path):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))
     mp.setenv("AIPLAT_ENV", "local")
-    mp.setenv("AIPLAT_TEAM", "team:platform")  # deploys are for the owner or the platform team
     # What a Dagster step process carries after Feast's import: a Prometheus multiprocess folder
     # that is gone. Servers the platform starts must not inherit it (their /metrics would answer 400).
     mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(state / "gone-prometheus-dir"))

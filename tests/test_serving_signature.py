@@ -129,7 +129,6 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
 
 def test_asset_refuses_a_tampered_folder_and_logs_it(state_dir: Path, signed_folder: Path, registry: EndpointRegistry,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")
     expected = _tamper(signed_folder, "flipped byte")
     before = registry.path.read_bytes()
     result = _deploy(signed_folder)
@@ -143,18 +142,26 @@ def test_asset_refuses_a_tampered_folder_and_logs_it(state_dir: Path, signed_fol
     AuditLog().verify()
 
 
-def test_asset_refuses_a_team_that_does_not_own_the_model(state_dir: Path, signed_folder: Path,
-                                                          registry: EndpointRegistry,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")  # the run tag wins over the environment
+def test_asset_runs_act_as_the_service_account_whatever_their_tags_say(state_dir: Path, signed_folder: Path,
+                                                                       registry: EndpointRegistry,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the `aiplat/team` run tag, which any UI user sets, was the team access control
+    checked. Now the run is the code location's service account, verified from its credential; a
+    tag is attribution (`requested_by`) and a replaced service credential grants nothing."""
+    from aiplat.security.identity import SERVICE_ACCOUNT, ensure_local_accounts, token_file
+
+    monkeypatch.setenv("AIPLAT_TEAM", "team:platform")  # names nobody
+    ensure_local_accounts()
+    token_file(SERVICE_ACCOUNT).write_text("aiplat_what-a-ui-user-might-try\n")
     before = registry.path.read_bytes()
-    result = _deploy(signed_folder, {"aiplat/team": "team:search", "aiplat/actor": "eve"})
-    assert not result.success and "eve (team:search) may not deploy ticket-triage version 2" in _failure(result)
+    result = _deploy(signed_folder, {"aiplat/team": "team:platform", "aiplat/actor": "eve"})
+    assert not result.success and "svc:dagster (no team) may not deploy ticket-triage version 2" in _failure(result)
+    assert "not known to the platform" in _failure(result)
     assert registry.path.read_bytes() == before
     _nothing_started(state_dir)
     (entry,) = AuditLog().entries()
     assert entry["decision"] == "refused" and entry["owner_team"] == "team:ml" and entry["action"] == "deploy"
-    assert entry["identity_source"] == "dagster-run"
+    assert entry["identity_source"] == "unknown-credential" and entry["requested_by"] == "eve"
 
 
 def test_asset_refuses_a_champion_signed_as_another_version(state_dir: Path, signed_folder: Path,
@@ -184,7 +191,6 @@ def test_asset_refuses_a_champion_signed_as_another_version(state_dir: Path, sig
     client.set_model_version_tag("triage-signed", version, TAG_MODEL_DIGEST, "0" * 64)
     client.set_registered_model_alias("triage-signed", "champion", version)
 
-    monkeypatch.setenv("AIPLAT_TEAM", "ml")  # the owner team, from the registered model's tag
     before = registry.path.read_bytes()
 
     from tests.chain_helpers import chain_asset, chain_for
@@ -209,4 +215,4 @@ def test_asset_refuses_a_champion_signed_as_another_version(state_dir: Path, sig
     assert client.get_model_version_by_alias("triage-signed", "champion").version == version
     entries = list(AuditLog().entries())
     assert [e["event"] for e in entries] == ["access", "deploy refused: signature"]
-    assert entries[0]["reason"] == "owner team" and entries[0]["owner_team"] == "team:ml"
+    assert entries[0]["reason"] == "platform team" and entries[0]["owner_team"] == "team:ml"

@@ -25,9 +25,9 @@ def cli(endpoint: str, prompt: str, url: str | None, api_key: str, team: str | N
     """Ask ENDPOINT (a name from `aiplat endpoints list`) one question."""
     import openai
 
-    from aiplat.config import local_ports
+    from aiplat.config import local_ports, team_from_env
+    from aiplat.security.identity import normalize_team
     from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM
-    from aiplat.security.access import identity_from_env
 
     from aiplat.commands import _resources
 
@@ -42,7 +42,8 @@ def cli(endpoint: str, prompt: str, url: str | None, api_key: str, team: str | N
         except EndpointNotFound as e:
             raise click.ClickException(str(e).strip("'\"")) from e
     base = url.rstrip("/") if url else f"http://127.0.0.1:{local_ports().gateway}"
-    team = team or identity_from_env().team
+    # Attribution through the local gateway's X-AIPLAT-Team header (trusted locally only); it grants nothing.
+    team = normalize_team(team or team_from_env())
     headers = {HEADER_FEATURE: feature, **({HEADER_TEAM: team} if team else {})}
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0, timeout=300, default_headers=headers)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

@@ -146,7 +146,7 @@ def deploy(name: str, model_folder: Path, version: str, model_name: str | None, 
            load_share: float | None, enforce_eager: bool) -> None:
     """Serve MODEL_FOLDER as endpoint NAME: started directly when NAME is new, else through a canary.
 
-    Only for the model's owner team or the platform team (AIPLAT_TEAM), and only a folder that
+    Only for the model's owner team or the platform team (verified from the caller's credential), and only a folder that
     verifies against its signature (model.sig); a refusal leaves the live endpoint as it was."""
     from aiplat.security.access import record
     from aiplat.serving.champion import FolderSource

@@ -179,11 +179,14 @@ def reindex(confirm_deletions: int | None) -> None:
     kb_index_deletion_guard, which names the count; rerun with --confirm-deletions COUNT to apply it.
     """
     from aiplat.commands._dagster import instance_and_defs
+    from aiplat.security.identity import caller_identity
     from platform_defs.headless import reindex_kb
 
     instance, defs = instance_and_defs()
+    # The run acts as the platform's service account; the verified caller is recorded as the one
+    # who asked (and confirmed), attribution only.
     with _progress("reindexing the KB"):
-        summary, guard = reindex_kb(defs, instance, confirm_deletions)
+        summary, guard = reindex_kb(defs, instance, confirm_deletions, requested_by=caller_identity().actor)
     for line in guard:
         click.echo(f"kb_index_deletion_guard: {line}")
     click.echo(f"run {summary.run_id}: {'succeeded' if summary.success else 'FAILED'}")

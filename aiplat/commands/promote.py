@@ -1,5 +1,5 @@
 """`aiplat promote NAME VERSION`: move the `champion` alias, only on a passing, current eval report,
-and only for the model's owner team or the platform team (AIPLAT_TEAM; every attempt is audited)."""
+and only for the model's owner team or the platform team (verified from the caller's credential, AIPLAT_TOKEN / AIPLAT_TOKEN_FILE; every attempt is audited)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,10 @@ def access_settings() -> dict:
 
 
 def actor() -> str:
-    import getpass
+    """The caller as MLflow's promotion history names them: the verified account, else the OS user."""
+    from aiplat.security.identity import caller_identity
 
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    return f"cli:{caller_identity().actor}"
 
 
 @click.command("promote")

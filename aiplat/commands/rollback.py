@@ -13,7 +13,7 @@ from aiplat.commands.promote import access_settings, actor, mlflow_client
               help="MLflow tracking URI (default: the local stack's server).")
 def cli(name: str, tracking_uri: str | None) -> None:
     """Move NAME's champion back to the previous champion. Rolling back twice changes nothing.
-    Only the model's owner team or the platform team (AIPLAT_TEAM) may; every attempt is audited."""
+    Only the model's owner team or the platform team (the caller's verified credential) may; every attempt is audited."""
     from aiplat.evaluation.promotion import RollbackImpossible, rollback
     from aiplat.security.access import AccessDenied
 

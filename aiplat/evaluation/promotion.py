@@ -206,7 +206,7 @@ def promote(
 ) -> Outcome:
     """Make `version` the champion (and the old champion `previous`) on a passing, current report.
 
-    `identity` defaults to the environment's (AIPLAT_ACTOR / AIPLAT_TEAM); `owners` maps model
+    `identity` defaults to the CLI caller's, verified from their credential (aiplat.security.identity); `owners` maps model
     names to owner teams where the registered model has no `owner_team` tag. AccessDenied when the
     caller is neither the owner team nor the platform team.
     """

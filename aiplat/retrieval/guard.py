@@ -115,6 +115,7 @@ def evaluate_guard(plan: DeletionPlan, confirm_deletions: int | None, identity, 
         return decision, None
     entry = audit.append(
         AUDIT_EVENT, actor=identity.actor, team=identity.team, identity_source=identity.source,
+        requested_by=identity.requested_by,
         collection=plan.served_collection, deleted=plan.deleted, served_rows=plan.served_rows,
         snapshot_rows=plan.snapshot_rows, chunk_set_sha256=plan.chunk_set_sha256, dagster_run_id=run_id,
     )

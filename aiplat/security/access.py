@@ -1,23 +1,25 @@
-"""Who may promote, roll back and deploy a model: its owner team, or the platform team.
+"""Who may promote, roll back, deploy and stop a model: its owner team, or the platform team.
 
-The owner team is the registered model's `owner_team` tag in MLflow, else the configured mapping.
-A model with neither is the platform team's alone. The identity comes from Dagster run tags
-(`aiplat/actor`, `aiplat/team`) when the action runs in a run, else from the environment
-(AIPLAT_ACTOR / AIPLAT_TEAM via aiplat.config; in prod the deployment sets them for its identity).
-Every decision, allowed or refused, goes into the audit log before the caller acts on it.
+The owner team is the registered model's `owner_team` tag in MLflow, else the model spec's owner.
+A model with neither is the platform team's alone. The identity is verified
+(aiplat.security.identity): the CLI caller's credential, or in a Dagster run the code location's
+service account; run tags and environment variables name nobody. Every decision, allowed or
+refused, goes into the audit log before the caller acts on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from aiplat import config
 from aiplat.security.audit_log import AuditLog
+from aiplat.security.identity import PLATFORM_TEAM, Identity, caller_identity, normalize_team, refusal_reason, run_identity
 
-PLATFORM_TEAM = "team:platform"
+__all__ = ["ACTIONS", "PLATFORM_TEAM", "AccessDenied", "Identity", "authorize", "current_identity", "normalize_team",
+           "owner_team", "record"]
+
 OWNER_TAG = "owner_team"
-ACTIONS = ("promote", "rollback", "deploy", "stop")
+ACTIONS = ("promote", "rollback", "deploy", "stop", "accounts")
+# Attribution only: who asked for a run. They grant nothing (see aiplat.security.identity).
 RUN_TAG_ACTOR = "aiplat/actor"
 RUN_TAG_TEAM = "aiplat/team"
 
@@ -28,44 +30,9 @@ class AccessDenied(PermissionError):
         self.entry = entry
 
 
-def normalize_team(team: str | None) -> str | None:
-    if not team or not team.strip():
-        return None
-    team = team.strip().lower()
-    return team if team.startswith("team:") else f"team:{team}"
-
-
-@dataclass(frozen=True)
-class Identity:
-    actor: str
-    team: str | None
-    source: str  # env | dagster-run
-
-
-def identity_from_env() -> Identity:
-    import getpass
-
-    actor = config.actor_from_env()
-    if actor is None:
-        try:
-            actor = getpass.getuser()
-        except (KeyError, OSError):
-            actor = "unknown"
-    return Identity(actor, normalize_team(config.team_from_env()), "env")
-
-
-def identity_from_run_tags(tags: Mapping[str, str]) -> Identity | None:
-    team = normalize_team(tags.get(RUN_TAG_TEAM))
-    actor = tags.get(RUN_TAG_ACTOR) or tags.get("dagster/user")
-    if team is None and actor is None:
-        return None
-    return Identity(actor or "unknown", team, "dagster-run")
-
-
 def current_identity(run_tags: Mapping[str, str] | None = None) -> Identity:
-    """Run tags when present (a Dagster step), else the environment (CLI)."""
-    from_run = identity_from_run_tags(run_tags) if run_tags else None
-    return from_run or identity_from_env()
+    """In a Dagster run (its tags given, even empty): the service account; else the CLI caller."""
+    return run_identity(run_tags) if run_tags is not None else caller_identity()
 
 
 def owner_team(client, model_name: str, mapping: Mapping[str, str] | None = None) -> str | None:
@@ -97,7 +64,7 @@ def authorize(
     allowed_teams = sorted({t for t in (owner, PLATFORM_TEAM) if t})
     allowed = identity.team in allowed_teams
     if identity.team is None:
-        reason = "no team in the caller's identity (set AIPLAT_TEAM or the aiplat/team run tag)"
+        reason = refusal_reason(identity)
     elif allowed:
         reason = "owner team" if identity.team == owner else "platform team"
     else:
@@ -105,6 +72,7 @@ def authorize(
     entry = (log or AuditLog()).append(
         "access", action=action, model=model, version=str(version) if version is not None else None,
         actor=identity.actor, team=identity.team, identity_source=identity.source, owner_team=owner,
+        **({"requested_by": identity.requested_by} if identity.requested_by else {}),
         decision="allowed" if allowed else "refused", reason=reason, **context,
     )
     if not allowed:
