@@ -182,3 +182,22 @@ def test_init_makes_a_token_file_per_spec_owner(state_dir: Path) -> None:
     assert teams and all(token_file(t).is_file() for t in teams)
     for team in teams:
         assert account_store().verify(token_file(team).read_text()).team == f"team:{team}"
+
+
+def test_processes_starting_together_on_a_fresh_state_folder_all_verify(state_dir: Path) -> None:
+    """A run's steps or test workers may each be the first to need the local accounts; the one lock
+    around check-and-write leaves a token file that matches the store for every one of them."""
+    import subprocess
+    import sys
+
+    from aiplat.config import project_root
+
+    code = ("from aiplat.security.access import current_identity; "
+            "who = current_identity({}); print(who.source, who.team)")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(project_root()),
+           "AIPLAT_ENV": "local", "AIPLAT_STATE_DIR": str(state_dir)}
+    children = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+                for _ in range(4)]
+    outputs = [child.communicate(timeout=120)[0].strip() for child in children]
+    assert outputs == ["service team:platform"] * 4
+    assert [a.name for a in account_store().accounts()].count(SERVICE_ACCOUNT) == 1

@@ -191,9 +191,13 @@ def account_store() -> FileAccountStore:
 def write_token_file(path: Path, token: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Written aside and renamed: a process reading the file meanwhile sees the old token or the
+    # new one, never an empty file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
+    os.replace(tmp, path)
 
 
 def init_local_accounts(teams: Iterable[str] = (), store: FileAccountStore | None = None) -> dict[str, Path]:
