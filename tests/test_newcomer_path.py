@@ -119,8 +119,9 @@ def newcomer(tmp_path, monkeypatch):
         "AIPLAT_GATEWAY_PORT": str(free_port()),
         "AIPLAT_GATE_POLICY": str(_smoke_gate_policy(tmp_path / "gate_policy.yaml")),
         "AIPLAT_MODELS_DIR": str(_smoke_specs(tmp_path / "models")),
-        # Whoever starts the local platform operates it as the platform team (scripts/dev.sh).
-        "AIPLAT_TEAM": "team:platform", "AIPLAT_ACTOR": "newcomer",
+        # The team `aiplat chat` labels its requests with (attribution only: runs act as the
+        # service account, made on first use in this state folder, and grant nothing to tags).
+        "AIPLAT_TEAM": "team:platform",
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
