@@ -74,7 +74,7 @@ def world(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         _materialize(instance, f"{P}/champion", registered_model=MODEL, champion_version="1", status="promoted")
         _materialize(instance, f"{P}/served_endpoint", registered_model=MODEL, model_version="1", deployed_by="alice")
 
-    alice, eve = Identity("alice", "team:ml", "env"), Identity("eve", "team:search", "env")
+    alice, eve = Identity("alice", "team:ml", "credential"), Identity("eve", "team:search", "credential")
     authorize("promote", MODEL, "1", alice, "team:ml")
     record("promote promoted", MODEL, "1", alice)
     with pytest.raises(PermissionError):
