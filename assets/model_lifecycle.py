@@ -183,9 +183,10 @@ class ServedEndpointConfig(dg.Config):
 
 
 class LoadTestConfig(dg.Config):
-    concurrencies: list[int] = Field(default_factory=lambda: [1, 4, 8])
-    num_prompts: Optional[int] = Field(default=None, description="Requests per concurrency; unset = max(sample, 2 x concurrency)")
-    output_len: int = 32
+    # Unset = the model spec's `load_test` (what "Materialize all", with no run config, runs).
+    concurrencies: Optional[list[int]] = Field(default=None, description="Unset = the spec's load_test.concurrencies")
+    num_prompts: Optional[int] = Field(default=None, description="Requests per concurrency; unset = the spec's, else max(sample, 2 x concurrency)")
+    output_len: Optional[int] = Field(default=None, description="Unset = the spec's load_test.output_len")
     prompts: list[str] = Field(default_factory=list, description="Load sample; empty = the built-in one")
 
 
@@ -539,7 +540,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
     def endpoint_load_test(context: dg.AssetExecutionContext, config: LoadTestConfig, vllm: VllmResource) -> dg.MaterializeResult:
         from assets.serving import load_test
 
-        return load_test(context, spec.endpoint, spec.owner, config, vllm)
+        return load_test(context, spec.endpoint, spec.owner, config, spec.load_test, vllm)
 
     # ---- live quality ------------------------------------------------------------------------
     live = dict(

@@ -129,15 +129,19 @@ def serve_champion(
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"{result.live.model_version}@{result.live.url}"))
 
 
-def load_test(context: dg.AssetExecutionContext, endpoint: str, owner: str, config, vllm: VllmResource) -> dg.MaterializeResult:
-    """`vllm bench serve` against `endpoint` (config: concurrencies, num_prompts, output_len, prompts)."""
+def load_test(context: dg.AssetExecutionContext, endpoint: str, owner: str, config, defaults,
+              vllm: VllmResource) -> dg.MaterializeResult:
+    """`vllm bench serve` against `endpoint`: run config's concurrencies, num_prompts, output_len and
+    prompts where set, else the model spec's `load_test` (`defaults`)."""
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE, LoadTestError
 
     if not hasattr(vllm, "load_test"):
         raise dg.Failure(f"{type(vllm).__name__} runs no load tests; run `vllm bench serve` against the gateway")
     try:
-        report = vllm.load_test(endpoint, tuple(config.concurrencies), tuple(config.prompts or DEFAULT_LOAD_SAMPLE),
-                                config.num_prompts, config.output_len, progress=context.log.info)
+        report = vllm.load_test(endpoint, tuple(config.concurrencies or defaults.concurrencies),
+                                tuple(config.prompts or DEFAULT_LOAD_SAMPLE),
+                                config.num_prompts or defaults.num_prompts, config.output_len or defaults.output_len,
+                                progress=context.log.info)
     except (LoadTestError, LookupError) as e:
         raise dg.Failure(str(e)) from e
     metadata: dict = {name: dg.MetadataValue.float(value) for name, value in report.metrics().items()}

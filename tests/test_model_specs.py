@@ -42,7 +42,7 @@ def _set(spec: dict, dotted: str, value) -> dict:
     node = spec
     *path, last = dotted.split(".")
     for part in path:
-        node = node[part]
+        node = node.setdefault(part, {})
     if value is _DELETE:
         del node[last]
     else:
@@ -77,6 +77,10 @@ BAD_FIELDS = [
     ("evaluation.max_test_examples", 4, "evaluation.max_test_examples", "below the platform policy's minimum"),
     ("endpoint", "Bad Endpoint!", "endpoint", "pattern"),
     ("budgets.daily_cost", 0, "budgets.daily_cost", "greater than 0"),
+    ("load_test.concurrencies", [1, 0], "load_test.concurrencies", "each must be >= 1"),
+    ("load_test.concurrencies", [], "load_test.concurrencies", "at least 1"),
+    ("load_test.output_len", 0, "load_test.output_len", "greater than or equal to 1"),
+    ("load_test.rate", 5, "load_test.rate", "unknown field"),
     ("budgets", _DELETE, "budgets", "required"),
 ]
 

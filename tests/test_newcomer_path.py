@@ -90,6 +90,8 @@ def _smoke_specs(folder: Path) -> Path:
         spec["fine_tune"]["max_length"] = min(spec["fine_tune"].get("max_length", 256), 256)
         spec["evaluation"].update({"thresholds": {}, "max_test_examples": 6, "max_new_tokens": 16, "batch_size": 6,
                                    "latency_samples": 1})
+        # One small load level: the shipped three (1, 4, 8) took ~9 min per endpoint on 2 cores.
+        spec["load_test"] = {"concurrencies": [2], "num_prompts": 4, "output_len": 8}
         (folder / path.name).write_text(yaml.safe_dump(spec))
     return folder
 
@@ -210,6 +212,9 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
             assert reply.choices[0].message.content
             quality = latest(prefix, "live_quality")
             assert quality["model_version"] == served["model_version"]
+            # No run config: the load test ran the spec's own shape (one level, concurrency 2).
+            levels = {k.split("_", 1)[0] for k in latest(prefix, "endpoint_load_test") if re.fullmatch(r"c\d+_.*", k)}
+            assert levels == {"c2"}, levels
         # The grounded model's prompts carried KB passages retrieved from the index.
         drafter_set = latest("reply_drafter", "training_set")
         assert drafter_set["rows_with_passages"] == drafter_set["dagster/row_count"] > 0

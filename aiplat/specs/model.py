@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aiplat.models.base import DEFAULT_NAME, DEFAULT_SOURCE
 from aiplat.training.lora import FineTuneParams
@@ -50,6 +50,21 @@ class Evaluation(_Strict):
     latency_samples: int = Field(default=4, ge=0)
 
 
+class LoadTest(_Strict):
+    """The endpoint_load_test asset's shape for this model (run config may still override it)."""
+
+    concurrencies: list[int] = Field(default_factory=lambda: [1, 4, 8], min_length=1, max_length=8)
+    num_prompts: Optional[int] = Field(default=None, ge=1, description="Requests per concurrency; unset = max(sample, 2 x concurrency)")
+    output_len: int = Field(default=32, ge=1, le=2048)
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(c < 1 for c in value):
+            raise ValueError(f"each must be >= 1, got {value}")
+        return value
+
+
 class Budgets(_Strict):
     daily_cost: float = Field(gt=0, description="Daily inference cost budget (the cost report's unit)")
 
@@ -64,6 +79,7 @@ class ModelSpec(_Strict):
     fine_tune: FineTuneParams = Field(default_factory=FineTuneParams)
     evaluation: Evaluation
     endpoint: str = Field(pattern=NAME_PATTERN, max_length=48)
+    load_test: LoadTest = Field(default_factory=LoadTest)
     budgets: Budgets
     # Where it was read from (set by the loader, not by the file).
     source_file: Optional[str] = Field(default=None, exclude=True)
