@@ -88,7 +88,11 @@ def add(name: str, team: str, service: bool, token_file: str | None) -> None:
     from aiplat.security.identity import write_token_file, ensure_local_accounts
 
     identity, audit = _as_platform("add", name)
-    token = ensure_local_accounts().add(name, team, "service" if service else "person")
+    store = ensure_local_accounts()
+    try:
+        token = store.add(name, team, "service" if service else "person")
+    except OSError as e:  # prod: the store is a Secret mounted read-only; change the Secret instead
+        raise click.ClickException(f"cannot write the account store {store.path}: {e.strerror}") from None
     record("account added", f"account:{name}", None, identity, audit, account_team=team)
     if token_file:
         write_token_file(Path(token_file), token)
@@ -105,7 +109,12 @@ def revoke(name: str) -> None:
     from aiplat.security.identity import ensure_local_accounts
 
     identity, audit = _as_platform("revoke", name)
-    if not ensure_local_accounts().revoke(name):
+    store = ensure_local_accounts()
+    try:
+        revoked = store.revoke(name)
+    except OSError as e:
+        raise click.ClickException(f"cannot write the account store {store.path}: {e.strerror}") from None
+    if not revoked:
         raise click.ClickException(f"no account named {name!r}")
     record("account revoked", f"account:{name}", None, identity, audit)
     click.echo(f"{name}: revoked")
