@@ -236,7 +236,8 @@ def test_a_drop_rolls_back_the_endpoint_and_the_champion(world, serving_v2, regr
     assert str(world["client"].get_model_version_by_alias(ENDPOINT, "champion").version) == "1"
     events = _audit_events(world)
     allowed = [e for e in events if e.get("decision") == "allowed" and e.get("action") == "rollback"]
-    assert allowed and allowed[-1]["actor"] == "schedule:hourly_live_quality"
+    assert allowed and allowed[-1]["actor"] == "svc:dagster"
+    assert allowed[-1]["requested_by"] == "schedule:hourly_live_quality"
     assert events[-1]["event"] == "endpoint rolled back" and events[-1]["from_version"] == "2"
     answer = httpx.post(f"{live.url}/v1/chat/completions", timeout=300, json={
         "model": ENDPOINT, "messages": [{"role": "user", "content": "What is the capital of France?"}],

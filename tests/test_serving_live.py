@@ -43,6 +43,12 @@ def world(tmp_path_factory, smollm_base: Path):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))
     mp.setenv("AIPLAT_ENV", "local")
+    # The CLI commands below act as a platform operator (a real account in this state folder);
+    # AIPLAT_TEAM only labels `aiplat chat` requests.
+    from tests.identity_helpers import token_for
+
+    mp.setenv("AIPLAT_TOKEN", token_for("team:platform", "operator"))
+    mp.setenv("AIPLAT_TEAM", "team:platform")
     # What a Dagster step process carries after Feast's import: a Prometheus multiprocess folder
     # that is gone. Servers the platform starts must not inherit it (their /metrics would answer 400).
     mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(state / "gone-prometheus-dir"))
