@@ -19,9 +19,6 @@ __all__ = ["ACTIONS", "PLATFORM_TEAM", "AccessDenied", "Identity", "authorize", 
 
 OWNER_TAG = "owner_team"
 ACTIONS = ("promote", "rollback", "deploy", "stop", "accounts")
-# Attribution only: who asked for a run. They grant nothing (see aiplat.security.identity).
-RUN_TAG_ACTOR = "aiplat/actor"
-RUN_TAG_TEAM = "aiplat/team"
 
 
 class AccessDenied(PermissionError):

@@ -45,6 +45,7 @@ SERVICE_TOKEN_ENV = "AIPLAT_SERVICE_TOKEN"
 SERVICE_ACCOUNT = "svc:dagster"
 PLATFORM_OPERATOR = "platform-admin"
 PLATFORM_TEAM = "team:platform"
+RUN_TAG_ACTOR = "aiplat/actor"  # who launched a run: attribution only
 TOKEN_PREFIX = "aiplat_"
 ACCOUNT_KINDS = ("person", "service")
 
@@ -154,11 +155,8 @@ class FileAccountStore(AccountStore):
 
     def _write(self, accounts: list[Account]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"accounts": [asdict(a) for a in sorted(accounts, key=lambda a: a.name)]}, f, indent=2)
-        os.replace(tmp, self.path)
+        _write_private(self.path, json.dumps({"accounts": [asdict(a) for a in sorted(accounts, key=lambda a: a.name)]},
+                                             indent=2))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -188,16 +186,20 @@ def account_store() -> FileAccountStore:
     return FileAccountStore(state_dir() / "security" / "accounts.json")
 
 
-def write_token_file(path: Path, token: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    # Written aside and renamed: a process reading the file meanwhile sees the old token or the
-    # new one, never an empty file.
+def _write_private(path: Path, text: str) -> None:
+    """Mode 600, written aside and renamed: a reader meanwhile sees the old contents or the new
+    ones, never an empty file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_token_file(path: Path, token: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    _write_private(path, token + "\n")
 
 
 def init_local_accounts(teams: Iterable[str] = (), store: FileAccountStore | None = None) -> dict[str, Path]:
@@ -261,18 +263,16 @@ def presented_token(environ: Mapping[str, str] | None = None) -> str | None:
 def caller_identity(environ: Mapping[str, str] | None = None) -> Identity:
     """The CLI caller, verified from their credential. Without one (or with an unknown one) the
     identity has no team, and every access check refuses it with the reason."""
-    import getpass
-
     try:
         token = presented_token(environ)
     except CredentialError:
-        return Identity(_os_user(getpass), None, "unknown-credential")
+        return Identity(_os_user(), None, "unknown-credential")
     if token is None:
-        return Identity(_os_user(getpass), None, "none")
+        return Identity(_os_user(), None, "none")
     try:
-        account = ensure_local_accounts().verify(token) if runtime() == "local" else account_store().verify(token)
+        account = ensure_local_accounts().verify(token)
     except CredentialError:
-        return Identity(_os_user(getpass), None, "unknown-credential")
+        return Identity(_os_user(), None, "unknown-credential")
     return Identity(account.name, account.team, "credential")
 
 
@@ -288,15 +288,17 @@ def run_identity(run_tags: Mapping[str, str] | None = None) -> Identity:
     credential; the launcher (the `dagster/user` or `aiplat/actor` tag) is kept for the audit log
     as attribution only."""
     tags = run_tags or {}
-    requested_by = tags.get("dagster/user") or tags.get("aiplat/actor")
+    requested_by = tags.get("dagster/user") or tags.get(RUN_TAG_ACTOR)
     try:
-        account = (ensure_local_accounts() if runtime() == "local" else account_store()).verify(service_token())
+        account = ensure_local_accounts().verify(service_token())
     except CredentialError:
         return Identity(SERVICE_ACCOUNT, None, "unknown-credential", requested_by)
     return Identity(account.name, account.team, "service", requested_by)
 
 
-def _os_user(getpass) -> str:
+def _os_user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):

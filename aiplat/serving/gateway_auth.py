@@ -15,15 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from aiplat.security import identity
 from aiplat.operations.requests import HEADER_FEATURE, HEADER_TEAM, UNATTRIBUTED, key_fingerprint
 
 
 def normalize_team(value: str) -> str:
-    """`ML`, `team:ML`, ` team:ml ` -> `team:ml`; empty stays empty."""
-    team = value.strip().lower()
-    if team and not team.startswith("team:"):
-        team = f"team:{team}"
-    return team
+    """`ML`, `team:ML`, ` team:ml ` -> `team:ml`; empty stays empty (the access checks' rule)."""
+    return identity.normalize_team(value) or ""
 
 
 @dataclass(frozen=True)
