@@ -177,8 +177,11 @@ class PromotionConfig(dg.Config):
 
 class ServedEndpointConfig(dg.Config):
     model_folder: Optional[str] = Field(
-        default=None, description="Serve this signed safetensors folder instead of the registry's `champion` (drills)")
-    model_version: Optional[str] = Field(default=None, description="Version label of model_folder")
+        default=None, description="Serve this signed and approved safetensors folder instead of the registry's "
+        "`champion` (drills); it must be the exact bytes a promotion approved as model_version")
+    model_version: Optional[str] = Field(default=None, description="Registered version model_folder holds")
+    attestation_file: Optional[str] = Field(
+        default=None, description="model_folder's promotion attestation; unset = the one recorded on the MLflow version")
     load_sample: list[str] = Field(default_factory=list, description="Prompts the canary replays a share of")
 
 
@@ -477,7 +480,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
                     "report under the current gate policy (the old champion becomes `previous`).",
     )
     def champion(context: dg.AssetExecutionContext, config: PromotionConfig, mlflow: MLflowResource,
-                 operations: OperationsResource) -> dg.MaterializeResult:
+                 operations: OperationsResource, model_signing: ModelSigningResource) -> dg.MaterializeResult:
         from aiplat.evaluation.gate import alert_line, emit_alert
         from aiplat.evaluation.promotion import PromotionRefused, promote
         from aiplat.evaluation.registry import CHAMPION as ALIAS, ModelVersionNotFound
@@ -493,7 +496,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         try:
             out = promote(mlflow.client, spec.name, version, dagster_run_id=context.run_id, actor="dagster",
                           expected_report_sha256=sha, identity=current_identity(context.run.tags),
-                          owners=owners_of(spec), audit=operations.audit_log())
+                          owners=owners_of(spec), audit=operations.audit_log(), approver=model_signing.approver())
         except AccessDenied as e:
             raise dg.Failure(f"access denied: {e}") from e
         except (PromotionRefused, ModelVersionNotFound) as e:
@@ -526,7 +529,8 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         from assets.serving import serve_champion
 
         return serve_champion(context, spec.name, spec.endpoint, spec.owner, owners_of(spec), tuple(config.load_sample),
-                              vllm, mlflow, model_signing, operations, config.model_folder, config.model_version)
+                              vllm, mlflow, model_signing, operations, config.model_folder, config.model_version,
+                              config.attestation_file)
 
     @dg.asset(
         key=key("endpoint_load_test"),

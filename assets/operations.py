@@ -313,7 +313,7 @@ def _roll_back(context: dg.AssetExecutionContext, spec, version: str, champion: 
         return f"refused: {e}"
     previous = lambda: MlflowAliasSource(mlflow.client, name, PREVIOUS, tracking_uri=mlflow.uri).resolve()  # noqa: E731
     try:
-        live = vllm.roll_back(endpoint, model_signing.key_pair().public_key, registry_previous=previous)
+        live = vllm.roll_back(endpoint, model_signing.serving_keys(), registry_previous=previous)
     except (SignatureError, EndpointNotFound, ServerStartError, ModelResolutionError, ValueError) as e:
         record("rollback failed", name, version, identity, audit, endpoint=endpoint, reason=str(e),
                dagster_run_id=context.run_id)

@@ -7,7 +7,8 @@ the `champion` alias back to `previous`, and fails the run with the reason.
 
 Before anything starts: the caller must be the model's owner team or the platform team
 (aiplat.security.access; the decision goes to the audit log), and the model folder must verify
-against its signature (aiplat.security.signing); either refusal leaves the live endpoint as it is.
+against its build signature (aiplat.security.signing) and a promotion attestation approving those
+bytes as that version (aiplat.security.approval); any refusal leaves the live endpoint as it is.
 """
 
 from collections.abc import Mapping
@@ -62,22 +63,29 @@ def serve_champion(
     operations: OperationsResource,
     model_folder: str | None = None,
     folder_version: str | None = None,
+    attestation_file: str | None = None,
 ) -> dg.MaterializeResult:
-    """Roll the registered model `name`'s champion (or a signed `model_folder`: drills) out to `endpoint`."""
+    """Roll the registered model `name`'s champion (or an approved `model_folder`: drills) out to `endpoint`."""
+    from pathlib import Path
+
     from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
+    from aiplat.security.approval import ApprovalError, registry_attestation
     from aiplat.security.signing import SignatureError, check_against_version
     from aiplat.serving.champion import FolderSource, MlflowAliasSource, ModelResolutionError
     from aiplat.serving.rollout import RolloutFailed
 
     try:
         if model_folder:
-            source = FolderSource(model_folder, folder_version or "folder")
+            version = folder_version or "folder"
+            attestation = (Path(attestation_file).read_text() if attestation_file
+                           else registry_attestation(mlflow.client, name, version))
+            source = FolderSource(model_folder, version, name, attestation)
             rollback = None
         else:
             source = MlflowAliasSource(mlflow.client, name, tracking_uri=mlflow.uri)
             rollback = _rollback(mlflow, name)
         model = source.resolve()
-    except (ModelResolutionError, ValueError) as e:
+    except (ModelResolutionError, ValueError, OSError) as e:
         raise dg.Failure(f"no model to serve: {e}") from e
 
     audit = operations.audit_log()
@@ -91,14 +99,15 @@ def serve_champion(
         raise dg.Failure(description=str(e), metadata={"candidate_version": model.version, "owner_team": owner_of or ""}) from e
 
     context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {endpoint}")
-    public_key = model_signing.key_pair().public_key
+    keys = model_signing.serving_keys()
     try:
         if not model_folder:
             # Also the exact signature recorded on this MLflow version, not just any signed folder.
-            check_against_version(mlflow.client, name, model.version, model.path, public_key)
-        result = vllm.roll_out(endpoint, model, rollback, tuple(load_sample), public_key=public_key)
-    except SignatureError as e:
-        record("deploy refused: signature", name, model.version, identity, audit, endpoint=endpoint,
+            check_against_version(mlflow.client, name, model.version, model.path, keys.signature)
+        result = vllm.roll_out(endpoint, model, rollback, tuple(load_sample), keys=keys)
+    except SignatureError as e:  # ApprovalError included: signed is not approved
+        record(f"deploy refused: {'approval' if isinstance(e, ApprovalError) else 'signature'}", name, model.version,
+               identity, audit, endpoint=endpoint,
                reason=str(e), dagster_run_id=context.run_id)
         raise dg.Failure(description=f"refusing to deploy {name} version {model.version}: {e}; "
                          f"endpoint {endpoint!r} is unchanged",

@@ -1,4 +1,5 @@
-"""Model signing keys: OpenSSF model-signing with an elliptic-curve key pair.
+"""Model signing keys: OpenSSF model-signing with an elliptic-curve key pair, and the second pair
+promotion approvals are signed with (aiplat.security.approval: built is not approved).
 
 Local: no configuration; a development key pair is generated under <state>/security/ on first use.
 Prod: key paths (mounted secrets) and the key's password come from dg.EnvVar; the verifying side
@@ -17,6 +18,10 @@ class ModelSigningResource(dg.ConfigurableResource):
     public_key_path: Optional[str] = Field(default=None, description="PEM EC public key; unset locally = dev key")
     key_password: Optional[str] = Field(default=None, description="Password of the private key (a secret)")
     key_label: str = Field(default="configured", description="Shown in tags and metadata to name the key")
+    approval_private_key_path: Optional[str] = Field(
+        default=None, description="PEM EC private key promotion attestations are signed with; unset locally = dev key")
+    approval_public_key_path: Optional[str] = Field(
+        default=None, description="PEM EC public key serving verifies promotion attestations with; unset locally = dev key")
 
     @classmethod
     def local(cls) -> "ModelSigningResource":
@@ -29,6 +34,8 @@ class ModelSigningResource(dg.ConfigurableResource):
             public_key_path=dg.EnvVar("AIPLAT_SIGNING_PUBLIC_KEY"),
             key_password=dg.EnvVar("AIPLAT_SIGNING_KEY_PASSWORD"),
             key_label="prod",
+            approval_private_key_path=dg.EnvVar("AIPLAT_APPROVAL_PRIVATE_KEY"),
+            approval_public_key_path=dg.EnvVar("AIPLAT_APPROVAL_PUBLIC_KEY"),
         )
 
     def key_pair(self) -> Any:
@@ -44,11 +51,41 @@ class ModelSigningResource(dg.ConfigurableResource):
         return KeyPair(Path(self.private_key_path) if self.private_key_path else None, Path(self.public_key_path),
                        label=self.key_label, password=self.key_password or None)
 
+    def approval_key_pair(self) -> Any:
+        """The promotion-approval pair (the private half may be absent where serving only verifies)."""
+        from pathlib import Path
+
+        from aiplat.config import MissingSecret, runtime
+        from aiplat.security.approval import dev_approval_key_pair
+        from aiplat.security.signing import KeyPair
+
+        if not (self.approval_public_key_path or "").strip():
+            if runtime() == "prod":
+                raise MissingSecret("AIPLAT_APPROVAL_PUBLIC_KEY", "the key promotion attestations are verified with")
+            return dev_approval_key_pair()
+        private = (self.approval_private_key_path or "").strip()
+        return KeyPair(Path(private) if private else None, Path(self.approval_public_key_path), label=f"{self.key_label}-approval")
+
+    def serving_keys(self) -> Any:
+        """The public keys serving verifies a folder with (aiplat.security.approval.ServingKeys)."""
+        from aiplat.security.approval import ServingKeys
+
+        return ServingKeys(self.key_pair().public_key, self.approval_key_pair().public_key)
+
+    def approver(self) -> Any:
+        """The pair promotion signs attestations with; in prod without its private key, an error naming it."""
+        from aiplat.config import MissingSecret, runtime
+
+        if runtime() == "prod" and not (self.approval_private_key_path or "").strip():
+            raise MissingSecret("AIPLAT_APPROVAL_PRIVATE_KEY", "the key promotion attestations are signed with")
+        return self.approval_key_pair()
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         from aiplat.config import runtime
 
         if runtime() == "prod":
             self.key_pair()  # a prod resource without its key fails when the run starts, naming the variable
+            self.approval_key_pair()
 
     def sign(self, folder: str) -> Any:
         from aiplat.config import MissingSecret, runtime

@@ -77,14 +77,15 @@ class LocalVllmResource(VllmResource):
         return self._manager if self._manager is not None else self._build()
 
     def roll_out(self, endpoint: str, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
-                 public_key: Optional[Path] = None) -> Any:
-        """Deploy, keep, or canary-then-switch `model` (aiplat.serving.rollout.roll_out); with
-        `public_key`, only after its signature verified (SignatureError otherwise, nothing started)."""
+                 keys: Any = None) -> Any:
+        """Deploy, keep, or canary-then-switch `model` (aiplat.serving.rollout.roll_out); with `keys`
+        (aiplat.security.approval.ServingKeys), only after its build signature and promotion
+        attestation verified (SignatureError / ApprovalError otherwise, nothing started)."""
         from dataclasses import replace
 
         from aiplat.serving.rollout import roll_out
 
-        manager = self.manager if public_key is None else replace(self.manager, public_key=Path(public_key))
+        manager = self.manager if keys is None else replace(self.manager, keys=keys)
         return roll_out(manager, endpoint, model, self.canary_policy(), rollback, load_sample=load_sample)
 
     def live_server(self, endpoint: str) -> Any:
@@ -101,13 +102,14 @@ class LocalVllmResource(VllmResource):
             raise EndpointNotFound(f"endpoint {endpoint!r} has no live server")
         return Target(endpoint, live.url, live.served_model_name, live.model_version)
 
-    def roll_back(self, endpoint: str, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
+    def roll_back(self, endpoint: str, keys: Any = None, registry_previous: Any = None) -> Any:
         """Incident path, no canary: serve again the version this endpoint served before its last
         switch (its own history is what really served here), after that folder verified against its
-        signature. SignatureError / ServerStartError leave the live server as it is."""
+        signature and its promotion attestation again. SignatureError / ServerStartError leave the
+        live server as it is."""
         from dataclasses import replace
 
-        manager = self.manager if public_key is None else replace(self.manager, public_key=Path(public_key))
+        manager = self.manager if keys is None else replace(self.manager, keys=keys)
         record = manager.deploy(endpoint, manager.previous_model(endpoint))
         return record.live
 
@@ -153,29 +155,33 @@ class ProdVllmResource(VllmResource):
     def endpoint_url(self, endpoint: str) -> str:
         return f"{self.gateway_url.rstrip('/')}/{endpoint}"
 
-    def spec(self, endpoint: str, model_version: str, model_name: str) -> Any:
+    def spec(self, endpoint: str, model_version: str, model_name: str, attestation: str = "") -> Any:
         from aiplat.serving.k8s import EndpointSpec
 
         uri = f"{self.model_store_prefix.rstrip('/')}/{model_name}/v{model_version}"
         return EndpointSpec(endpoint=endpoint, model_version=str(model_version), model_uri=uri,
-                            served_model_name=endpoint, namespace=self.namespace, image=self.image, gpus=self.gpus)
+                            served_model_name=endpoint, model_name=model_name, attestation=attestation,
+                            namespace=self.namespace, image=self.image, gpus=self.gpus)
 
     def roll_out(self, endpoint: str, model: Any, rollback: Any = None, load_sample: tuple[str, ...] = (),
-                 live_version: str | None = None, public_key: Optional[Path] = None) -> Any:
+                 live_version: str | None = None, keys: Any = None, live_attestation: str = "") -> Any:
         """Render the rollout's manifests into `manifests_dir` for the cluster to apply; the canary
-        split then runs through the HTTPRoute weights. With `public_key`, the local copy of the
-        model is verified first (the cluster pulls the same signed folder from the model store)."""
-        if public_key is not None:
-            from aiplat.security.signing import verify_model
+        split then runs through the HTTPRoute weights. With `keys`, the local copy of the model is
+        verified first like a local rollout's; the pods verify their own copy again (init container),
+        with the attestation rendered into their manifest."""
+        if keys is not None:
+            from aiplat.security.approval import verify_for_serving
 
-            verify_model(model.path, Path(public_key))
+            verify_for_serving(model.path, model.attestation, keys, model=model.registered_name or endpoint,
+                               version=model.version)
         from datetime import datetime, timezone
 
         from aiplat.serving.k8s import to_yaml
         from aiplat.serving.registry import ServerRecord
         from aiplat.serving.rollout import RolloutResult
 
-        docs = self.render_rollout(endpoint, live_version, model.version, model.registered_name or endpoint)
+        docs = self.render_rollout(endpoint, live_version, model.version, model.registered_name or endpoint,
+                                   attestation=model.attestation, live_attestation=live_attestation)
         out = Path(self.manifests_dir or ".") / f"{endpoint}-v{model.version}.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(to_yaml(docs))
@@ -195,24 +201,24 @@ class ProdVllmResource(VllmResource):
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return Target(endpoint, self.endpoint_url(endpoint), endpoint, model_version or "unknown", headers)
 
-    def roll_back(self, endpoint: str, public_key: Optional[Path] = None, registry_previous: Any = None) -> Any:
+    def roll_back(self, endpoint: str, keys: Any = None, registry_previous: Any = None) -> Any:
         """Render the registry's `previous` version alone at 100% (`registry_previous()` resolves and
         downloads it), verified first like any rollout."""
         if registry_previous is None:
             raise ValueError("a prod rollback needs the registry's previous version")
-        return self.roll_out(endpoint, registry_previous(), public_key=public_key).live
+        return self.roll_out(endpoint, registry_previous(), keys=keys).live
 
     def render_rollout(self, endpoint: str, live_version: str | None, candidate_version: str,
-                       model_name: str) -> list[dict]:
+                       model_name: str, attestation: str = "", live_attestation: str = "") -> list[dict]:
         """The candidate beside the live version with `canary_weight`% of the traffic (or the
-        first version alone at 100%)."""
+        first version alone at 100%). Each version's pods verify its folder against its attestation."""
         from aiplat.serving.k8s import render_endpoint
 
-        candidate = self.spec(endpoint, candidate_version, model_name)
+        candidate = self.spec(endpoint, candidate_version, model_name, attestation)
         if live_version is None or str(live_version) == str(candidate_version):
             return render_endpoint(candidate, gateway=self.gateway, gateway_namespace=self.gateway_namespace)
-        return render_endpoint(self.spec(endpoint, live_version, model_name), candidate, self.canary_weight,
-                               gateway=self.gateway, gateway_namespace=self.gateway_namespace)
+        return render_endpoint(self.spec(endpoint, live_version, model_name, live_attestation), candidate,
+                               self.canary_weight, gateway=self.gateway, gateway_namespace=self.gateway_namespace)
 
 
 def local_vllm(**overrides: Any) -> LocalVllmResource:

@@ -155,10 +155,14 @@ def shuffled_labels(df: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
 
 
 def register(client, name: str, folder: Path, sha256: str | None = None, training_set: pd.DataFrame | None = None) -> str:
-    """What the fine-tune does at its end: a run holding the folder as `model`, then a version
-    tagged with the training set it was trained on (default: triage_data())."""
+    """What the fine-tune does at its end: the folder signed (this state's dev key), a run holding it
+    as `model`, then a version tagged with the training set it was trained on (default:
+    triage_data()) and with its signature (the digest a promotion attestation approves)."""
     from aiplat.models.manifest import compute_manifest
+    from aiplat.security.signing import dev_key_pair, sign_model, tag_model_version
     from aiplat.training.data import training_set_hash
+
+    signed = sign_model(folder, dev_key_pair())
 
     experiment = client.get_experiment_by_name("eval-tests") or None
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("eval-tests")
@@ -175,6 +179,7 @@ def register(client, name: str, folder: Path, sha256: str | None = None, trainin
         tags={"aiplat.merged_sha256": sha256 or compute_manifest(folder).folder_sha256,
               "aiplat.training_set_sha256": training_set_hash(triage_data() if training_set is None else training_set)},
     )
+    tag_model_version(client, name, mv.version, signed)
     return str(mv.version)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from aiplat.security.approval import ServingKeys
 from aiplat.security.audit_log import AuditLog
 from aiplat.security.signing import SignatureError, dev_key_pair, sign_model
 from aiplat.serving.champion import FolderSource
@@ -19,6 +20,7 @@ from aiplat.serving.manager import EndpointManager
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from aiplat.serving.rollout import roll_out
 from aiplat.serving.server import ServerSettings
+from tests.approval_helpers import approval, serving_keys
 
 ENDPOINT = "ticket-triage"
 
@@ -69,10 +71,11 @@ def _nothing_started(state_dir: Path) -> None:
 @pytest.mark.parametrize("how", ["flipped byte", "added file", "missing shard", "unsigned"])
 def test_tampered_folder_is_refused_before_any_server_starts(state_dir: Path, signed_folder: Path,
                                                            registry: EndpointRegistry, how: str) -> None:
-    manager = EndpointManager(ServerSettings(), registry, public_key=dev_key_pair().public_key)
-    assert manager.verify(FolderSource(signed_folder, "2").resolve())  # the intact folder passes
+    manager = EndpointManager(ServerSettings(), registry, keys=serving_keys())
+    approved = approval(signed_folder, ENDPOINT, "2")
+    assert manager.verify(FolderSource(signed_folder, "2", ENDPOINT, approved).resolve())  # the intact folder passes
     expected = _tamper(signed_folder, how)
-    model = FolderSource(signed_folder, "2").resolve()
+    model = FolderSource(signed_folder, "2", ENDPOINT, approved).resolve()
     before = registry.path.read_bytes()
     with pytest.raises(SignatureError, match=expected):
         roll_out(manager, ENDPOINT, model)
@@ -91,13 +94,16 @@ def test_folder_signed_by_another_key_is_refused(state_dir: Path, signed_folder:
     other = tmp_path / "other.pem"
     other.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    manager = EndpointManager(ServerSettings(), registry, public_key=other)
+    manager = EndpointManager(ServerSettings(), registry, keys=ServingKeys(other, serving_keys().approval))
+    approved = approval(signed_folder, ENDPOINT, "2")
     with pytest.raises(SignatureError, match="invalid for key other.pem"):
-        manager.start_candidate(ENDPOINT, FolderSource(signed_folder, "2").resolve())
+        manager.start_candidate(ENDPOINT, FolderSource(signed_folder, "2", ENDPOINT, approved).resolve())
     _nothing_started(state_dir)
 
 
-def _deploy(folder: Path, run_tags: dict | None = None) -> dg.ExecuteInProcessResult:
+def _deploy(folder: Path, run_tags: dict | None = None, attestation_file: Path | None = None) -> dg.ExecuteInProcessResult:
+    """The folder drill through the asset. Without `attestation_file`, an empty document: these
+    tests refuse on access or on the signature, which are checked before any approval."""
     from resources.mlflow import MLflowResource
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
@@ -117,9 +123,17 @@ def _deploy(folder: Path, run_tags: dict | None = None) -> dg.ExecuteInProcessRe
                    "model_signing": ModelSigningResource(),
                    # never reached: a folder deploy takes its owner from the model spec
                    "mlflow": MLflowResource(tracking_uri="http://127.0.0.1:9")},
-        run_config={"ops": {op_name(chain, "served_endpoint"): {"config": {"model_folder": str(folder), "model_version": "2"}}}},
+        run_config={"ops": {op_name(chain, "served_endpoint"): {"config": {
+            "model_folder": str(folder), "model_version": "2",
+            "attestation_file": str(attestation_file or _empty_attestation(folder))}}}},
         tags=run_tags, raise_on_error=False,
     )
+
+
+def _empty_attestation(folder: Path) -> Path:
+    path = folder.parent / "no-attestation.json"
+    path.write_text("")
+    return path
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:

@@ -110,10 +110,12 @@ def mlflow(tracking_uri: str | None = None) -> Any:
     return resolve(MLflowResource(tracking_uri=tracking_uri), "mlflow")
 
 
-def verifying_public_key() -> Path:
-    """The public key serving verifies model signatures with (the runtime's `model_signing`)."""
+def serving_keys() -> Any:
+    """The public keys serving verifies with (aiplat.security.approval.ServingKeys): the runtime's
+    `model_signing` build-signature key and promotion-approval key."""
     signing = declared("model_signing")
-    # Verifying needs only the public key: a host that deploys must not need the private key or its
-    # password set, so only the public half of the runtime's settings is resolved.
-    verifier = type(signing)(public_key_path=signing.public_key_path, key_label=signing.key_label)
-    return Path(resolve(verifier, "model_signing").key_pair().public_key)
+    # Verifying needs only the public keys: a host that deploys must not need a private key or its
+    # password set, so only the public halves of the runtime's settings are resolved.
+    verifier = type(signing)(public_key_path=signing.public_key_path, key_label=signing.key_label,
+                             approval_public_key_path=signing.approval_public_key_path)
+    return resolve(verifier, "model_signing").serving_keys()

@@ -91,12 +91,28 @@ def _signature_checked(action: str, model_name: str, version: str, endpoint: str
 
 
 def _verifying(manager):
-    """`manager` that starts only folders signed by the runtime's key (the check runs before any start)."""
+    """`manager` that starts only folders signed by the runtime's key and approved by a promotion
+    attestation under its approval key (the checks run before any start)."""
     from dataclasses import replace
 
     from aiplat.commands import _resources
 
-    return replace(manager, public_key=_resources.verifying_public_key())
+    return replace(manager, keys=_resources.serving_keys())
+
+
+def _attestation(model_name: str, version: str, attestation_file: Path | None, tracking_uri: str | None) -> str:
+    """The promotion attestation of `model_name` `version`: the file given, else the one promotion
+    recorded on the registry's version (empty when there is none: the deploy is then refused)."""
+    if attestation_file is not None:
+        return attestation_file.read_text()
+    from aiplat.commands import _resources
+    from aiplat.security.approval import registry_attestation
+
+    try:
+        return registry_attestation(_resources.mlflow(tracking_uri).client, model_name, version)
+    except Exception as e:  # noqa: BLE001 - an unreachable registry is a refusal with its reason
+        raise click.ClickException(f"cannot read the promotion attestation of {model_name} version {version} from "
+                                   f"MLflow ({type(e).__name__}: {e}); pass --attestation-file") from None
 
 
 _MODEL_NAME_HELP = ("Registered model NAME serves (its owner team may deploy and roll it back; default: NAME, "
@@ -140,22 +156,26 @@ def list_(check: bool, as_json: bool) -> None:
 @click.option("--version", "version", required=True, help="Version label of the model (e.g. the MLflow version).")
 @click.option("--model-name", default=None, help=_MODEL_NAME_HELP)
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=_TRACKING_HELP)
+@click.option("--attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The version's promotion attestation (default: the one recorded on the MLflow version).")
 @click.option("--load-share", type=float, default=None, help="Share of the load sample the canary replays.")
 @click.option("--enforce-eager", is_flag=True, help="Start faster (no torch.compile), decode slower.")
 def deploy(name: str, model_folder: Path, version: str, model_name: str | None, tracking_uri: str | None,
-           load_share: float | None, enforce_eager: bool) -> None:
+           attestation_file: Path | None, load_share: float | None, enforce_eager: bool) -> None:
     """Serve MODEL_FOLDER as endpoint NAME: started directly when NAME is new, else through a canary.
 
     Only for the model's owner team or the platform team (verified from the caller's credential), and only a folder that
-    verifies against its signature (model.sig); a refusal leaves the live endpoint as it was."""
+    verifies against its signature (model.sig) and that a promotion approved (its attestation names
+    exactly these bytes as MODEL_NAME VERSION); a refusal leaves the live endpoint as it was."""
     from aiplat.security.access import record
     from aiplat.serving.champion import FolderSource
     from aiplat.serving.rollout import roll_out
 
     model_name = model_name or name
     vllm = _resource(canary_load_share=load_share, enforce_eager=enforce_eager or None)
+    attestation = _attestation(model_name, version, attestation_file, tracking_uri)
     with _failures():
-        model = FolderSource(model_folder, version, model_name).resolve()
+        model = FolderSource(model_folder, version, model_name, attestation).resolve()
     manager = _verifying(vllm.manager)  # its settings first: a misconfigured host logs no decision
     identity, audit = _authorize("deploy", model_name, model.version, name, tracking_uri)
     with _failures(), _signature_checked("deploy", model_name, model.version, name, identity, audit), \
@@ -266,10 +286,15 @@ def load_test(name: str, concurrencies: tuple[int, ...], num_prompts: int | None
 @click.option("--model-store", default="s3://aiplat-models", show_default=True, help="Prefix of <model>/v<version>/ folders.")
 @click.option("--gpus", type=int, default=1, show_default=True)
 @click.option("--weight", type=int, default=10, show_default=True, help="Per cent of traffic to the candidate.")
+@click.option("--attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="VERSION's promotion attestation (without one its pods refuse to start).")
+@click.option("--live-attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The live version's promotion attestation.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def render(name: str, version: str, live_version: str | None, model_name: str | None, model_store: str, gpus: int,
-           weight: int, output: Path | None) -> None:
-    """Kubernetes manifests (prod): Deployment + Service per version and the weighted HTTPRoute."""
+           weight: int, attestation_file: Path | None, live_attestation_file: Path | None, output: Path | None) -> None:
+    """Kubernetes manifests (prod): Deployment + Service per version and the weighted HTTPRoute. Each
+    version's pods fetch its folder and verify its signature and promotion attestation before vLLM starts."""
     from aiplat.serving.k8s import to_yaml
     from aiplat.specs import load_specs
     from resources.vllm import ProdVllmResource
@@ -280,7 +305,10 @@ def render(name: str, version: str, live_version: str | None, model_name: str | 
     with _failures():
         prod = ProdVllmResource(gateway_url="https://gateway.invalid", model_store_prefix=model_store,
                                 gpus=gpus, canary_weight=weight)
-        text = to_yaml(prod.render_rollout(name, live_version, version, model_name))
+        text = to_yaml(prod.render_rollout(
+            name, live_version, version, model_name,
+            attestation=attestation_file.read_text() if attestation_file else "",
+            live_attestation=live_attestation_file.read_text() if live_attestation_file else ""))
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")

@@ -48,10 +48,18 @@ def cli(name: str, version: str, report_sha256: str | None, tracking_uri: str | 
     from aiplat.evaluation.registry import ModelVersionNotFound
     from aiplat.security.access import AccessDenied
 
+    from aiplat.commands import _resources
+    from aiplat.config import MissingSecret
+
     client = mlflow_client(tracking_uri)
     try:
+        # Promotion signs its approval: the runtime's approval key (prod: AIPLAT_APPROVAL_PRIVATE_KEY).
+        approver = _resources.runtime_resource("model_signing").approver()
+    except MissingSecret as e:
+        raise click.ClickException(str(e)) from None
+    try:
         out = promote(client, name, version, dagster_run_id=None, actor=actor(), expected_report_sha256=report_sha256,
-                      **access_settings())
+                      approver=approver, **access_settings())
     except AccessDenied as e:
         raise click.ClickException(f"access denied: {e}") from None
     except PromotionRefused as e:

@@ -12,6 +12,11 @@ lost with the pod that wrote it in prod.)
 Only the model's owner team or the platform team may promote or roll back
 (aiplat.security.access): the decision, allowed or refused, is appended to the audit log before
 anything moves, and what an allowed call did is appended after it.
+
+Promotion also *approves*: before the alias moves it records a signed promotion attestation on the
+version (aiplat.security.approval: the signed model digest, the report and gate-policy digests, the
+approver), and serving starts only folders such an attestation approves. Moving the alias any other
+way (one REST call to MLflow) therefore serves nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from aiplat.evaluation.registry import (
 )
 
 from aiplat.security.access import AccessDenied, Identity, authorize, current_identity, owner_team, record
+from aiplat.security.approval import APPROVAL_TAG, ApprovalError, attest, dev_approval_key_pair
 from aiplat.security.audit_log import AuditLog
+from aiplat.security.signing import TAG_MODEL_DIGEST, KeyPair
 
 PROMOTION_LOG_EXPERIMENT = "aiplat-promotion-log"
 TAG_PROMOTED_SHA = "aiplat.promotion.report_sha256"
@@ -203,23 +210,26 @@ def promote(
     identity: Identity | None = None,
     owners: Mapping[str, str] | None = None,
     audit: AuditLog | None = None,
+    approver: KeyPair | None = None,
 ) -> Outcome:
     """Make `version` the champion (and the old champion `previous`) on a passing, current report.
 
     `identity` defaults to the CLI caller's, verified from their credential (aiplat.security.identity); `owners` maps model
     names to owner teams where the registered model has no `owner_team` tag. AccessDenied when the
-    caller is neither the owner team nor the platform team.
+    caller is neither the owner team nor the platform team. `approver`: the key pair the promotion
+    attestation is signed with (resources.signing's `approver()`; default: the local development pair).
     """
     version = str(version)
     who = _authorize(client, "promote", name, version, identity, owners, audit, dagster_run_id, actor)
-    outcome = _promote(client, name, version, dagster_run_id, actor, expected_report_sha256)
+    outcome = _promote(client, name, version, dagster_run_id, actor, expected_report_sha256, who,
+                       approver or dev_approval_key_pair())
     record(f"promote {outcome.status}", name, version, who, audit, detail=outcome.detail,
            report_sha256=outcome.report_sha256 or "", dagster_run_id=dagster_run_id or "")
     return outcome
 
 
 def _promote(client, name: str, version: str, dagster_run_id: str | None, actor: str,
-             expected_report_sha256: str | None) -> Outcome:
+             expected_report_sha256: str | None, who: Identity, approver: KeyPair) -> Outcome:
     ref = model_version(client, name, version)
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and champion.version == version:
@@ -232,6 +242,19 @@ def _promote(client, name: str, version: str, dagster_run_id: str | None, actor:
         _record(client, Outcome("promote", "refused", name, version, champion.version if champion else None,
                                 ref.tags.get(TAG_EVAL_SHA), dagster_run_id, None, refused.reason), actor)
         raise
+    try:
+        attestation = attest(
+            approver, model=name, version=version, model_digest=ref.tags.get(TAG_MODEL_DIGEST, ""),
+            eval_report_sha256=verified.sha256, policy_sha256=(verified.report.get("policy") or {}).get("sha256", ""),
+            approver=who.actor, approver_team=who.team or "", requested_by=who.requested_by or actor,
+            dagster_run_id=dagster_run_id or "")
+    except ApprovalError as e:
+        _record(client, Outcome("promote", "refused", name, version, champion.version if champion else None,
+                                verified.sha256, dagster_run_id, None, str(e)), actor)
+        raise PromotionRefused(name, version, str(e)) from None
+    # The approval before the aliases: a champion always carries one. If an alias move fails after it,
+    # the version is approved but not champion (serving follows the alias, so nothing else changes).
+    client.set_model_version_tag(name, version, APPROVAL_TAG, attestation)
     # `previous` first: a failure between the two calls leaves champion unchanged and previous
     # pointing at it, which is a consistent state (rollback is then a no-op).
     if champion is not None:

@@ -75,9 +75,10 @@ def dev_key_dir() -> Path:
     return state_dir() / "security" / "dev-signing-key"
 
 
-def dev_key_pair() -> KeyPair:
-    """The local development key pair, generated (P-256) under the state folder on first use."""
-    folder = dev_key_dir()
+def dev_key_pair(folder: Path | None = None) -> KeyPair:
+    """The local development key pair, generated (P-256) under the state folder on first use
+    (`folder`: another purpose's pair, e.g. promotion approvals)."""
+    folder = folder or dev_key_dir()
     private, public = folder / "private.pem", folder / "public.pem"
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / ".lock").open("a") as lock:

@@ -27,6 +27,7 @@ class ModelRef:
     path: Path
     registered_name: str = ""
     uri: str = ""  # where it came from (models:/name/version, a folder path)
+    attestation: str = ""  # the promotion attestation approving these bytes (aiplat.security.approval)
 
 
 class ModelSource(Protocol):
@@ -53,12 +54,13 @@ class FolderSource:
     path: Path
     version: str
     registered_name: str = ""
+    attestation: str = ""
 
     def resolve(self) -> ModelRef:
         path = Path(self.path).resolve()
         if not path.is_dir():
             raise ModelResolutionError(f"model folder {path} does not exist")
-        return ModelRef(self.version, path, self.registered_name, uri=str(path))
+        return ModelRef(self.version, path, self.registered_name, uri=str(path), attestation=self.attestation)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,10 @@ class MlflowAliasSource:
         if not (dest / "config.json").is_file():
             self._download(mv.source, dest)
         check_model_folder(dest)
-        return ModelRef(str(mv.version), dest, self.model_name, uri=f"models:/{self.model_name}/{mv.version}")
+        from aiplat.security.approval import APPROVAL_TAG
+
+        return ModelRef(str(mv.version), dest, self.model_name, uri=f"models:/{self.model_name}/{mv.version}",
+                        attestation=(mv.tags or {}).get(APPROVAL_TAG, ""))
 
     def _download(self, artifact_uri: str, dest: Path) -> None:
         import mlflow.artifacts

@@ -5,6 +5,12 @@ Each model version gets its own Deployment + Service (`vllm-<endpoint>-v<version
 candidate run side by side; the endpoint's HTTPRoute (`<endpoint>`) sends `canary_weight`% of
 requests to the candidate. Switching = weights 0/100 then deleting the old version's objects;
 rolling back = deleting the candidate's objects and weights 100/0.
+
+A pod loads only bytes it verified itself: the `fetch-model` init container copies the version's
+folder from the model store into the pod's `model` volume, `verify-model` checks that folder's
+build signature and promotion attestation (aiplat.security.verify_folder; the attestation is
+inline, signed, so editing the manifest cannot forge it), and vLLM then loads the same folder.
+A folder that fails never reaches vLLM: the pod stays in Init:Error and the Service sends it nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ PORT = 8000
 # plus the verification init step); environments/* resolve it, and so does AIPLAT_VLLM_IMAGE for
 # manifests rendered at run time.
 DEFAULT_IMAGE = "aiplat-vllm-serving"
+FETCH_IMAGE = "aiplat-model-fetch"  # the AWS CLI; the overlays resolve it like the platform's images
+MODEL_DIR = "/models/current"
+KEYS_DIR = "/etc/aiplat/verification-keys"
+# Public keys only (model-signing.pub, approval.pub): a ConfigMap, see docs/deploy.md.
+VERIFICATION_KEYS_CONFIGMAP = "aiplat-verification-keys"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 
@@ -50,8 +61,10 @@ class EndpointSpec:
 
     endpoint: str
     model_version: str
-    model_uri: str  # s3://bucket/prefix of the safetensors folder, or a path on a mounted volume
+    model_uri: str  # s3://bucket/prefix of the safetensors folder
     served_model_name: str
+    model_name: str = ""  # the registered model the attestation must name (default: the endpoint)
+    attestation: str = ""  # its promotion attestation (DSSE JSON); empty = the pod refuses to start
     namespace: str = "team-ml"
     image: str = DEFAULT_IMAGE
     gpus: int = 1
@@ -63,6 +76,7 @@ class EndpointSpec:
     max_num_queued_reqs: int = 256
     gpu_memory_utilization: float = 0.9
     model_store_secret: str = "model-store-credentials"  # AWS_* for s3:// model URIs
+    model_volume: str = "64Gi"  # the pod-local copy of the folder (emptyDir size limit)
     node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
 
     @property
@@ -80,8 +94,8 @@ class EndpointSpec:
 
 
 def _vllm_args(spec: EndpointSpec) -> list[str]:
-    args = [
-        spec.model_uri,
+    return [
+        MODEL_DIR,  # the folder verify-model checked, never the store directly
         "--served-model-name", spec.served_model_name,
         "--host", "0.0.0.0",
         "--port", str(PORT),
@@ -91,9 +105,41 @@ def _vllm_args(spec: EndpointSpec) -> list[str]:
         "--max-num-queued-reqs", str(spec.max_num_queued_reqs),
         "--gpu-memory-utilization", str(spec.gpu_memory_utilization),
     ]
-    if spec.model_uri.startswith("s3://"):
-        args += ["--load-format", "runai_streamer"]  # vLLM streams safetensors straight from S3
-    return args
+
+
+def _init_containers(spec: EndpointSpec) -> list[dict]:
+    """Fetch the version's folder into the pod, then verify those very bytes before vLLM starts."""
+    if not spec.model_uri.startswith("s3://"):
+        raise ValueError(f"model_uri {spec.model_uri!r} must be an s3:// folder of the model store")
+    hardened = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                "runAsUser": 10001, "capabilities": {"drop": ["ALL"]}}
+    model = {"name": "model", "mountPath": MODEL_DIR}
+    small = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+    return [
+        {
+            "name": "fetch-model",
+            "image": FETCH_IMAGE,
+            "command": ["aws", "s3", "sync", "--only-show-errors", spec.model_uri.rstrip("/") + "/", MODEL_DIR + "/"],
+            "envFrom": [{"secretRef": {"name": spec.model_store_secret, "optional": True}}],
+            "env": [{"name": "HOME", "value": "/tmp"}],
+            "volumeMounts": [model, {"name": "tmp", "mountPath": "/tmp"}],
+            "resources": small,
+            "securityContext": hardened,
+        },
+        {
+            "name": "verify-model",
+            "image": spec.image,
+            "command": ["aiplat-verify-model", MODEL_DIR,
+                        "--public-key", f"{KEYS_DIR}/model-signing.pub",
+                        "--approval-key", f"{KEYS_DIR}/approval.pub",
+                        "--model-name", spec.model_name or spec.endpoint, "--version", str(spec.model_version)],
+            "env": [{"name": "AIPLAT_ATTESTATION", "value": spec.attestation}],
+            "volumeMounts": [{**model, "readOnly": True},
+                             {"name": "verification-keys", "mountPath": KEYS_DIR, "readOnly": True}],
+            "resources": small,
+            "securityContext": hardened,
+        },
+    ]
 
 
 def deployment(spec: EndpointSpec) -> dict:
@@ -107,7 +153,6 @@ def deployment(spec: EndpointSpec) -> dict:
             {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
         ],
-        "envFrom": [{"secretRef": {"name": spec.model_store_secret, "optional": True}}],
         "resources": {
             "requests": {"cpu": spec.cpu, "memory": spec.memory, "nvidia.com/gpu": str(spec.gpus)},
             "limits": {"memory": spec.memory, "nvidia.com/gpu": str(spec.gpus)},
@@ -120,7 +165,8 @@ def deployment(spec: EndpointSpec) -> dict:
             "exec": {"command": ["python3", "-c", _READY_SCRIPT, spec.served_model_name]},
             "periodSeconds": 15, "timeoutSeconds": 10, "failureThreshold": 3,
         },
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
+                         {"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False},
     }
     return {
@@ -139,9 +185,13 @@ def deployment(spec: EndpointSpec) -> dict:
                     "nodeSelector": dict(spec.node_selector),
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                     "terminationGracePeriodSeconds": 60,
+                    "initContainers": _init_containers(spec),
                     "containers": [container],
                     # Tensor-parallel workers share tensors through /dev/shm; the default 64 MiB is too small.
-                    "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}],
+                    "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+                                {"name": "model", "emptyDir": {"sizeLimit": spec.model_volume}},
+                                {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                                {"name": "verification-keys", "configMap": {"name": VERIFICATION_KEYS_CONFIGMAP}}],
                 },
             },
         },

@@ -4,9 +4,10 @@ The registry entry of an endpoint changes only after its new server completed a 
 start that fails (bad model, crash, timeout) leaves the previous server serving and the entry
 as it was; the error names the cause from the new server's log.
 
-With a `public_key`, a model folder is verified against its signature (aiplat.security.signing)
-before any server starts for it: a changed, added or missing file raises SignatureError, and
-neither the registry nor the live server is touched.
+With `keys`, a model folder is verified before any server starts for it: against its build
+signature (aiplat.security.signing: a changed, added or missing file raises SignatureError) and
+against its promotion attestation (aiplat.security.approval: signed but never approved raises
+ApprovalError); neither the registry nor the live server is touched then.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from aiplat.security.approval import Approval, ServingKeys
 from aiplat.serving.champion import ModelRef
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from aiplat.serving.server import (
@@ -59,15 +61,17 @@ class EndpointManager:
     settings: ServerSettings = ServerSettings()
     registry: EndpointRegistry | None = None
     progress: Progress | None = None
-    public_key: Path | None = None  # set: only folders signed by its private key are started
+    keys: ServingKeys | None = None  # set: only signed and approved folders are started
 
-    def verify(self, model: ModelRef) -> str | None:
-        """The model's signed digest, or SignatureError; None when this manager checks no signatures."""
-        if self.public_key is None:
+    def verify(self, model: ModelRef) -> Approval | None:
+        """The model's verified approval, or SignatureError / ApprovalError; None when this manager
+        checks nothing (tests of the server mechanics only)."""
+        if self.keys is None:
             return None
-        from aiplat.security.signing import verify_model
+        from aiplat.security.approval import verify_for_serving
 
-        return verify_model(model.path, self.public_key)
+        return verify_for_serving(model.path, model.attestation, self.keys, model=model.registered_name,
+                                  version=model.version)
 
     def __post_init__(self) -> None:
         if self.registry is None:
@@ -121,7 +125,8 @@ class EndpointManager:
                 f"{current.candidate.url}); finish or discard that canary first"
             )
         served = served_model_name or (current.live.served_model_name if current and current.live else name)
-        server = start_server(name, model.path, model.version, served, self.settings, self.progress)
+        server = replace(start_server(name, model.path, model.version, served, self.settings, self.progress),
+                         registered_name=model.registered_name, attestation=model.attestation)
 
         def change(entry: EndpointRecord | None) -> EndpointRecord:
             entry = entry or EndpointRecord(name=name, live=None)
@@ -143,7 +148,9 @@ class EndpointManager:
             event = _event("switched", version=entry.candidate.model_version, url=entry.candidate.url,
                            model_path=entry.candidate.model_path,
                            previous_version=entry.live.model_version if entry.live else "",
-                           previous_path=entry.live.model_path if entry.live else "", reason=reason)
+                           previous_path=entry.live.model_path if entry.live else "",
+                           previous_model=entry.live.registered_name if entry.live else "",
+                           previous_attestation=entry.live.attestation if entry.live else "", reason=reason)
             return replace(entry, live=entry.candidate, candidate=None, history=entry.history + [event])
 
         updated = self.registry.update(name, change)
@@ -181,7 +188,8 @@ class EndpointManager:
         entry = self.get(name)
         for event in reversed(entry.history):
             if event.get("event") == "switched" and event.get("previous_version") and event.get("previous_path"):
-                return ModelRef(event["previous_version"], Path(event["previous_path"]), uri=event["previous_path"])
+                return ModelRef(event["previous_version"], Path(event["previous_path"]), event.get("previous_model", ""),
+                                uri=event["previous_path"], attestation=event.get("previous_attestation", ""))
         raise EndpointNotFound(f"endpoint {name!r} has no earlier version to roll back to")
 
     def stop(self, name: str) -> EndpointRecord:

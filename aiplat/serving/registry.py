@@ -43,6 +43,8 @@ class ServerRecord:
     pid_file: str
     health: str = "ready"  # ready | unhealthy | down (as of `checked_at`)
     checked_at: str = ""
+    registered_name: str = ""
+    attestation: str = ""  # the promotion attestation it was verified with: a rollback verifies it again
 
     @classmethod
     def from_dict(cls, data: dict) -> ServerRecord:
