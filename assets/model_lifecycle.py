@@ -496,7 +496,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         try:
             out = promote(mlflow.client, spec.name, version, dagster_run_id=context.run_id, actor="dagster",
                           expected_report_sha256=sha, identity=current_identity(context.run.tags),
-                          owners=owners_of(spec), audit=operations.audit_log(), approver=model_signing.approver())
+                          owners=owners_of(spec), audit=operations.audit_log(), approver=model_signing.approver)
         except AccessDenied as e:
             raise dg.Failure(f"access denied: {e}") from e
         except (PromotionRefused, ModelVersionNotFound) as e:

@@ -20,6 +20,7 @@ from aiplat.cli import cli
 from aiplat.security.audit_log import AuditLog, PostgresAuditLog
 from tests.audit_helpers import private_audit_database
 from tests.identity_helpers import act_as
+from aiplat.security.approval import dev_approval_key_pair
 from aiplat.security.signing import dev_key_pair
 from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from tests.test_serving_signature import ENDPOINT, _nothing_started, _tamper, registry, signed_folder  # noqa: F401
@@ -166,6 +167,7 @@ def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p
         "AIPLAT_PROMETHEUS_URL": "http://127.0.0.1:9",  # part of the prod operations settings; never called here
         # Only the public key: a host that deploys needs neither the private key nor its password.
         "AIPLAT_SIGNING_PUBLIC_KEY": str(dev_key_pair().public_key),
+        "AIPLAT_APPROVAL_PUBLIC_KEY": str(dev_approval_key_pair().public_key),
         "MLFLOW_TRACKING_URI": uri,
         "AIPLAT_ACCOUNTS_FILE": str(prod / "accounts.json"),  # the store a Secret would mount
     }
@@ -173,7 +175,7 @@ def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p
         env["AIPLAT_AUDIT_DATABASE_URL"] = db.writer_dsn
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        for name in ("AIPLAT_SIGNING_PRIVATE_KEY", "AIPLAT_SIGNING_KEY_PASSWORD"):
+        for name in ("AIPLAT_SIGNING_PRIVATE_KEY", "AIPLAT_SIGNING_KEY_PASSWORD", "AIPLAT_APPROVAL_PRIVATE_KEY"):
             monkeypatch.delenv(name, raising=False)
         yield env
 
@@ -231,13 +233,15 @@ def test_prod_without_the_audit_log_setting_names_the_variable(state_dir: Path, 
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("variable", ["AIPLAT_SIGNING_PUBLIC_KEY", "AIPLAT_APPROVAL_PUBLIC_KEY"])
 def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
-                                                      registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AIPLAT_SIGNING_PUBLIC_KEY")
+                                                      registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch,
+                                                      variable: str) -> None:
+    monkeypatch.delenv(variable)
     act_as(monkeypatch, "platform")
     before = registry.path.read_bytes()
     result = _deploy(signed_folder)
-    assert result.exit_code == 1 and "resource 'model_signing' needs AIPLAT_SIGNING_PUBLIC_KEY" in result.output
+    assert result.exit_code == 1 and f"resource 'model_signing' needs {variable}" in result.output
     assert registry.path.read_bytes() == before
     _nothing_started(state_dir)
     assert list(_prod_log(prod_env).entries()) == []  # settings are checked before any decision is logged

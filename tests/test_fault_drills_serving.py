@@ -22,6 +22,7 @@ from aiplat.operations.requests import RequestLog
 from aiplat.serving.gateway import GatewaySettings, build_app
 from aiplat.serving.gateway_routing import RegistryResolver
 from aiplat.serving.server import process_of
+from tests.approval_helpers import approve
 from tests.conftest import built_vllm_env, copy_model
 from tests.fault_drills import child_env, report, start_child
 from tests.test_gateway import serve
@@ -72,10 +73,16 @@ def world(tmp_path_factory, smollm_base):
         mp.undo()
 
 
+def _folder_config(world, version: str) -> dict:
+    """The drill's folder, approved as `version` the way a promotion would (tests/approval_helpers.py)."""
+    attestation = approve(world["model"], ENDPOINT, version, world["state"] / "approvals" / f"v{version}.json")
+    return {"model_folder": str(world["model"]), "model_version": version, "attestation_file": str(attestation)}
+
+
 def _deploy(world, version: str) -> dg.ExecuteInProcessResult:
     return world["job"].execute_in_process(
         instance=world["instance"], asset_selection=[dg.AssetKey.from_user_string(SERVED_KEY)], raise_on_error=False,
-        run_config={"ops": {SERVED_OP: {"config": {"model_folder": str(world["model"]), "model_version": version}}}})
+        run_config={"ops": {SERVED_OP: {"config": _folder_config(world, version)}}})
 
 
 def test_kill9_during_canary_live_endpoint_keeps_serving(world, tmp_path: Path):
@@ -84,8 +91,7 @@ def test_kill9_during_canary_live_endpoint_keeps_serving(world, tmp_path: Path):
     version = str(int(live.model_version) + 1)
     child = start_child(tmp_path / "drill", child_env(world["state"], world["home"]),
                         assets=[SERVED_KEY], resources={"vllm": {"kind": "vllm_local", **world["cfg"]}},
-                        run_config={"ops": {SERVED_OP: {"config": {"model_folder": str(world["model"]),
-                                                                           "model_version": version}}}},
+                        run_config={"ops": {SERVED_OP: {"config": _folder_config(world, version)}}},
                         pause="aiplat.serving.manager:EndpointManager.start_candidate", pause_when="after")
     # The candidate is up and recorded; the kill lands before it is compared, switched or discarded.
     try:

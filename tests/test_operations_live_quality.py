@@ -22,6 +22,7 @@ import pytest
 
 from aiplat.evaluation.golden import load_golden
 from aiplat.serving.champion import FolderSource
+from tests.approval_helpers import approval
 from tests.conftest import built_vllm_env, copy_model
 
 pytestmark = pytest.mark.slow
@@ -68,8 +69,8 @@ def world(tmp_path_factory, smollm_base: Path):
     # float32: the served answers match the fp32 reference decoding (see test_serving_live.py).
     vllm = LocalVllmResource(enforce_eager=True, dtype="float32", vllm_python=str(env.python), start_timeout_s=900,
                              max_num_seqs=4)
-    for version, folder in folders.items():
-        vllm.manager.deploy(ENDPOINT, FolderSource(folder, version).resolve())
+    for version, folder in folders.items():  # approved as promotion would (tests/approval_helpers.py)
+        vllm.manager.deploy(ENDPOINT, FolderSource(folder, version, ENDPOINT, approval(folder, ENDPOINT, version)).resolve())
     world = {"state": state, "folders": folders, "vllm": vllm, "client": client,
              "mlflow": MLflowResource(tracking_uri=uri),
              "instance": dg.DagsterInstance.ephemeral()}
@@ -99,7 +100,8 @@ def serving_v2(world):
     restored when a test before this one rolled back."""
     manager = world["vllm"].manager
     if manager.refresh(ENDPOINT).live.model_version != "2":
-        manager.deploy(ENDPOINT, FolderSource(world["folders"]["2"], "2").resolve())
+        folder = world["folders"]["2"]
+        manager.deploy(ENDPOINT, FolderSource(folder, "2", ENDPOINT, approval(folder, ENDPOINT, "2")).resolve())
         world["client"].set_registered_model_alias(ENDPOINT, "previous", "1")
         world["client"].set_registered_model_alias(ENDPOINT, "champion", "2")
     assert manager.get(ENDPOINT).live.model_version == "2"

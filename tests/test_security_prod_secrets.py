@@ -78,11 +78,32 @@ def test_signing_in_prod_without_the_private_key_names_it(prod: None, tmp_path: 
         ModelSigningResource(public_key_path=str(public), private_key_path="").sign(str(tmp_path))
 
 
-def test_a_deploy_in_prod_with_an_empty_public_key_names_the_variable(prod: None, tmp_path: Path,
+@pytest.mark.parametrize("variable", ["AIPLAT_SIGNING_PUBLIC_KEY", "AIPLAT_APPROVAL_PUBLIC_KEY"])
+def test_a_deploy_in_prod_with_an_empty_public_key_names_the_variable(prod: None, tmp_path: Path, variable: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIPLAT_SIGNING_PUBLIC_KEY", "")
+    """Neither key silently becomes a generated development pair in prod."""
+    from aiplat.security.approval import dev_approval_key_pair
+    from aiplat.security.signing import dev_key_pair
+
+    monkeypatch.setenv("AIPLAT_SIGNING_PUBLIC_KEY", str(dev_key_pair().public_key))
+    monkeypatch.setenv("AIPLAT_APPROVAL_PUBLIC_KEY", str(dev_approval_key_pair().public_key))
+    monkeypatch.setenv(variable, "")
     from aiplat.commands import _resources
     import click
 
-    with pytest.raises(click.ClickException, match="AIPLAT_SIGNING_PUBLIC_KEY"):
-        _resources.verifying_public_key()
+    with pytest.raises(click.ClickException, match=variable):
+        _resources.serving_keys()
+
+
+def test_a_promotion_in_prod_without_the_approval_private_key_names_it(prod: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiplat.security.approval import dev_approval_key_pair
+    from aiplat.security.signing import dev_key_pair
+
+    monkeypatch.setenv("AIPLAT_SIGNING_PUBLIC_KEY", str(dev_key_pair().public_key))
+    monkeypatch.setenv("AIPLAT_APPROVAL_PUBLIC_KEY", str(dev_approval_key_pair().public_key))
+    monkeypatch.setenv("AIPLAT_APPROVAL_PRIVATE_KEY", "")
+    from aiplat.commands import _resources
+    import click
+
+    with pytest.raises(click.ClickException, match="AIPLAT_APPROVAL_PRIVATE_KEY"):
+        _resources.approver()

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 
 from aiplat.serving.canary import CanaryPolicy, run_canary
 from aiplat.serving.champion import FolderSource
+from tests.approval_helpers import approval, approve
 from aiplat.serving.server import ServerStartError, process_of
 from tests.chain_helpers import chain_asset, chain_for, op_name
 from tests.conftest import built_vllm_env, copy_model
@@ -82,7 +83,8 @@ endpoint_load_test = chain_asset(CHAIN, "endpoint_load_test")
 @pytest.fixture(scope="module")
 def first_deploy(world):
     """The endpoint's first deploy, through the asset (once per module, before any other test)."""
-    result = _materialize(world, served_endpoint, {"model_folder": str(world["model"]), "model_version": "1"})
+    result = _materialize(world, served_endpoint, {"model_folder": str(world["model"]), "model_version": "1",
+                                                   "attestation_file": _approved(world, "1")})
     return _meta(result, op_name(CHAIN, "served_endpoint")), world["vllm"].manager.get(ENDPOINT).live
 
 
@@ -97,8 +99,15 @@ def live(world, first_deploy):
     limits = ["--max-num-queued-reqs", str(world["vllm"].max_num_queued_reqs)]
     cmdline = " ".join(process.cmdline()) if process is not None else ""
     if entry.live is None or entry.live.health != "ready" or process is None or " ".join(limits) not in cmdline:
-        entry = manager.deploy(ENDPOINT, FolderSource(world["model"], "1").resolve())
+        entry = manager.deploy(ENDPOINT, FolderSource(world["model"], "1", ENDPOINT,
+                                                      approval(world["model"], ENDPOINT, "1")).resolve())
     return entry.live
+
+
+def _approved(world, version: str) -> str:
+    """The model folder approved as `version`, as a promotion would (tests/approval_helpers.py):
+    the asset and the CLI serve only approved bytes (tests/test_security_approval.py)."""
+    return str(approve(world["model"], ENDPOINT, version, world["state"] / "approvals" / f"v{version}.json"))
 
 
 def _materialize(world, asset, config: dict) -> dg.ExecuteInProcessResult:
@@ -210,7 +219,7 @@ def test_broken_candidate_fails_the_canary_and_live_never_changes(world, live, t
 def test_passing_canary_switches_through_the_asset(world, live) -> None:
     new = str(int(live.model_version) + 1)
     result = _materialize(world, served_endpoint, {
-        "model_folder": str(world["model"]), "model_version": new,
+        "model_folder": str(world["model"]), "model_version": new, "attestation_file": _approved(world, new),
         "load_sample": ["How do I reset my password?", "Is my invoice late?", "Cancel my plan."]})
     meta = _meta(result, op_name(CHAIN, "served_endpoint"))
     assert meta["action"] == "switched" and meta["model_version"] == new and meta["previous_version"] == live.model_version
@@ -252,13 +261,15 @@ def test_cli_deploy_refuses_a_tampered_copy_and_audits_an_allowed_deploy(world, 
     runner = CliRunner()
     before = world["vllm"].manager.get(ENDPOINT)
     other = str(int(live.model_version) + 40)
-    refused = runner.invoke(cli, ["endpoints", "deploy", ENDPOINT, str(tampered), "--version", other])
+    refused = runner.invoke(cli, ["endpoints", "deploy", ENDPOINT, str(tampered), "--version", other,
+                                  "--attestation-file", _approved(world, other)])
     assert refused.exit_code == 1 and f"changed since signing: {shard.name}" in refused.output
     assert world["vllm"].manager.get(ENDPOINT) == before and before.live.url == live.url
     assert "Paris" in _ask(live.url).json()["choices"][0]["message"]["content"]
 
     version = live.model_version
-    kept = runner.invoke(cli, ["endpoints", "deploy", ENDPOINT, str(world["model"]), "--version", version])
+    kept = runner.invoke(cli, ["endpoints", "deploy", ENDPOINT, str(world["model"]), "--version", version,
+                               "--attestation-file", _approved(world, version)])
     assert kept.exit_code == 0 and f"{ENDPOINT}: unchanged; version {version} serves on {live.url}" in kept.output
     tail = [(e["event"], e.get("decision"), e.get("version")) for e in AuditLog().entries()][-4:]
     assert tail == [("access", "allowed", other), ("deploy refused: signature", None, other),
@@ -320,7 +331,9 @@ def test_a_crash_shows_as_down_and_cli_rollback_restarts_the_previous_version(wo
     manager = world["vllm"].manager
     if not any(e.get("event") == "switched" and e.get("previous_version") for e in manager.get(ENDPOINT).history):
         # Run alone: nothing was switched yet, so make the one switch a rollback needs.
-        live = manager.deploy(ENDPOINT, FolderSource(world["model"], str(int(live.model_version) + 1)).resolve()).live
+        new = str(int(live.model_version) + 1)
+        live = manager.deploy(ENDPOINT, FolderSource(world["model"], new, ENDPOINT,
+                                                     approval(world["model"], ENDPOINT, new)).resolve()).live
     previous = manager.previous_model(ENDPOINT).version
 
     os.killpg(live.pid, signal.SIGKILL)

@@ -119,3 +119,15 @@ def serving_keys() -> Any:
     verifier = type(signing)(public_key_path=signing.public_key_path, key_label=signing.key_label,
                              approval_public_key_path=signing.approval_public_key_path)
     return resolve(verifier, "model_signing").serving_keys()
+
+
+def approver() -> Any:
+    """The key pair promotion approvals are signed with (the runtime's `model_signing` approval pair:
+    prod AIPLAT_APPROVAL_PRIVATE_KEY / _PUBLIC_KEY). Only those settings are resolved, so promoting
+    needs neither the build-signing private key nor its password."""
+    signing = declared("model_signing")
+    approving = type(signing)(key_label=signing.key_label, public_key_path=signing.public_key_path,
+                              approval_public_key_path=signing.approval_public_key_path,
+                              approval_private_key_path=signing.approval_private_key_path)
+    with config_errors("resource 'model_signing'"):
+        return resolve(approving, "model_signing").approver()

@@ -80,12 +80,14 @@ def _authorize(action: str, model_name: str, version: str, endpoint: str, tracki
 @contextmanager
 def _signature_checked(action: str, model_name: str, version: str, endpoint: str, identity, audit) -> Iterator[None]:
     from aiplat.security.access import record
+    from aiplat.security.approval import ApprovalError
     from aiplat.security.signing import SignatureError
 
     try:
         yield
-    except SignatureError as e:
-        record(f"{action} refused: signature", model_name, version, identity, audit, endpoint=endpoint, reason=str(e))
+    except SignatureError as e:  # ApprovalError included: signed is not approved
+        what = "approval" if isinstance(e, ApprovalError) else "signature"
+        record(f"{action} refused: {what}", model_name, version, identity, audit, endpoint=endpoint, reason=str(e))
         raise click.ClickException(f"refusing to {action} {model_name} version {version} on {endpoint!r}: {e}; "
                                    f"endpoint {endpoint!r} is unchanged") from None
 
@@ -102,17 +104,21 @@ def _verifying(manager):
 
 def _attestation(model_name: str, version: str, attestation_file: Path | None, tracking_uri: str | None) -> str:
     """The promotion attestation of `model_name` `version`: the file given, else the one promotion
-    recorded on the registry's version (empty when there is none: the deploy is then refused)."""
+    recorded on the registry's version. Empty when there is none or MLflow cannot be read (said on
+    stderr): the deploy is then refused as unapproved, after the signature check."""
     if attestation_file is not None:
         return attestation_file.read_text()
     from aiplat.commands import _resources
     from aiplat.security.approval import registry_attestation
 
     try:
-        return registry_attestation(_resources.mlflow(tracking_uri).client, model_name, version)
-    except Exception as e:  # noqa: BLE001 - an unreachable registry is a refusal with its reason
-        raise click.ClickException(f"cannot read the promotion attestation of {model_name} version {version} from "
-                                   f"MLflow ({type(e).__name__}: {e}); pass --attestation-file") from None
+        resource = _resources.mlflow(tracking_uri)
+        resource.check_available()
+        return registry_attestation(resource.client, model_name, version)
+    except Exception as e:  # noqa: BLE001 - without the registry there is no approval to show
+        click.echo(f"no promotion attestation of {model_name} version {version}: MLflow could not be read "
+                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass --attestation-file", err=True)
+        return ""
 
 
 _MODEL_NAME_HELP = ("Registered model NAME serves (its owner team may deploy and roll it back; default: NAME, "
@@ -167,17 +173,19 @@ def deploy(name: str, model_folder: Path, version: str, model_name: str | None, 
     Only for the model's owner team or the platform team (verified from the caller's credential), and only a folder that
     verifies against its signature (model.sig) and that a promotion approved (its attestation names
     exactly these bytes as MODEL_NAME VERSION); a refusal leaves the live endpoint as it was."""
+    from dataclasses import replace
+
     from aiplat.security.access import record
     from aiplat.serving.champion import FolderSource
     from aiplat.serving.rollout import roll_out
 
     model_name = model_name or name
     vllm = _resource(canary_load_share=load_share, enforce_eager=enforce_eager or None)
-    attestation = _attestation(model_name, version, attestation_file, tracking_uri)
     with _failures():
-        model = FolderSource(model_folder, version, model_name, attestation).resolve()
+        model = FolderSource(model_folder, version, model_name).resolve()
     manager = _verifying(vllm.manager)  # its settings first: a misconfigured host logs no decision
     identity, audit = _authorize("deploy", model_name, model.version, name, tracking_uri)
+    model = replace(model, attestation=_attestation(model_name, version, attestation_file, tracking_uri))
     with _failures(), _signature_checked("deploy", model_name, model.version, name, identity, audit), \
             _spinner(f"deploying {name} version {version}") as say:
         manager.progress = say

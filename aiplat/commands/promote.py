@@ -52,14 +52,13 @@ def cli(name: str, version: str, report_sha256: str | None, tracking_uri: str | 
     from aiplat.config import MissingSecret
 
     client = mlflow_client(tracking_uri)
-    try:
-        # Promotion signs its approval: the runtime's approval key (prod: AIPLAT_APPROVAL_PRIVATE_KEY).
-        approver = _resources.runtime_resource("model_signing").approver()
-    except MissingSecret as e:
-        raise click.ClickException(str(e)) from None
+    # Promotion signs its approval with the runtime's approval key (prod: AIPLAT_APPROVAL_PRIVATE_KEY),
+    # read only once the caller is authorized: a refused caller is audited like any other.
     try:
         out = promote(client, name, version, dagster_run_id=None, actor=actor(), expected_report_sha256=report_sha256,
-                      approver=approver, **access_settings())
+                      approver=_resources.approver, **access_settings())
+    except MissingSecret as e:
+        raise click.ClickException(str(e)) from None
     except AccessDenied as e:
         raise click.ClickException(f"access denied: {e}") from None
     except PromotionRefused as e:

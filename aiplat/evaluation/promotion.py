@@ -22,7 +22,7 @@ way (one REST call to MLflow) therefore serves nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 from aiplat.evaluation.registry import (
@@ -210,26 +210,27 @@ def promote(
     identity: Identity | None = None,
     owners: Mapping[str, str] | None = None,
     audit: AuditLog | None = None,
-    approver: KeyPair | None = None,
+    approver: Callable[[], KeyPair] | None = None,
 ) -> Outcome:
     """Make `version` the champion (and the old champion `previous`) on a passing, current report.
 
     `identity` defaults to the CLI caller's, verified from their credential (aiplat.security.identity); `owners` maps model
     names to owner teams where the registered model has no `owner_team` tag. AccessDenied when the
-    caller is neither the owner team nor the platform team. `approver`: the key pair the promotion
-    attestation is signed with (resources.signing's `approver()`; default: the local development pair).
+    caller is neither the owner team nor the platform team. `approver`: returns the key pair the
+    promotion attestation is signed with (resources.signing's `approver`; default: the local
+    development pair); called only once the caller is authorized and the report verified.
     """
     version = str(version)
     who = _authorize(client, "promote", name, version, identity, owners, audit, dagster_run_id, actor)
     outcome = _promote(client, name, version, dagster_run_id, actor, expected_report_sha256, who,
-                       approver or dev_approval_key_pair())
+                       approver or dev_approval_key_pair)
     record(f"promote {outcome.status}", name, version, who, audit, detail=outcome.detail,
            report_sha256=outcome.report_sha256 or "", dagster_run_id=dagster_run_id or "")
     return outcome
 
 
 def _promote(client, name: str, version: str, dagster_run_id: str | None, actor: str,
-             expected_report_sha256: str | None, who: Identity, approver: KeyPair) -> Outcome:
+             expected_report_sha256: str | None, who: Identity, approver: Callable[[], KeyPair]) -> Outcome:
     ref = model_version(client, name, version)
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and champion.version == version:
@@ -244,7 +245,7 @@ def _promote(client, name: str, version: str, dagster_run_id: str | None, actor:
         raise
     try:
         attestation = attest(
-            approver, model=name, version=version, model_digest=ref.tags.get(TAG_MODEL_DIGEST, ""),
+            approver(), model=name, version=version, model_digest=ref.tags.get(TAG_MODEL_DIGEST, ""),
             eval_report_sha256=verified.sha256, policy_sha256=(verified.report.get("policy") or {}).get("sha256", ""),
             approver=who.actor, approver_team=who.team or "", requested_by=who.requested_by or actor,
             dagster_run_id=dagster_run_id or "")
