@@ -74,9 +74,18 @@ def test_degraded_blocked_better_promoted_rerun_noop_and_rollback(client, models
     assert out.status == "promoted" and alias_version(client, name, CHAMPION).version == v1
     tags = client.get_model_version(name, v1).tags
     assert tags["aiplat.promotion.report_sha256"] == first.sha256 and tags["aiplat.promotion.dagster_run_id"] == "run-a"
+    # Promotion approved those bytes: the version's attestation names its signed digest, this report,
+    # the gate policy it passed under and the approver, under the approval key (not the build key).
+    from aiplat.security.approval import APPROVAL_TAG, dev_approval_key_pair, verify_approval
+    from aiplat.security.signing import TAG_MODEL_DIGEST
+
+    approved = verify_approval(tags[APPROVAL_TAG], dev_approval_key_pair().public_key, model=name, version=v1,
+                               model_digest=tags[TAG_MODEL_DIGEST])
+    assert approved.eval_report_sha256 == first.sha256 and approved.policy_sha256 == first.report["policy"]["sha256"]
+    assert (approved.approver, approved.approver_team, approved.dagster_run_id) == ("tester", "team:platform", "run-a")
+    assert APPROVAL_TAG not in client.get_model_version(name, v2 := register(client, name, models["shuffled"])).tags
 
     # trained on shuffled labels: blocked by the minima and by the regression against the champion
-    v2 = register(client, name, models["shuffled"])
     degraded = evaluate(name, v2)
     assert not degraded.passed
     failed_rules = {r["rule"] for r in degraded.report["gate"]["rules"] if not r["passed"]}

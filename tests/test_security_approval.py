@@ -262,7 +262,7 @@ def test_the_init_container_verifier_passes_approved_bytes_and_refuses_the_rest(
     assert tampered.returncode == 1 and "added after signing: extra.safetensors" in tampered.stderr
 
 
-def test_rendered_pods_verify_the_bytes_vllm_loads(tmp_path: Path) -> None:
+def test_rendered_pods_verify_the_bytes_vllm_loads_and_answer_only_the_gateway(tmp_path: Path) -> None:
     from aiplat.serving import k8s
 
     spec = k8s.EndpointSpec(ENDPOINT, "4", "s3://models/ticket-triage/v4", ENDPOINT, model_name="ticket-triage",
@@ -278,5 +278,8 @@ def test_rendered_pods_verify_the_bytes_vllm_loads(tmp_path: Path) -> None:
     assert vllm["args"][0] == k8s.MODEL_DIR and "--load-format" not in vllm["args"]  # never the store directly
     mounts = {m["name"]: m for m in vllm["volumeMounts"]}
     assert mounts["model"]["readOnly"] is True and mounts["model"]["mountPath"] == k8s.MODEL_DIR
+    key = {e["name"]: e for e in vllm["env"]}["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": "aiplat-secrets", "key": "AIPLAT_VLLM_API_KEY"}  # the gateway's upstream key
+    assert "Authorization" in vllm["readinessProbe"]["exec"]["command"][2]
     with pytest.raises(ValueError, match="s3://"):
         k8s.deployment(k8s.EndpointSpec(ENDPOINT, "4", "/mnt/models/v4", ENDPOINT))

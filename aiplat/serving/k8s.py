@@ -39,9 +39,10 @@ TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # model has answered anything). Runs with the image's python3; prints the reason when it fails.
 _READY_SCRIPT = textwrap.dedent(
     """\
-    import json, sys, urllib.request
+    import json, os, sys, urllib.request
     body = json.dumps({"model": sys.argv[1], "prompt": "Hello", "max_tokens": 1, "temperature": 0}).encode()
-    req = urllib.request.Request("http://127.0.0.1:%d/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + os.environ.get("VLLM_API_KEY", "")}
+    req = urllib.request.Request("http://127.0.0.1:%d/v1/completions", data=body, headers=headers)
     out = json.load(urllib.request.urlopen(req, timeout=8))
     sys.exit(0 if out.get("usage", {}).get("completion_tokens", 0) >= 1 else "no token completed")
     """ % PORT
@@ -77,6 +78,7 @@ class EndpointSpec:
     gpu_memory_utilization: float = 0.9
     model_store_secret: str = "model-store-credentials"  # AWS_* for s3:// model URIs
     model_volume: str = "64Gi"  # the pod-local copy of the folder (emptyDir size limit)
+    api_key_secret: str = "aiplat-secrets"  # AIPLAT_VLLM_API_KEY: the key the gateway sends upstream
     node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
 
     @property
@@ -152,6 +154,10 @@ def deployment(spec: EndpointSpec) -> dict:
         "env": [
             {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
+            # vLLM answers /v1 only with this key: the gateway holds it (AIPLAT_VLLM_API_KEY), so a
+            # caller inside the cluster cannot skip metering; /health and /metrics stay open.
+            {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret,
+                                                                    "key": "AIPLAT_VLLM_API_KEY"}}},
         ],
         "resources": {
             "requests": {"cpu": spec.cpu, "memory": spec.memory, "nvidia.com/gpu": str(spec.gpus)},
