@@ -118,9 +118,13 @@ GATE_POLICY_ENV_VAR = "AIPLAT_GATE_POLICY"
 
 
 def models_dir() -> Path:
-    """Where the model spec files live (one `<name>.yaml` per model): AIPLAT_MODELS_DIR, else <repo>/models."""
+    """Where the model spec files live (one `<name>.yaml` per model). Specs name each model's owner
+    team, which the access checks trust, so only the local runtime (laptops, tests) may point
+    elsewhere with AIPLAT_MODELS_DIR; in prod they are the reviewed files shipped in the image."""
     configured = os.environ.get(MODELS_DIR_ENV_VAR)
-    return Path(configured).resolve() if configured else project_root() / "models"
+    if configured and runtime() == "local":
+        return Path(configured).resolve()
+    return project_root() / "models"
 
 
 def gate_policy_file() -> Path:

@@ -304,7 +304,7 @@ def _roll_back(context: dg.AssetExecutionContext, spec, version: str, champion: 
     name, endpoint = spec.name, spec.endpoint
     audit = operations.audit_log()
     identity = current_identity(context.run.tags)
-    owner = owner_team(mlflow.client, name, {spec.name: spec.owner})
+    owner = owner_team(name, {spec.name: spec.owner})
     why = "live quality regression"
     try:
         authorize("rollback", name, version, identity, owner, audit, endpoint=endpoint, trigger=why,

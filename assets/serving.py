@@ -90,8 +90,7 @@ def serve_champion(
 
     audit = operations.audit_log()
     identity = current_identity(context.run.tags)
-    # A folder drill names no registry version: its owner comes from configuration only.
-    owner_of = owner_team(None if model_folder else mlflow.client, name, owners)
+    owner_of = owner_team(name, owners)
     try:
         authorize("deploy", name, model.version, identity, owner_of, audit, endpoint=endpoint,
                   dagster_run_id=context.run_id)

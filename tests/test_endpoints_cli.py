@@ -152,8 +152,8 @@ def test_rollback_refuses_a_team_that_does_not_own_the_model(state_dir: Path, sw
 @pytest.fixture
 def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str):
     """The prod runtime's operations and signing settings, the audit trail in a private PostgreSQL
-    database (as its insert-only writer role), and a real MLflow registry (SQLite, no server) in
-    which the registered model's owner is team:search, not the configured team:ml."""
+    database (as its insert-only writer role), and a real MLflow registry (SQLite, no server) whose
+    `owner_team` tag someone edited to team:search: the spec's team:ml stays the owner."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -184,26 +184,26 @@ def _prod_log(prod_env: dict[str, str]) -> PostgresAuditLog:
     return PostgresAuditLog(prod_env["AIPLAT_AUDIT_DATABASE_URL"], key=prod_env["AIPLAT_AUDIT_HMAC_KEY"])
 
 
-def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_mlflow(
+def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_the_spec(
         state_dir: Path, prod_env: dict[str, str], signed_folder: Path, registry: EndpointRegistry,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    act_as(monkeypatch, "search")  # allowed only because MLflow names team:search the owner
+    act_as(monkeypatch, "ml")  # the spec's owner, whatever the MLflow tag says
     expected = _tamper(signed_folder, "flipped byte")
     result = _deploy(signed_folder)
     assert result.exit_code == 1 and expected in result.output, result.output
     prod_log = _prod_log(prod_env)
     assert _events(prod_log) == [("access", "allowed"), ("deploy refused: signature", None)]
     entry = next(prod_log.entries())
-    assert entry["owner_team"] == "team:search" and entry["reason"] == "owner team"
+    assert entry["owner_team"] == "team:ml" and entry["reason"] == "owner team"
     assert not (state_dir / "audit").exists()  # nothing went to the local default
     _nothing_started(state_dir)
 
 
 def test_prod_refusal_by_team_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
                                                    registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
-    act_as(monkeypatch, "ml")  # the configured owner, but MLflow's tag says team:search
+    act_as(monkeypatch, "search")  # the team the edited MLflow tag names: it grants nothing
     result = _deploy(signed_folder)
-    assert result.exit_code == 1 and "team:ml is neither the owner (team:search)" in result.output
+    assert result.exit_code == 1 and "team:search is neither the owner (team:ml)" in result.output
     assert _events(_prod_log(prod_env)) == [("access", "refused")]
     assert not (state_dir / "audit").exists()
 
@@ -250,11 +250,11 @@ def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env:
 def test_prod_promote_refusal_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`aiplat promote` uses the same runtime resources: its access decision lands in the prod audit trail."""
-    act_as(monkeypatch, "ml")
+    act_as(monkeypatch, "search")
     result = CliRunner().invoke(cli, ["promote", ENDPOINT, "1"])
     assert result.exit_code == 1 and "access denied" in result.output and "(team:search)" in result.output, result.output
     (entry,) = _prod_log(prod_env).entries()
-    assert entry["action"] == "promote" and entry["decision"] == "refused" and entry["owner_team"] == "team:search"
+    assert entry["action"] == "promote" and entry["decision"] == "refused" and entry["owner_team"] == "team:ml"
     assert not (state_dir / "audit").exists()
 
 

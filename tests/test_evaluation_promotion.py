@@ -214,7 +214,7 @@ def test_cli_promote_refuses_without_a_passing_report_and_rollback(client, track
 
 
 def test_cli_promotion_and_rollback_only_for_owner_or_platform_team(client, tracking_uri: str, models, evaluate,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from aiplat.cli import cli
@@ -222,8 +222,12 @@ def test_cli_promotion_and_rollback_only_for_owner_or_platform_team(client, trac
 
     name = "triage-owned"
     runner = CliRunner()
+    # Its owner is its spec's (a reviewed file); the MLflow tag is a label anyone can edit.
+    monkeypatch.setenv("AIPLAT_MODELS_DIR", str(tmp_path / "models"))
+    made = runner.invoke(cli, ["models", "new", name, "--team", "ml", "--task", "classification"])
+    assert made.exit_code == 0, made.output
     v1 = register(client, name, models["good"])
-    client.set_registered_model_tag(name, "owner_team", "team:ml")
+    client.set_registered_model_tag(name, "owner_team", "team:search")  # edited in the MLflow UI: grants nothing
     assert evaluate(name, v1).passed
 
     act_as(monkeypatch, "team:search", "eve")

@@ -84,14 +84,31 @@ def test_tampered_log_is_detected(log: AuditLog, edit: str) -> None:
         log.verify()
 
 
-def test_owner_team_from_mlflow_tag_then_mapping(tmp_path: Path) -> None:
+def test_an_owner_tag_edited_in_the_mlflow_ui_grants_nothing(tmp_path: Path) -> None:
+    """Before: the registered model's `owner_team` tag, which any visitor of the MLflow UI can edit
+    in place, decided the owner team and won over the spec. Now only the spec (reviewed files) does."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_registered_model("tagged", tags={"owner_team": "ml"})
-    client.create_registered_model("untagged")
-    mapping = {"untagged": "team:search", "tagged": "team:other"}
-    assert owner_team(client, "tagged", mapping) == "team:ml"  # the registry wins over configuration
-    assert owner_team(client, "untagged", mapping) == "team:search"
-    assert owner_team(client, "absent", {}) is None
+    client.create_registered_model("tagged", tags={"owner_team": "team:ml"})
+    client.set_registered_model_tag("tagged", "owner_team", "team:search")  # the attack, one REST call
+    specs = {"tagged": "team:ml", "untagged": "search"}
+    assert owner_team("tagged", specs) == "team:ml"
+    assert owner_team("untagged", specs) == "team:search"
+    assert owner_team("absent", specs) is None  # no spec: the platform team's alone
+    eve = Identity("eve", "team:search", "credential")
+    with pytest.raises(AccessDenied, match="neither the owner \\(team:ml\\)"):
+        authorize("promote", "tagged", "1", eve, owner_team("tagged", specs), AuditLog(tmp_path / "audit.jsonl"))
+
+
+def test_model_specs_come_from_the_shipped_folder_in_prod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A spec names its model's owner team, so in prod no variable may point the access checks at
+    another folder (a CLI user could otherwise write a spec that names their own team)."""
+    from aiplat.config import models_dir, project_root
+
+    monkeypatch.setenv("AIPLAT_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("AIPLAT_ENV", "local")
+    assert models_dir() == tmp_path.resolve()
+    monkeypatch.setenv("AIPLAT_ENV", "prod")
+    assert models_dir() == project_root() / "models"

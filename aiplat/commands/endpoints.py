@@ -49,18 +49,7 @@ def _resource(**overrides):
     return LocalVllmResource(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _owner_registry(tracking_uri: str | None):
-    """MLflow, for the model's `owner_team` tag, when one is named or the runtime is prod; else None
-    (a local folder deploy then takes its owner from configuration, like the asset's folder drill)."""
-    from aiplat.commands import _resources
-    from aiplat.commands.promote import mlflow_client
-
-    if not tracking_uri and _resources.runtime() != "prod":
-        return None
-    return mlflow_client(tracking_uri)
-
-
-def _authorize(action: str, model_name: str, version: str, endpoint: str, tracking_uri: str | None):
+def _authorize(action: str, model_name: str, version: str, endpoint: str):
     """The caller's identity and the audit log once `action` is allowed; a click error (logged) if not."""
     from aiplat.commands import _resources
     from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team
@@ -69,7 +58,7 @@ def _authorize(action: str, model_name: str, version: str, endpoint: str, tracki
     operations = _resources.operations()
     audit = operations.audit_log()
     identity = current_identity()
-    owner = owner_team(_owner_registry(tracking_uri), model_name, spec_owners())
+    owner = owner_team(model_name, spec_owners())
     try:
         authorize(action, model_name, version, identity, owner, audit, endpoint=endpoint)
     except AccessDenied as e:
@@ -123,7 +112,7 @@ def _attestation(model_name: str, version: str, attestation_file: Path | None, t
 
 _MODEL_NAME_HELP = ("Registered model NAME serves (its owner team may deploy and roll it back; default: NAME, "
                     "so an endpoint named after no model is the platform team's alone).")
-_TRACKING_HELP = "MLflow to read the model's owner_team tag from (default: prod's MLflow; locally configuration only)."
+_TRACKING_HELP = "MLflow to read the version's promotion attestation from (default: the runtime's MLflow)."
 
 
 @click.group()
@@ -184,7 +173,7 @@ def deploy(name: str, model_folder: Path, version: str, model_name: str | None, 
     with _failures():
         model = FolderSource(model_folder, version, model_name).resolve()
     manager = _verifying(vllm.manager)  # its settings first: a misconfigured host logs no decision
-    identity, audit = _authorize("deploy", model_name, model.version, name, tracking_uri)
+    identity, audit = _authorize("deploy", model_name, model.version, name)
     model = replace(model, attestation=_attestation(model_name, version, attestation_file, tracking_uri))
     with _failures(), _signature_checked("deploy", model_name, model.version, name, identity, audit), \
             _spinner(f"deploying {name} version {version}") as say:
@@ -200,8 +189,7 @@ def deploy(name: str, model_folder: Path, version: str, model_name: str | None, 
 @cli.command()
 @click.argument("name")
 @click.option("--model-name", default=None, help=_MODEL_NAME_HELP)
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=_TRACKING_HELP)
-def rollback(name: str, model_name: str | None, tracking_uri: str | None) -> None:
+def rollback(name: str, model_name: str | None) -> None:
     """Switch NAME back to the version it served before its last switch (no canary: incident path).
 
     Same guards as deploy: owner team or platform team, and the earlier folder must still verify
@@ -214,7 +202,7 @@ def rollback(name: str, model_name: str | None, tracking_uri: str | None) -> Non
         previous = manager.previous_model(name)
         current = manager.get(name).live.model_version
     manager = _verifying(manager)
-    identity, audit = _authorize("rollback", model_name, previous.version, name, tracking_uri)
+    identity, audit = _authorize("rollback", model_name, previous.version, name)
     with _failures(), _signature_checked("rollback", model_name, previous.version, name, identity, audit), \
             _spinner(f"rolling {name} back") as say:
         manager.progress = say
@@ -227,8 +215,7 @@ def rollback(name: str, model_name: str | None, tracking_uri: str | None) -> Non
 @cli.command()
 @click.argument("name")
 @click.option("--model-name", default=None, help=_MODEL_NAME_HELP)
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=_TRACKING_HELP)
-def stop(name: str, model_name: str | None, tracking_uri: str | None) -> None:
+def stop(name: str, model_name: str | None) -> None:
     """Stop every server of NAME and remove it from the registry.
 
     Same guard as deploy (owner team or platform team), audited: a stopped endpoint's next deploy
@@ -240,7 +227,7 @@ def stop(name: str, model_name: str | None, tracking_uri: str | None) -> None:
         manager = _resource().manager
         entry = manager.get(name)
     version = entry.live.model_version if entry.live else None
-    identity, audit = _authorize("stop", model_name, version, name, tracking_uri)
+    identity, audit = _authorize("stop", model_name, version, name)
     with _failures():
         stopped = manager.stop(name)
     record("endpoint stopped", model_name, version, identity, audit, endpoint=name,

@@ -189,7 +189,7 @@ def _authorize(client, action: str, name: str, version: str | None, identity: Id
     """The caller's identity when it may act on the model; else the refusal is logged twice (audit
     log, promotion log) and AccessDenied raised."""
     identity = identity or current_identity()
-    owner = owner_team(client, name, owners)
+    owner = owner_team(name, owners)
     try:
         authorize(action, name, version, identity, owner, audit, dagster_run_id=dagster_run_id or "")
     except AccessDenied as denied:

@@ -1,7 +1,9 @@
 """Who may promote, roll back, deploy and stop a model: its owner team, or the platform team.
 
-The owner team is the registered model's `owner_team` tag in MLflow, else the model spec's owner.
-A model with neither is the platform team's alone. The identity is verified
+The owner team is the model spec's `owner` (files under code review, shipped in the image; in
+prod no variable can point elsewhere). The registered model's `owner_team` tag in MLflow is a label
+for the MLflow UI, where any visitor can edit it: it grants nothing. A model without a spec is the
+platform team's alone. The identity is verified
 (aiplat.security.identity): the CLI caller's credential, or in a Dagster run the code location's
 service account; run tags and environment variables name nobody. Every decision, allowed or
 refused, goes into the audit log before the caller acts on it.
@@ -32,18 +34,10 @@ def current_identity(run_tags: Mapping[str, str] | None = None) -> Identity:
     return run_identity(run_tags) if run_tags is not None else caller_identity()
 
 
-def owner_team(client, model_name: str, mapping: Mapping[str, str] | None = None) -> str | None:
-    """The model's owner team: its MLflow `owner_team` tag, else `mapping[model_name]`, else None."""
-    tag = None
-    if client is not None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            tag = (client.get_registered_model(model_name).tags or {}).get(OWNER_TAG)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-    return normalize_team(tag) or normalize_team((mapping or {}).get(model_name))
+def owner_team(model_name: str, owners: Mapping[str, str] | None = None) -> str | None:
+    """The model's owner team from its spec (`owners`: model name -> owner, aiplat.specs.spec_owners),
+    else None (platform team only). Never the MLflow `owner_team` tag: anyone can edit that."""
+    return normalize_team((owners or {}).get(model_name))
 
 
 def authorize(

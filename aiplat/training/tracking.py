@@ -130,8 +130,8 @@ def _ensure_registered_model(client, name: str, description: str, owner_team: st
                              task: str | None = None) -> None:
     """Create the registered model (tagged with its owner team) unless it exists.
 
-    An existing model without an owner gets one; an existing owner is never replaced here, or any
-    training run could take a model over (change it deliberately with `set_registered_model_tag`).
+    The `owner_team` tag is a label for the MLflow UI: the access checks read the model spec, never
+    the tag (any MLflow visitor can edit it), so each training run sets it back to the spec's owner.
     """
     from mlflow.exceptions import MlflowException
 
@@ -149,7 +149,8 @@ def _ensure_registered_model(client, name: str, description: str, owner_team: st
             if race.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         return
-    if owner_team and not (existing.tags or {}).get(OWNER_TAG):
+    # A label for the MLflow UI only (access checks read the spec): put back whatever a visitor edited.
+    if owner_team and (existing.tags or {}).get(OWNER_TAG) != owner_team:
         client.set_registered_model_tag(name, OWNER_TAG, owner_team)
 
 
