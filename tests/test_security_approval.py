@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from aiplat.security.approval import (
@@ -30,36 +29,20 @@ from aiplat.security.audit_log import AuditLog
 from aiplat.security.signing import SignatureError, dev_key_pair, sign_model, verify_model
 from aiplat.serving.champion import FolderSource, MlflowAliasSource
 from aiplat.serving.manager import EndpointManager
-from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
+from aiplat.serving.registry import EndpointRegistry
 from aiplat.serving.rollout import roll_out
 from aiplat.serving.server import ServerSettings
 from tests.approval_helpers import approval, serving_keys
+from tests.test_serving_signature import (  # noqa: F401 - fixtures
+    ENDPOINT,
+    _deploy,
+    _failure,
+    _nothing_started,
+    registry,
+    signed_folder,
+)
 
-ENDPOINT = "ticket-triage"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def signed_folder(state_dir: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "ticket-triage-v2"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    (folder / "model.safetensors").write_bytes(os.urandom(4096))
-    sign_model(folder, dev_key_pair())
-    return folder
-
-
-@pytest.fixture
-def registry(state_dir: Path) -> EndpointRegistry:
-    registry = EndpointRegistry()
-    live = ServerRecord(url="http://127.0.0.1:9", port=9, pid=0, create_time=0.0, model_version="1",
-                        model_path="/models/v1", served_model_name=ENDPOINT, started_at="t", log_file="l", pid_file="p")
-    registry.update(ENDPOINT, lambda _: EndpointRecord(ENDPOINT, live, history=[]))
-    return registry
-
-
-def _nothing_started(state_dir: Path) -> None:
-    assert not list((state_dir / "run").rglob("*.pid")) and not list((state_dir / "logs").rglob("*.log"))
 
 
 def _other_key(tmp_path: Path):
@@ -146,37 +129,9 @@ def test_a_signed_but_never_promoted_folder_is_refused_before_any_server_starts(
 
 def test_an_approved_folder_changed_afterwards_is_refused_on_its_signature(signed_folder: Path) -> None:
     text = approval(signed_folder, ENDPOINT, "2")
-    (signed_folder / "model.safetensors").write_bytes(os.urandom(4096))
-    with pytest.raises(SignatureError, match="changed since signing: model.safetensors"):
+    (signed_folder / "tokenizer.json").write_text('{"version": "2.0"}')
+    with pytest.raises(SignatureError, match="changed since signing: tokenizer.json"):
         verify_for_serving(signed_folder, text, serving_keys(), model=ENDPOINT, version="2")
-
-
-def _drill(folder: Path, attestation_file: Path, mlflow_uri: str = "http://127.0.0.1:9") -> dg.ExecuteInProcessResult:
-    from resources.mlflow import MLflowResource
-    from resources.operations import OperationsResource
-    from resources.signing import ModelSigningResource
-    from resources.vllm import LocalVllmResource
-    from tests.chain_helpers import chain_asset, chain_for, op_name
-
-    chain = chain_for(ENDPOINT)
-    served_endpoint = chain_asset(chain, "served_endpoint")
-
-    @dg.asset(key=[chain.spec.key_prefix, "champion"])
-    def champion_model() -> None:  # stands in for the promotion asset
-        return None
-
-    return dg.materialize(
-        [champion_model, served_endpoint], selection=[served_endpoint.key], raise_on_error=False,
-        resources={"vllm": LocalVllmResource(), "operations": OperationsResource(),
-                   "model_signing": ModelSigningResource(), "mlflow": MLflowResource(tracking_uri=mlflow_uri)},
-        run_config={"ops": {op_name(chain, "served_endpoint"): {"config": {
-            "model_folder": str(folder), "model_version": "2", "attestation_file": str(attestation_file)}}}},
-    )
-
-
-def _failure(result: dg.ExecuteInProcessResult) -> str:
-    return " ".join(str(e.event_specific_data.error.message) if e.event_specific_data.error else e.message
-                    for e in result.all_events if e.is_step_failure)
 
 
 def test_a_ui_user_cannot_serve_a_signed_folder_through_the_drill_config(
@@ -190,7 +145,7 @@ def test_a_ui_user_cannot_serve_a_signed_folder_through_the_drill_config(
                              eval_report_sha256="r" * 64, policy_sha256="p" * 64, approver="eve",
                              approver_team="team:platform"))
     before = registry.path.read_bytes()
-    result = _drill(signed_folder, forged)
+    result = _deploy(signed_folder, attestation_file=forged)
     assert not result.success
     assert "not signed by the approval key" in _failure(result) and f"endpoint {ENDPOINT!r} is unchanged" in _failure(result)
     assert registry.path.read_bytes() == before
@@ -203,19 +158,10 @@ def test_an_alias_moved_by_hand_in_mlflow_serves_nothing(state_dir: Path, signed
                                                          registry: EndpointRegistry, tmp_path: Path) -> None:
     """MLflow's alias API is unauthenticated: anyone can point `champion` at any version with one
     call. The version it now names carries no promotion attestation, so serving refuses it."""
-    from mlflow.tracking import MlflowClient
-
     from aiplat.security.signing import tag_model_version
+    from tests.test_serving_signature import registered_version
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a real registry without a server
-    client = MlflowClient(uri, registry_uri=uri)
-    experiment = client.create_experiment("serve", artifact_location=str(tmp_path / "artifacts"))
-    run = client.create_run(experiment)
-    client.log_artifacts(run.info.run_id, str(signed_folder), "model")
-    client.set_terminated(run.info.run_id, "FINISHED")
-    client.create_registered_model(ENDPOINT)
-    source = f"{client.get_run(run.info.run_id).info.artifact_uri}/model"
-    version = client.create_model_version(ENDPOINT, source=source, run_id=run.info.run_id).version
+    client, uri, version = registered_version(tmp_path, signed_folder, ENDPOINT)
     tag_model_version(client, ENDPOINT, version, sign_model(signed_folder, dev_key_pair()))
     client.set_registered_model_alias(ENDPOINT, "champion", version)  # the attack: no promotion
 

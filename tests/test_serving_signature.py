@@ -178,28 +178,34 @@ def test_asset_runs_act_as_the_service_account_whatever_their_tags_say(state_dir
     assert entry["identity_source"] == "unknown-credential" and entry["requested_by"] == "eve"
 
 
+def registered_version(tmp_path: Path, folder: Path, name: str):
+    """`folder` as version 1 of `name` in a real MLflow registry without a server (SQLite):
+    (client, uri, version), as the fine-tune leaves it but for the signature tags."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("serve", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment)
+    client.log_artifacts(run.info.run_id, str(folder), "model")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    client.create_registered_model(name, tags={"owner_team": "team:ml"})
+    source = f"{client.get_run(run.info.run_id).info.artifact_uri}/model"
+    return client, uri, client.create_model_version(name, source=source, run_id=run.info.run_id).version
+
+
 def test_asset_refuses_a_champion_signed_as_another_version(state_dir: Path, signed_folder: Path,
                                                             registry: EndpointRegistry, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry's champion verifies as a signed folder, but its MLflow version records another
     digest (a version's artifacts swapped for another signed model): refused, alias left alone."""
-    from mlflow.tracking import MlflowClient
-
     from aiplat.security.signing import TAG_MODEL_DIGEST, tag_model_version
     from resources.mlflow import MLflowResource
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
     from resources.vllm import LocalVllmResource
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a real registry without a server
-    client = MlflowClient(uri, registry_uri=uri)
-    experiment = client.create_experiment("serve", artifact_location=str(tmp_path / "artifacts"))
-    run = client.create_run(experiment)
-    client.log_artifacts(run.info.run_id, str(signed_folder), "model")
-    client.set_terminated(run.info.run_id, "FINISHED")
-    client.create_registered_model("triage-signed", tags={"owner_team": "team:ml"})
-    source = f"{client.get_run(run.info.run_id).info.artifact_uri}/model"
-    version = client.create_model_version("triage-signed", source=source, run_id=run.info.run_id).version
+    client, uri, version = registered_version(tmp_path, signed_folder, "triage-signed")
     signed = sign_model(signed_folder, dev_key_pair())  # same files: the digest the version should carry
     tag_model_version(client, "triage-signed", version, signed)
     client.set_model_version_tag("triage-signed", version, TAG_MODEL_DIGEST, "0" * 64)
