@@ -19,6 +19,7 @@ from aiplat.training.prompts import SYSTEM_PROMPT
 from assets.model_lifecycle import EvalReportConfig, model_chain, promotion_run_key
 from resources.mlflow import MLflowResource
 from resources.operations import OperationsResource
+from resources.signing import ModelSigningResource
 from tests.evaluation_helpers import (
     TEST_SETTINGS,
     register,
@@ -113,7 +114,7 @@ def run(instance, models, tracking_uri: str, chain, which: str, with_promotion: 
         selection,
         instance=instance,
         resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0),
-                   "operations": OperationsResource()},
+                   "operations": OperationsResource(), "model_signing": ModelSigningResource()},
         run_config=dg.RunConfig(ops={f"{P}__fine_tuned_model": CandidateConfig(which=which),
                                      f"{P}__eval_report": eval_config()}),
         tags=RUN_TAGS,
@@ -140,6 +141,7 @@ def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, st
         assert first.success and check_passed(first)
         promoted = first.asset_materializations_for_node(f"{P}__champion")[0].metadata
         assert promoted["status"].value == "promoted" and promoted["champion_version"].value == "1"
+        assert len(promoted["promotion_attestation_sha256"].value) == 64  # approved, not only built
         report_meta = first.asset_materializations_for_node(f"{P}__eval_report")[0].metadata
         assert report_meta["gate_passed"].value is True
         assert report_meta["report_page"].value.startswith(tracking_uri)
@@ -183,7 +185,7 @@ def test_gate_promotion_and_sensor(models, tracking_uri: str, tmp_path: Path, st
             assets=[*upstream_assets(models), chain_asset(chain, "eval_report"), chain_asset(chain, "champion")],
             jobs=chain.jobs[1:2],
             resources={"mlflow": MLflowResource(tracking_uri=tracking_uri, system_metrics_interval_s=0),
-                       "operations": OperationsResource()},
+                       "operations": OperationsResource(), "model_signing": ModelSigningResource()},
         )
         job = defs.resolve_job_def(f"{P}__promotion_job")
         request = new_tick.run_requests[0]

@@ -21,6 +21,7 @@ from aiplat.security.approval import (
     APPROVAL_TAG,
     ApprovalError,
     attest,
+    describe,
     dev_approval_key_pair,
     verify_approval,
     verify_for_serving,
@@ -73,6 +74,7 @@ def test_an_approval_names_exactly_what_was_approved(signed_folder: Path) -> Non
         (ENDPOINT, "2", digest, "r" * 64, "p" * 64)
     assert (got.approver, got.approver_team, got.requested_by, got.dagster_run_id) == \
         ("svc:dagster", "team:platform", "alice", "run-1")
+    assert f"approves {ENDPOINT} v2 digest {digest[:12]}" in describe(text) and "by svc:dagster (team:platform)" in describe(text)
     envelope = json.loads(text)
     assert envelope["payloadType"] == "application/vnd.in-toto+json"
     assert json.loads(base64.b64decode(envelope["payload"]))["subject"][0]["digest"]["sha256"] == digest

@@ -159,6 +159,22 @@ def verify_approval(attestation: str | None, public_key: Path, *, model: str, ve
     )
 
 
+def describe(attestation: str) -> str:
+    """One line for people (`aiplat audit`): what the attestation claims, NOT verified here."""
+    import hashlib
+
+    try:
+        statement = json.loads(base64.b64decode(json.loads(attestation)["payload"]))
+        p = statement["predicate"]
+        claim = (f"approves {p.get('model')} v{p.get('version')} digest "
+                 f"{statement['subject'][0]['digest']['sha256'][:12]}, report {p.get('eval_report_sha256', '')[:12]}, "
+                 f"policy {p.get('policy_sha256', '')[:12]}, by {p.get('approver')} ({p.get('approver_team')}) "
+                 f"at {p.get('approved_at')}")
+    except (ValueError, KeyError, TypeError, IndexError):
+        claim = "not a promotion attestation"
+    return f"sha256 {hashlib.sha256(attestation.encode()).hexdigest()[:16]}: {claim} (unverified here; serving verifies)"
+
+
 def registry_attestation(client, name: str, version: str) -> str:
     """The attestation recorded on MLflow version `version` of `name` ("" when there is none)."""
     from mlflow.exceptions import MlflowException

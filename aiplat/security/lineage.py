@@ -143,6 +143,10 @@ def audit_trail(model: str, version: str, instance=None, client=None, log: Audit
         trail.mlflow_version = {"source": mv.source, "status": str(mv.status), "run_id": mv.run_id or "",
                                 **{k: str(v) for k, v in sorted((mv.tags or {}).items())
                                    if k.startswith(("aiplat.", "dagster.", "owner"))}}
+        from aiplat.security.approval import APPROVAL_TAG, describe
+
+        if APPROVAL_TAG in trail.mlflow_version:  # a JSON envelope: summarized
+            trail.mlflow_version[APPROVAL_TAG] = describe(trail.mlflow_version[APPROVAL_TAG])
         owner = (client.get_registered_model(model).tags or {}).get("owner_team")
         trail.mlflow_version["registered_model.owner_team"] = owner or "(none)"
         if mv.run_id:
