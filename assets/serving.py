@@ -68,6 +68,8 @@ def serve_champion(
     """Roll the registered model `name`'s champion (or an approved `model_folder`: drills) out to `endpoint`."""
     from pathlib import Path
 
+    from mlflow.exceptions import MlflowException
+
     from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
     from aiplat.security.approval import ApprovalError, registry_attestation
     from aiplat.security.signing import SignatureError, check_against_version
@@ -85,7 +87,7 @@ def serve_champion(
             source = MlflowAliasSource(mlflow.client, name, tracking_uri=mlflow.uri)
             rollback = _rollback(mlflow, name)
         model = source.resolve()
-    except (ModelResolutionError, ValueError, OSError) as e:
+    except (ModelResolutionError, ValueError, OSError, MlflowException) as e:
         raise dg.Failure(f"no model to serve: {e}") from e
 
     audit = operations.audit_log()
