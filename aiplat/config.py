@@ -149,6 +149,12 @@ def dagster_home() -> Path:
     return Path(configured) if configured else local_paths().dagster_home
 
 
+def pod_attestation() -> str:
+    """The promotion attestation a serving pod's manifest carries for its verify-model init container
+    (AIPLAT_ATTESTATION; signed, so whoever sets the variable still cannot forge an approval)."""
+    return os.environ.get("AIPLAT_ATTESTATION", "")
+
+
 def team_from_env() -> str | None:
     """The team `aiplat chat` bills by default (AIPLAT_TEAM): attribution through the local gateway's
     header, never a right (rights come from a verified credential: aiplat.security.identity)."""

@@ -228,6 +228,6 @@ def test_rendered_pods_verify_the_bytes_vllm_loads_and_answer_only_the_gateway(t
     assert mounts["model"]["readOnly"] is True and mounts["model"]["mountPath"] == k8s.MODEL_DIR
     key = {e["name"]: e for e in vllm["env"]}["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]
     assert key == {"name": "aiplat-secrets", "key": "AIPLAT_VLLM_API_KEY"}  # the gateway's upstream key
-    assert "Authorization" in vllm["readinessProbe"]["exec"]["command"][2]
+    assert "Authorization" in vllm["readinessProbe"]["exec"]["command"][3]
     with pytest.raises(ValueError, match="s3://"):
         k8s.deployment(k8s.EndpointSpec(ENDPOINT, "4", "/mnt/models/v4", ENDPOINT))

@@ -102,7 +102,8 @@ def test_rendered_canary_is_valid_and_splits_traffic(gpus: int) -> None:
     args = container["args"]
     assert args[args.index("--tensor-parallel-size") + 1] == str(gpus)
     probe = container["readinessProbe"]["exec"]["command"]
-    assert probe[-1] == "ticket-triage" and "/v1/completions" in probe[2] and '"max_tokens": 1' in probe[2]
+    assert probe[-1] == "ticket-triage" and "/v1/completions" in probe[3] and '"max_tokens": 1' in probe[3]
+    assert probe[:3] == ["sh", "-c", 'exec python3 -c "$0" "$1" "$VLLM_API_KEY"']  # the key from the container
     # Each Service selects exactly its own version's pods.
     assert docs[1]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert docs[3]["spec"]["selector"]["aiplat.dev/model-version"] == "4"
@@ -111,7 +112,7 @@ def test_rendered_canary_is_valid_and_splits_traffic(gpus: int) -> None:
 
 
 def test_readiness_script_is_valid_python() -> None:
-    script = k8s.deployment(_spec("1"))["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"][2]
+    script = k8s.deployment(_spec("1"))["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"][3]
     compile(script, "<readiness>", "exec")
 
 

@@ -13,12 +13,8 @@ its vLLM container. Imports only the verifier's few dependencies (deploy/images/
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-ATTESTATION_ENV = "AIPLAT_ATTESTATION"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiplat-verify-model", description=__doc__.split("\n\n")[0])
@@ -33,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from aiplat.security.approval import ServingKeys, verify_for_serving
     from aiplat.security.signing import SignatureError
 
-    attestation = (args.attestation_file.read_text() if args.attestation_file
-                   else os.environ.get(ATTESTATION_ENV, ""))
+    from aiplat.config import pod_attestation
+
+    attestation = args.attestation_file.read_text() if args.attestation_file else pod_attestation()
     try:
         approval = verify_for_serving(args.folder, attestation, ServingKeys(args.public_key, args.approval_key),
                                       model=args.model_name, version=args.version)

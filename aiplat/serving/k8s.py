@@ -39,9 +39,9 @@ TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 # model has answered anything). Runs with the image's python3; prints the reason when it fails.
 _READY_SCRIPT = textwrap.dedent(
     """\
-    import json, os, sys, urllib.request
+    import json, sys, urllib.request
     body = json.dumps({"model": sys.argv[1], "prompt": "Hello", "max_tokens": 1, "temperature": 0}).encode()
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + os.environ.get("VLLM_API_KEY", "")}
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + sys.argv[2]}
     req = urllib.request.Request("http://127.0.0.1:%d/v1/completions", data=body, headers=headers)
     out = json.load(urllib.request.urlopen(req, timeout=8))
     sys.exit(0 if out.get("usage", {}).get("completion_tokens", 0) >= 1 else "no token completed")
@@ -168,7 +168,10 @@ def deployment(spec: EndpointSpec) -> dict:
         "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 120},
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15, "failureThreshold": 4},
         "readinessProbe": {
-            "exec": {"command": ["python3", "-c", _READY_SCRIPT, spec.served_model_name]},
+            # The probe runs inside the container: its shell hands the script the container's API key
+            # (the kubelet expands no variables in probe commands).
+            "exec": {"command": ["sh", "-c", 'exec python3 -c "$0" "$1" "$VLLM_API_KEY"', _READY_SCRIPT,
+                                 spec.served_model_name]},
             "periodSeconds": 15, "timeoutSeconds": 10, "failureThreshold": 3,
         },
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
