@@ -63,7 +63,8 @@ def evaluate(client, tracking_uri: str, models, state_dir: Path):
     return run
 
 
-def test_degraded_blocked_better_promoted_rerun_noop_and_rollback(client, models, evaluate) -> None:
+def test_degraded_blocked_better_promoted_rerun_noop_and_rollback(client, tracking_uri: str, models, evaluate,
+                                                                  tmp_path: Path) -> None:
     name = "triage-lifecycle"
     v1 = register(client, name, models["good"])
     first = evaluate(name, v1)
@@ -84,6 +85,18 @@ def test_degraded_blocked_better_promoted_rerun_noop_and_rollback(client, models
     assert approved.eval_report_sha256 == first.sha256 and approved.policy_sha256 == first.report["policy"]["sha256"]
     assert (approved.approver, approved.approver_team, approved.dagster_run_id) == ("tester", "team:platform", "run-a")
     assert APPROVAL_TAG not in client.get_model_version(name, v2 := register(client, name, models["shuffled"])).tags
+    # The operator's view of it, and the file `aiplat endpoints render/deploy --attestation-file` take.
+    from click.testing import CliRunner
+
+    from aiplat.cli import cli
+
+    out_file = tmp_path / "v1.attestation.json"
+    shown = CliRunner().invoke(cli, ["models", "attestation", name, v1, "--tracking-uri", tracking_uri,
+                                     "-o", str(out_file)])
+    assert shown.exit_code == 0 and f"approves {name} v{v1}" in shown.output and "verified under key" in shown.output
+    assert out_file.read_text() == tags[APPROVAL_TAG]
+    unapproved = CliRunner().invoke(cli, ["models", "attestation", name, v2, "--tracking-uri", tracking_uri])
+    assert unapproved.exit_code == 1 and "was never approved" in unapproved.output
 
     # trained on shuffled labels: blocked by the minima and by the regression against the champion
     degraded = evaluate(name, v2)

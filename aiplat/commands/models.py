@@ -133,3 +133,32 @@ def show(name: str, tracking_uri: str | None, as_json: bool) -> None:
             click.echo(f"    {key}: {value}")
 
 
+
+
+@cli.command("attestation")
+@click.argument("name")
+@click.argument("version")
+@_uri_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the attestation here (for `aiplat endpoints render/deploy --attestation-file`).")
+def attestation(name: str, version: str, tracking_uri: str | None, output: str | None) -> None:
+    """The promotion attestation of NAME VERSION (what serving verifies), checked against the runtime's
+    approval key and the version's signed digest; exits 1 when there is none or it does not verify."""
+    from pathlib import Path
+
+    from aiplat.commands import _resources
+    from aiplat.security.approval import describe, registry_attestation, verify_approval
+    from aiplat.security.signing import TAG_MODEL_DIGEST, SignatureError
+
+    client = _client(tracking_uri)
+    text = registry_attestation(client, name, version)
+    digest = (client.get_model_version(name, version).tags or {}).get(TAG_MODEL_DIGEST, "") if text else ""
+    try:
+        approval = verify_approval(text, _resources.serving_keys().approval, model=name, version=version,
+                                   model_digest=digest)
+    except SignatureError as e:
+        raise click.ClickException(str(e)) from None
+    if output:
+        Path(output).write_text(text)
+    click.echo(f"{describe(text).split(' (unverified')[0]}; verified under key {approval.key_fingerprint[:16]}"
+               + (f"; written to {output}" if output else ""))
