@@ -504,13 +504,8 @@ def model_chain(spec: ModelSpec) -> ModelChain:
             emit_alert(alert_line("promotion", spec.name, version, reason, run=context.run_id), context.log)
             raise dg.Failure(str(e)) from e
         context.log.info(f"{spec.name}: {out.status} ({out.detail})")
-        import hashlib
-
-        from aiplat.security.approval import APPROVAL_TAG
-
-        attestation = (mlflow.client.get_model_version(spec.name, version).tags or {}).get(APPROVAL_TAG, "")
         return dg.MaterializeResult(metadata={
-            "promotion_attestation_sha256": hashlib.sha256(attestation.encode()).hexdigest() if attestation else "",
+            "promotion_attestation_sha256": out.attestation_sha256,
             "registered_model": spec.name, "champion_version": version,
             "previous_version": out.previous_version or "", "status": out.status,
             "report_sha256": out.report_sha256 or "", "model_uri": f"models:/{spec.name}@{ALIAS}",

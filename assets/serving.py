@@ -71,7 +71,7 @@ def serve_champion(
     from mlflow.exceptions import MlflowException
 
     from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
-    from aiplat.security.approval import ApprovalError, registry_attestation
+    from aiplat.security.approval import registry_attestation
     from aiplat.security.signing import SignatureError, check_against_version
     from aiplat.serving.champion import FolderSource, MlflowAliasSource, ModelResolutionError
     from aiplat.serving.rollout import RolloutFailed
@@ -107,8 +107,7 @@ def serve_champion(
             check_against_version(mlflow.client, name, model.version, model.path, keys.signature)
         result = vllm.roll_out(endpoint, model, rollback, tuple(load_sample), keys=keys)
     except SignatureError as e:  # ApprovalError included: signed is not approved
-        record(f"deploy refused: {'approval' if isinstance(e, ApprovalError) else 'signature'}", name, model.version,
-               identity, audit, endpoint=endpoint,
+        record(f"deploy refused: {e.kind}", name, model.version, identity, audit, endpoint=endpoint,
                reason=str(e), dagster_run_id=context.run_id)
         raise dg.Failure(description=f"refusing to deploy {name} version {model.version}: {e}; "
                          f"endpoint {endpoint!r} is unchanged",

@@ -110,24 +110,23 @@ def mlflow(tracking_uri: str | None = None) -> Any:
     return resolve(MLflowResource(tracking_uri=tracking_uri), "mlflow")
 
 
+def _signing(*fields: str) -> Any:
+    """The runtime's `model_signing` with only `fields` (and the public keys) of its settings, resolved:
+    a host that deploys or promotes must not need the other private keys or their passwords set."""
+    signing = declared("model_signing")
+    kept = ("key_label", "public_key_path", "approval_public_key_path", *fields)
+    return resolve(type(signing)(**{name: getattr(signing, name) for name in kept}), "model_signing")
+
+
 def serving_keys() -> Any:
     """The public keys serving verifies with (aiplat.security.approval.ServingKeys): the runtime's
     `model_signing` build-signature key and promotion-approval key."""
-    signing = declared("model_signing")
-    # Verifying needs only the public keys: a host that deploys must not need a private key or its
-    # password set, so only the public halves of the runtime's settings are resolved.
-    verifier = type(signing)(public_key_path=signing.public_key_path, key_label=signing.key_label,
-                             approval_public_key_path=signing.approval_public_key_path)
-    return resolve(verifier, "model_signing").serving_keys()
+    return _signing().serving_keys()
 
 
 def approver() -> Any:
     """The key pair promotion approvals are signed with (the runtime's `model_signing` approval pair:
-    prod AIPLAT_APPROVAL_PRIVATE_KEY / _PUBLIC_KEY). Only those settings are resolved, so promoting
-    needs neither the build-signing private key nor its password."""
-    signing = declared("model_signing")
-    approving = type(signing)(key_label=signing.key_label, public_key_path=signing.public_key_path,
-                              approval_public_key_path=signing.approval_public_key_path,
-                              approval_private_key_path=signing.approval_private_key_path)
+    prod AIPLAT_APPROVAL_PRIVATE_KEY / _PUBLIC_KEY); promoting needs neither the build-signing
+    private key nor its password."""
     with config_errors("resource 'model_signing'"):
-        return resolve(approving, "model_signing").approver()
+        return _signing("approval_private_key_path").approver()

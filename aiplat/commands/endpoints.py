@@ -69,14 +69,12 @@ def _authorize(action: str, model_name: str, version: str, endpoint: str):
 @contextmanager
 def _signature_checked(action: str, model_name: str, version: str, endpoint: str, identity, audit) -> Iterator[None]:
     from aiplat.security.access import record
-    from aiplat.security.approval import ApprovalError
     from aiplat.security.signing import SignatureError
 
     try:
         yield
     except SignatureError as e:  # ApprovalError included: signed is not approved
-        what = "approval" if isinstance(e, ApprovalError) else "signature"
-        record(f"{action} refused: {what}", model_name, version, identity, audit, endpoint=endpoint, reason=str(e))
+        record(f"{action} refused: {e.kind}", model_name, version, identity, audit, endpoint=endpoint, reason=str(e))
         raise click.ClickException(f"refusing to {action} {model_name} version {version} on {endpoint!r}: {e}; "
                                    f"endpoint {endpoint!r} is unchanged") from None
 

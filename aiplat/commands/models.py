@@ -147,18 +147,21 @@ def attestation(name: str, version: str, tracking_uri: str | None, output: str |
     from pathlib import Path
 
     from aiplat.commands import _resources
-    from aiplat.security.approval import describe, registry_attestation, verify_approval
+    from aiplat.evaluation.registry import ModelVersionNotFound, model_version
+    from aiplat.security.approval import APPROVAL_TAG, describe, verify_approval
     from aiplat.security.signing import TAG_MODEL_DIGEST, SignatureError
 
-    client = _client(tracking_uri)
-    text = registry_attestation(client, name, version)
-    digest = (client.get_model_version(name, version).tags or {}).get(TAG_MODEL_DIGEST, "") if text else ""
+    try:
+        tags = model_version(_client(tracking_uri), name, version).tags
+    except ModelVersionNotFound as e:
+        raise click.ClickException(str(e)) from None
+    text = tags.get(APPROVAL_TAG, "")
     try:
         approval = verify_approval(text, _resources.serving_keys().approval, model=name, version=version,
-                                   model_digest=digest)
+                                   model_digest=tags.get(TAG_MODEL_DIGEST, ""))
     except SignatureError as e:
         raise click.ClickException(str(e)) from None
     if output:
         Path(output).write_text(text)
-    click.echo(f"{describe(text).split(' (unverified')[0]}; verified under key {approval.key_fingerprint[:16]}"
+    click.echo(f"{describe(text)}; verified under key {approval.key_fingerprint[:16]}"
                + (f"; written to {output}" if output else ""))

@@ -45,11 +45,10 @@ def cli(name: str, version: str, report_sha256: str | None, tracking_uri: str | 
     """Make VERSION of model NAME the champion. Refuses without a passing, current eval report."""
     from aiplat.evaluation.gate import alert_line, emit_alert
     from aiplat.evaluation.promotion import PromotionRefused, promote
-    from aiplat.evaluation.registry import ModelVersionNotFound
-    from aiplat.security.access import AccessDenied
-
     from aiplat.commands import _resources
     from aiplat.config import MissingSecret
+    from aiplat.evaluation.registry import ModelVersionNotFound
+    from aiplat.security.access import AccessDenied
 
     client = mlflow_client(tracking_uri)
     # Promotion signs its approval with the runtime's approval key (prod: AIPLAT_APPROVAL_PRIVATE_KEY),

@@ -73,6 +73,7 @@ class Outcome:
     dagster_run_id: str | None
     log_run_id: str | None
     detail: str
+    attestation_sha256: str = ""  # sha256 of the champion's promotion attestation (promote: promoted / noop)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,7 +216,7 @@ def promote(
     """Make `version` the champion (and the old champion `previous`) on a passing, current report.
 
     `identity` defaults to the CLI caller's, verified from their credential (aiplat.security.identity); `owners` maps model
-    names to owner teams where the registered model has no `owner_team` tag. AccessDenied when the
+    names to their specs' owner teams (aiplat.specs.spec_owners). AccessDenied when the
     caller is neither the owner team nor the platform team. `approver`: returns the key pair the
     promotion attestation is signed with (resources.signing's `approver`; default: the local
     development pair); called only once the caller is authorized and the report verified.
@@ -236,7 +237,8 @@ def _promote(client, name: str, version: str, dagster_run_id: str | None, actor:
     if champion is not None and champion.version == version:
         sha = ref.tags.get(TAG_PROMOTED_SHA)
         return _record(client, Outcome("promote", "noop", name, version, None, sha, dagster_run_id, None,
-                                       f"version {version} is already the champion"), actor)
+                                       f"version {version} is already the champion",
+                                       _sha256(ref.tags.get(APPROVAL_TAG, ""))), actor)
     try:
         verified = verify_report(client, ref, champion, expected_report_sha256)
     except PromotionRefused as refused:
@@ -271,7 +273,13 @@ def _promote(client, name: str, version: str, dagster_run_id: str | None, actor:
         client.set_model_version_tag(name, version, key, value)
     detail = f"champion {champion.version if champion else 'none'} -> {version}"
     return _record(client, Outcome("promote", "promoted", name, version, champion.version if champion else None,
-                                   verified.sha256, dagster_run_id, None, detail), actor)
+                                   verified.sha256, dagster_run_id, None, detail, _sha256(attestation)), actor)
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest() if text else ""
 
 
 def rollback(client, name: str, *, dagster_run_id: str | None, actor: str, identity: Identity | None = None,

@@ -40,6 +40,8 @@ class ApprovalError(SignatureError):
     approves other bytes or another version. A SignatureError, so every path that refuses an
     unsigned folder (audit entry, endpoint unchanged) refuses an unapproved one the same way."""
 
+    kind = "approval"
+
 
 @dataclass(frozen=True)
 class Approval:
@@ -160,7 +162,7 @@ def verify_approval(attestation: str | None, public_key: Path, *, model: str, ve
 
 
 def describe(attestation: str) -> str:
-    """One line for people (`aiplat audit`): what the attestation claims, NOT verified here."""
+    """One line for people: what the attestation claims (its sha256 and predicate), not a verification."""
     import hashlib
 
     try:
@@ -172,7 +174,7 @@ def describe(attestation: str) -> str:
                  f"at {p.get('approved_at')}")
     except (ValueError, KeyError, TypeError, IndexError):
         claim = "not a promotion attestation"
-    return f"sha256 {hashlib.sha256(attestation.encode()).hexdigest()[:16]}: {claim} (unverified here; serving verifies)"
+    return f"sha256 {hashlib.sha256(attestation.encode()).hexdigest()[:16]}: {claim}"
 
 
 def registry_attestation(client, name: str, version: str) -> str:

@@ -146,7 +146,7 @@ def audit_trail(model: str, version: str, instance=None, client=None, log: Audit
         from aiplat.security.approval import APPROVAL_TAG, describe
 
         if APPROVAL_TAG in trail.mlflow_version:  # a JSON envelope: summarized
-            trail.mlflow_version[APPROVAL_TAG] = describe(trail.mlflow_version[APPROVAL_TAG])
+            trail.mlflow_version[APPROVAL_TAG] = f"{describe(trail.mlflow_version[APPROVAL_TAG])} (unverified here; serving verifies)"
         owner = (client.get_registered_model(model).tags or {}).get("owner_team")
         trail.mlflow_version["registered_model.owner_team"] = owner or "(none)"
         if mv.run_id:

@@ -34,6 +34,8 @@ TAG_SIGNED_FILES = "aiplat.signature.files"
 class SignatureError(RuntimeError):
     """The model folder does not match a valid signature; the message says which file and why."""
 
+    kind = "signature"  # names the refusal in the audit log ("deploy refused: signature")
+
 
 @dataclass(frozen=True)
 class KeyPair:
