@@ -199,3 +199,28 @@ def prod_secret(name: str, why: str = "") -> str:
     if not value.strip():
         raise MissingSecret(name, why)
     return value
+
+
+# MLflow's clients (tracking, registry, artifacts, system metrics) take their credential from these
+# variables of the process and nowhere else (aiplat.security.mlflow_auth.present sets them).
+MLFLOW_CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def set_mlflow_credential(username: str | None, password: str | None) -> None:
+    """This process's MLflow credential; None clears it (a server with authentication then says 401)."""
+    for name, value in zip(MLFLOW_CREDENTIAL_ENV, (username, password)):
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+
+
+def mlflow_server_env(extra: dict[str, str]) -> dict[str, str]:
+    """The prod tracking server's environment: all of its container's (its settings come from a
+    Secret through it), plus `extra`. For `exec` in the server's own container only."""
+    return {**os.environ, **extra}
+
+
+def mlflow_auth_config_path() -> Path:
+    """Where the prod tracking server writes its auth app's ini (a memory-backed volume)."""
+    return Path(os.environ.get("AIPLAT_MLFLOW_AUTH_CONFIG", "/run/mlflow-auth/auth.ini"))

@@ -162,8 +162,13 @@ def _milvus_health(service: Service) -> str | None:
 
 def services() -> dict[str, Service]:
     """The local services, with paths and ports from aiplat.config as they are right now."""
+    from aiplat.security.mlflow_auth import server_args
+
     paths, ports = local_paths(), local_ports()
     mlflow_db = paths.mlflow / "mlflow.db"
+    # MLflow's basic-auth app, authenticating the platform's accounts (the stack's state folder
+    # reaches the server through AIPLAT_STATE_DIR, passed to every child).
+    auth_argv, auth_env = server_args(paths.mlflow)
     return {
         "mlflow": Service(
             name="mlflow",
@@ -178,6 +183,7 @@ def services() -> dict[str, Service]:
                 "--serve-artifacts", "--artifacts-destination", (paths.mlflow / "artifacts").as_uri(),
                 "--host", HOST, "--port", str(ports.mlflow),
                 "--workers", "1",  # 2 cores, and SQLite has one writer anyway
+                *auth_argv,
             ),
             workdir=paths.mlflow,
             pid_file=paths.run / "mlflow.pid",
@@ -185,7 +191,7 @@ def services() -> dict[str, Service]:
             url=f"http://{HOST}:{ports.mlflow}",
             health=_http_health,
             # The GenAI job runner starts seven huey consumer processes the platform never uses.
-            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **auth_env},
         ),
         "milvus": Service(
             name="milvus",

@@ -60,17 +60,23 @@ def triage_data(n: int = 90) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """`mlflow server` on a SQLite store and a free port, artifacts proxied by the server."""
+def mlflow_server(root: Path, accounts_state: Path | None = None) -> Iterator[str]:
+    """`mlflow server` on a SQLite store and a free port, artifacts proxied by the server. With
+    `accounts_state`, MLflow's basic-auth app authenticating the accounts of that state folder (as
+    the stack runs it)."""
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-    )
+    argv = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    if accounts_state is not None:
+        from aiplat.security.mlflow_auth import server_args
+
+        extra_argv, extra_env = server_args(root, accounts_state)
+        argv, env = [*argv, *extra_argv], {**env, **extra_env}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         if not wait_for_port("127.0.0.1", port, timeout=120):
             raise RuntimeError(f"mlflow server did not open port {port}: {(root / 'server.log').read_text()[-2000:]}")

@@ -3,6 +3,8 @@ dagster-k8s builds for a fine-tuning run, validated strictly for Kubernetes 1.30
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -265,9 +267,19 @@ def test_prod_mlflow_uri_comes_from_the_environment_and_is_redacted(monkeypatch:
     from resources.mlflow import MLflowResource
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bot:s3cret@mlflow.internal:8443")
+    monkeypatch.delenv("AIPLAT_SERVICE_TOKEN", raising=False)
     resource = MLflowResource.prod()
+    # The run signs in to MLflow with the service account's token: without it, no step starts.
+    with pytest.raises(Exception, match="AIPLAT_SERVICE_TOKEN"):
+        with resource.process_config_and_initialize_cm():
+            pass
+    monkeypatch.setenv("AIPLAT_SERVICE_TOKEN", "aiplat_service-token")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "")
     ctx = dg.build_init_resource_context()
     with resource.process_config_and_initialize_cm() as live:
         live.setup_for_execution(ctx)
         assert live.uri == "https://bot:s3cret@mlflow.internal:8443"
         assert redact_uri(live.uri) == "https://mlflow.internal:8443"
+        # MLflow's clients read the credential from these variables only.
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "aiplat_service-token"

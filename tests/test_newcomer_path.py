@@ -233,13 +233,19 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
     # 4. Every command of the README's "Try it" block, exactly as written.
     bin_dir = Path(sys.executable).parent
     env = child_env({**newcomer["settings"], "PATH": f"{bin_dir}:/usr/bin:/bin"})
-    outputs = {}
+    outputs, exports = {}, []
     for line in readme_commands():
-        done = subprocess.run(["bash", "-c", line], cwd=project_root(), env=env, capture_output=True, text=True,
-                              timeout=600)
+        # One shell per line, as a reader pastes them; what an earlier line exports stays set.
+        done = subprocess.run(["bash", "-c", "\n".join([*exports, line])], cwd=project_root(), env=env,
+                              capture_output=True, text=True, timeout=600)
+        if line.startswith("export "):
+            exports.append(line)
         assert done.returncode == 0, f"README command failed: {line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         outputs[line] = done.stdout
         say(f"ok: {shlex.split(line)[:3]}")
+    # The CLI reads the registry as the README's account: MLflow authenticates its token.
+    assert "ml (team:ml)" in outputs["aiplat accounts whoami"]
+    assert "ticket-triage" in outputs["aiplat models list"] and "reply-drafter" in outputs["aiplat models list"]
     chats = [line for line in outputs if line.startswith("aiplat chat")]
     reports = [line for line in outputs if line.startswith("aiplat cost report")]
     assert chats and reports, "the README shows a chat and the cost report it lands in"
@@ -263,3 +269,18 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
     # The audit log says who promoted and deployed.
     audit = [json.loads(line) for line in (state / "audit" / "audit.jsonl").read_text().splitlines()]
     assert {"promote promoted", "deployed"} <= {e["event"] for e in audit}
+
+    # 6. The stack's MLflow authenticates accounts, and each registration granted the model's owner
+    #    team (from its spec) its registered model, nobody else: the registry refuses the others.
+    import requests
+
+    uri = f"http://127.0.0.1:{newcomer['settings']['AIPLAT_MLFLOW_PORT']}/api/2.0/mlflow"
+    tokens = {name: (state / "credentials" / f"{name}.token").read_text().strip() for name in ("ml", "support")}
+
+    def set_tag(model: str, account: str) -> int:
+        return requests.post(f"{uri}/registered-models/set-tag", json={"name": model, "key": "checked_by", "value": account},
+                             auth=(account, tokens[account]), timeout=10).status_code
+
+    assert requests.get(f"{uri}/registered-models/search", timeout=10).status_code == 401
+    assert (set_tag("ticket-triage", "ml"), set_tag("ticket-triage", "support")) == (200, 403)
+    assert (set_tag("reply-drafter", "support"), set_tag("reply-drafter", "ml")) == (200, 403)

@@ -44,9 +44,19 @@ def _use_ports(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return ports
 
 
+def _service_auth() -> dict[str, str]:
+    """Basic auth with the state folder's service token: the stack's MLflow authenticates accounts."""
+    import base64
+
+    from aiplat.security.identity import service_token
+
+    return {"Authorization": "Basic " + base64.b64encode(f"svc-dagster:{service_token()}".encode()).decode()}
+
+
 def _post(url: str, endpoint: str, body: dict) -> dict:
     request = urllib.request.Request(
-        f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **_service_auth()},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
@@ -90,8 +100,14 @@ def test_up_starts_both_services_healthy(running_stack: dict) -> None:
 @pytest.mark.slow
 def test_mlflow_answers_rest_and_stores_artifacts_in_the_state_folder(running_stack: dict) -> None:
     url = running_stack["results"]["mlflow"].url
+    # The stack's MLflow runs its authentication app: an anonymous caller is refused.
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    assert anonymous.value.code == 401
     experiment_id = _post(url, "experiments/create", {"name": "stack-test"})["experiment_id"]
-    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}", timeout=10) as response:
+    get = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}",
+                                 headers=_service_auth())
+    with urllib.request.urlopen(get, timeout=10) as response:
         experiment = json.load(response)["experiment"]
     assert experiment["name"] == "stack-test"
     # Proxied artifacts: clients need only the tracking URI, the bytes land in the state folder.
@@ -104,7 +120,8 @@ def test_mlflow_answers_rest_and_stores_artifacts_in_the_state_folder(running_st
     assert artifact_uri.startswith("mlflow-artifacts:/")
     relative = artifact_uri.removeprefix("mlflow-artifacts:/").lstrip("/") + "/note.txt"
     upload = urllib.request.Request(
-        f"{url}/api/2.0/mlflow-artifacts/artifacts/{relative}", data=b"logged through the tracking server", method="PUT"
+        f"{url}/api/2.0/mlflow-artifacts/artifacts/{relative}", data=b"logged through the tracking server", method="PUT",
+        headers=_service_auth(),
     )
     with urllib.request.urlopen(upload, timeout=10) as response:
         assert response.status == 200

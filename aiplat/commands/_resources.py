@@ -102,12 +102,20 @@ def operations() -> Any:
 
 
 def mlflow(tracking_uri: str | None = None) -> Any:
-    """resources.mlflow.MLflowResource: the runtime's, or the one at an explicit `tracking_uri`."""
-    if not tracking_uri:
-        return runtime_resource("mlflow")
-    from resources.mlflow import MLflowResource
+    """resources.mlflow.MLflowResource: the runtime's, or the one at an explicit `tracking_uri`,
+    signed in with the caller's own token (never the service account's): the registry then refuses
+    whatever the caller's account may not do."""
+    from aiplat.security.identity import CredentialError, presented_token
 
-    return resolve(MLflowResource(tracking_uri=tracking_uri), "mlflow")
+    try:
+        token = presented_token() or ""
+    except CredentialError:
+        token = ""  # an unreadable token file: no credential (the access check says why)
+    mlflow_ = declared("mlflow")
+    kept = {name: getattr(mlflow_, name) for name in ("tracking_uri", "registry_uri", "system_metrics_interval_s")}
+    if tracking_uri:
+        kept.update(tracking_uri=tracking_uri, registry_uri=None)
+    return resolve(type(mlflow_)(**kept, token=token), "mlflow")
 
 
 def _signing(*fields: str) -> Any:

@@ -118,3 +118,27 @@ def revoke(name: str) -> None:
         raise click.ClickException(f"no account named {name!r}")
     record("account revoked", f"account:{name}", None, identity, audit)
     click.echo(f"{name}: revoked")
+
+
+@cli.command("sync-registry")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking server (default: the runtime's).")
+def sync_registry(tracking_uri: str | None) -> None:
+    """Give each registered model's owner team (from its spec) EDIT in MLflow and take every other
+    team's grants on it away. Platform team only; audited. Each registration does it for its model;
+    run it after adding or moving accounts."""
+    from aiplat.commands import _resources
+    from aiplat.security.access import record
+    from aiplat.security.mlflow_auth import registry_user, sync_registry_grants
+    from aiplat.specs import spec_owners
+
+    identity, audit = _as_platform("sync-registry", "*")
+    mlflow = _resources.mlflow(tracking_uri)
+    if registry_user(mlflow.uri) is None:
+        raise click.ClickException("this MLflow server runs without authentication: it keeps no grants "
+                                   "(the local stack starts it with --app-name basic-auth)")
+    changes = sync_registry_grants(mlflow.uri, spec_owners())
+    for change in changes:
+        click.echo(f"{change.model:<24} {change.user:<16} {change.change} {change.permission or ''}".rstrip())
+    record("registry grants synced", "registry", None, identity, audit, changes=str(len(changes)))
+    click.echo(f"{len(changes)} change(s)")

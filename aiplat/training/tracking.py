@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from aiplat.security.mlflow_auth import sync_registry_grants
 from aiplat.security.signing import KeyPair, SignedModel, sign_model, tag_model_version
 from aiplat.training.data import normalize_columns, validate_training_set
 from aiplat.training.lora import FineTuneParams, FineTuneResult, StepMetrics, fine_tune
@@ -69,6 +70,12 @@ def preflight(
     try:
         client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the same thing to the caller
+        if getattr(e, "error_code", None) == "UNAUTHENTICATED":
+            raise MlflowUnavailableError(
+                f"MLflow at {shown} did not accept this process's credential (HTTP 401): the CLI signs in "
+                "with your platform token (AIPLAT_TOKEN_FILE or AIPLAT_TOKEN), a Dagster step with the "
+                f"service account's{tail}"
+            ) from None
         raise MlflowUnavailableError(f"MLflow at {shown} failed a basic query: {e}{tail}") from e
 
 
@@ -259,6 +266,10 @@ def tracked_fine_tune(
         stage = "registering the model version"
         _ensure_registered_model(client, model_name, description, owner_team,
                                  task=prompt_format.task if prompt_format is not None else None)
+        stage = "granting the owner team its model"
+        # Before the version exists: a failure here leaves no registration behind.
+        sync_registry_grants(tracking_uri, {model_name: owner_team or ""}, models=[model_name])
+        stage = "registering the model version"
         artifact_uri = client.get_run(run_id).info.artifact_uri
         url = run_url(tracking_uri, experiment_id, run_id)
         version_tags = {
