@@ -80,6 +80,31 @@ def test_an_approval_names_exactly_what_was_approved(signed_folder: Path) -> Non
     assert json.loads(base64.b64decode(envelope["payload"]))["subject"][0]["digest"]["sha256"] == digest
 
 
+def test_a_promotion_approves_the_versions_adapter_too_and_nothing_else(signed_folder: Path, tmp_path: Path) -> None:
+    """A version's LoRA adapter (what a shared multi-adapter server loads) is approved by the same
+    attestation as a second subject; another adapter, or an attestation without one, is not."""
+    import shutil
+
+    adapter = shutil.copytree(signed_folder, tmp_path / "adapter")
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    adapter_digest = sign_model(adapter, dev_key_pair()).model_digest
+    digest = verify_model(signed_folder, dev_key_pair().public_key)
+    common = dict(model=ENDPOINT, version="2", eval_report_sha256="r" * 64, policy_sha256="p" * 64,
+                  approver="svc:dagster", approver_team="team:platform")
+    both = attest(dev_approval_key_pair(), model_digest=digest, adapter_digest=adapter_digest, **common)
+    for folder in (signed_folder, adapter):
+        got = verify_for_serving(folder, both, serving_keys(), model=ENDPOINT, version="2")
+        assert got.model_digest == verify_model(folder, dev_key_pair().public_key)
+    merged_only = attest(dev_approval_key_pair(), model_digest=digest, **common)
+    with pytest.raises(ApprovalError, match="is not the approved one"):
+        verify_for_serving(adapter, merged_only, serving_keys(), model=ENDPOINT, version="2")
+    other = shutil.copytree(adapter, tmp_path / "other-adapter")
+    (other / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    sign_model(other, dev_key_pair())
+    with pytest.raises(ApprovalError, match="is not the approved one"):
+        verify_for_serving(other, both, serving_keys(), model=ENDPOINT, version="2")
+
+
 @pytest.mark.parametrize("attack", ["other key", "edited version", "other bytes", "other version", "other model",
                                     "no attestation", "not an envelope"])
 def test_a_forged_altered_or_misapplied_attestation_is_refused(signed_folder: Path, tmp_path: Path, attack: str) -> None:

@@ -165,6 +165,10 @@ def test_registered_model_is_signed_and_owned(mlflow_server: str, materialized, 
     public = state / "security" / "dev-signing-key" / "public.pem"
     assert signing.check_against_version(client, "triage-tiny", meta["model_version"], folder, public) == \
         meta["signature_model_digest"]
+    # The version's LoRA adapter (what a shared multi-adapter server loads) is signed with the same key.
+    adapter = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.tags["aiplat.adapter_artifact"],
+                                                       dst_path=str(tmp_path / "dl-adapter"), tracking_uri=mlflow_server))
+    assert signing.verify_model(adapter, public) == mv.tags[signing.TAG_ADAPTER_DIGEST] != meta["signature_model_digest"]
     # model.sig in the folder does not change the merged hash evaluation checks downloads against.
     assert model_folder(mlflow_server, model_version(client, "triage-tiny", meta["model_version"])).is_dir()
     (folder / "model.safetensors").write_bytes(b"\0" + (folder / "model.safetensors").read_bytes()[1:])

@@ -67,6 +67,7 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
     from aiplat.config import local_ports, runtime
     from aiplat.operations.requests import RequestLog
     from aiplat.serving.gateway import GatewaySettings, build_app
+    from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
     from aiplat.serving.gateway_routing import RegistryResolver, TemplateResolver, load_api_key_teams
 
     from aiplat.operations.cost import CostRates
@@ -81,7 +82,10 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         raise click.ClickException("AIPLAT_GATEWAY_API_KEY_TEAMS (--api-key-teams) is not set; in prod the gateway "
                                    "needs the API-key mapping to attribute any request")
     try:
-        resolver = TemplateResolver(upstream_template, endpoints) if upstream_template else RegistryResolver()
+        # Locally: endpoints served as adapters on a shared server by their route (aiplat.serving.
+        # adapter_routes), every other endpoint by the registry of whole-model servers.
+        resolver = TemplateResolver(upstream_template, endpoints) if upstream_template \
+            else AdapterRouteResolver(AdapterRoutes(), fallback=RegistryResolver())
         mapping = load_api_key_teams(api_key_teams) if api_key_teams else {}
         budgets = load_hard_budgets(hard_budgets) if hard_budgets else {}
     except ValueError as e:

@@ -40,7 +40,7 @@ from aiplat.evaluation.registry import (
 from aiplat.security.access import AccessDenied, Identity, authorize, current_identity, owner_team, record
 from aiplat.security.approval import APPROVAL_TAG, ApprovalError, attest, dev_approval_key_pair
 from aiplat.security.audit_log import AuditLog
-from aiplat.security.signing import TAG_MODEL_DIGEST, KeyPair
+from aiplat.security.signing import TAG_ADAPTER_DIGEST, TAG_MODEL_DIGEST, KeyPair
 
 PROMOTION_LOG_EXPERIMENT = "aiplat-promotion-log"
 TAG_PROMOTED_SHA = "aiplat.promotion.report_sha256"
@@ -248,6 +248,7 @@ def _promote(client, name: str, version: str, dagster_run_id: str | None, actor:
     try:
         attestation = attest(
             approver(), model=name, version=version, model_digest=ref.tags.get(TAG_MODEL_DIGEST, ""),
+            adapter_digest=ref.tags.get(TAG_ADAPTER_DIGEST, ""),
             eval_report_sha256=verified.sha256, policy_sha256=(verified.report.get("policy") or {}).get("sha256", ""),
             approver=who.actor, approver_team=who.team or "", requested_by=who.requested_by or actor,
             dagster_run_id=dagster_run_id or "")

@@ -80,8 +80,10 @@ def _pae(payload_type: str, body: bytes) -> bytes:
 
 def attest(keys: KeyPair, *, model: str, version: str, model_digest: str, eval_report_sha256: str,
            policy_sha256: str, approver: str, approver_team: str, requested_by: str = "",
-           dagster_run_id: str = "") -> str:
-    """The signed attestation (DSSE envelope JSON text) that `model` `version` with these bytes was approved."""
+           dagster_run_id: str = "", adapter_digest: str = "") -> str:
+    """The signed attestation (DSSE envelope JSON text) that `model` `version` with these bytes was
+    approved: the model's signed digest, and its LoRA adapter's when it has one (a second subject,
+    so a shared multi-adapter server may load exactly that adapter as this version)."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -91,7 +93,9 @@ def attest(keys: KeyPair, *, model: str, version: str, model_digest: str, eval_r
         raise ApprovalError(f"cannot approve {model} version {version}: it records no signed model digest")
     statement = {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": f"{model}/v{version}", "digest": {"sha256": model_digest}}],
+        "subject": [{"name": f"{model}/v{version}", "digest": {"sha256": model_digest}},
+                    *([{"name": f"{model}/v{version}/adapter", "digest": {"sha256": adapter_digest}}]
+                      if adapter_digest else [])],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "model": model, "version": str(version), "eval_report_sha256": eval_report_sha256,
@@ -142,7 +146,9 @@ def verify_approval(attestation: str | None, public_key: Path, *, model: str, ve
                             f"{Path(public_key).name}: it was forged or altered")
     statement = json.loads(body)
     predicate = statement.get("predicate") or {}
-    subject_digest = ((statement.get("subject") or [{}])[0].get("digest") or {}).get("sha256")
+    approved = [(subject.get("digest") or {}).get("sha256") for subject in statement.get("subject") or []
+                if isinstance(subject, dict)]
+    subject_digest = model_digest if model_digest in approved else (approved or [None])[0]
     if payload_type != PAYLOAD_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
         raise ApprovalError(f"the attestation of {what} is not a promotion attestation ({statement.get('predicateType')})")
     if subject_digest != model_digest:

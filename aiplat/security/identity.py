@@ -23,7 +23,6 @@ service token comes from AIPLAT_SERVICE_TOKEN; a missing one is an error naming 
 
 from __future__ import annotations
 
-import fcntl
 import hmac
 import json
 import os
@@ -36,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from aiplat.config import prod_secret, runtime, state_dir
+from aiplat.locks import exclusive
 from aiplat.operations.requests import key_fingerprint
 
 TOKEN_ENV = "AIPLAT_TOKEN"
@@ -158,15 +158,8 @@ class FileAccountStore(AccountStore):
         _write_private(self.path, json.dumps({"accounts": [asdict(a) for a in sorted(accounts, key=lambda a: a.name)]},
                                              indent=2))
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self):
+        return exclusive(self.path.with_suffix(".lock"))
 
 
 # --- where things are ------------------------------------------------------------------------------

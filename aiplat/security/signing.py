@@ -29,6 +29,10 @@ TAG_MODEL_DIGEST = "aiplat.signature.model_digest"
 TAG_KEY_FINGERPRINT = "aiplat.signature.key_fingerprint"
 TAG_KEY_LABEL = "aiplat.signature.key_label"
 TAG_SIGNED_FILES = "aiplat.signature.files"
+# The LoRA adapter of the same version, signed with the same key: what a shared multi-adapter
+# server loads (aiplat.serving.adapters); a promotion approves both digests.
+TAG_ADAPTER_SIGNATURE_SHA = "aiplat.adapter.signature.sha256"
+TAG_ADAPTER_DIGEST = "aiplat.adapter.model_digest"
 
 
 class SignatureError(RuntimeError):
@@ -71,6 +75,10 @@ class SignedModel:
             TAG_KEY_LABEL: self.key_label,
             TAG_SIGNED_FILES: str(self.files),
         }
+
+    def adapter_tags(self) -> dict[str, str]:
+        """The tags of this signature when its folder is the version's LoRA adapter."""
+        return {TAG_ADAPTER_SIGNATURE_SHA: self.signature_sha256, TAG_ADAPTER_DIGEST: self.model_digest}
 
 
 def dev_key_dir() -> Path:

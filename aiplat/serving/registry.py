@@ -6,15 +6,14 @@ file and two writers (a Dagster step and the CLI) never lose each other's change
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from aiplat.config import state_dir
+from aiplat.locks import exclusive
 
 REGISTRY_VERSION = 1
 
@@ -90,15 +89,8 @@ class EndpointRegistry:
     def _lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self):
+        return exclusive(self._lock_path)
 
     def _read(self) -> dict[str, EndpointRecord]:
         try:

@@ -50,6 +50,27 @@ class ServerSettings:
     start_timeout_s: float = 240.0
     extra_args: tuple[str, ...] = ()
     python: str | None = None  # the vLLM venv's python; None = aiplat.stack.vllm_env()
+    # Serve LoRA adapters beside the base model, loaded at run time (aiplat.serving.adapters).
+    lora: LoraSettings | None = None
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Limits of one multi-adapter server (vLLM's own flags; docs/serving-runbook.md, "Adapters").
+
+    `max_loras` adapters take part in one batch: a request for another one waits until a slot is
+    free. `max_cpu_loras` adapters stay loaded in host memory; loading one more evicts the least
+    recently used from that cache (it stays registered and is read again from its folder on its
+    next request). `max_lora_rank` is the largest rank accepted: an adapter above it is refused at
+    load time, so it must cover every spec's `lora_r`."""
+
+    max_loras: int = 4
+    max_cpu_loras: int = 8
+    max_lora_rank: int = 16
+
+    def args(self) -> list[str]:
+        return ["--enable-lora", "--max-loras", str(self.max_loras), "--max-cpu-loras", str(self.max_cpu_loras),
+                "--max-lora-rank", str(self.max_lora_rank)]
 
 
 class ServerStartError(RuntimeError):
@@ -91,6 +112,8 @@ def server_argv(python: Path, model_dir: Path, served_model_name: str, port: int
     ]
     if settings.enforce_eager:
         argv.append("--enforce-eager")
+    if settings.lora is not None:
+        argv += settings.lora.args()
     return argv + list(settings.extra_args)
 
 
@@ -111,6 +134,10 @@ def server_env(settings: ServerSettings) -> dict[str, str]:
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "VLLM_CACHE_ROOT": str(cache),
         "PYTHONUNBUFFERED": "1",
+        # /v1/load_lora_adapter and /v1/unload_lora_adapter exist only with this set. They are
+        # behind the server's API key like every /v1 route; the platform verifies each adapter's
+        # signature and approval before it asks vLLM to load it.
+        **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if settings.lora is not None else {}),
     })
 
 
@@ -121,21 +148,21 @@ def _now() -> str:
 # --- HTTP --------------------------------------------------------------------------------------
 
 
-def post_json(url: str, body: dict, timeout: float) -> dict:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+def post_json(url: str, body: dict, timeout: float, api_key: str | None = None) -> dict:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def one_token_completion(url: str, served_model_name: str, timeout: float = 30.0) -> str | None:
+def one_token_completion(url: str, served_model_name: str, timeout: float = 30.0,
+                         api_key: str | None = None) -> str | None:
     """None when the server completed one token for a real prompt, else what went wrong."""
     try:
         answer = post_json(
             f"{url}/v1/completions",
             {"model": served_model_name, "prompt": READY_PROMPT, "max_tokens": 1, "temperature": 0},
-            timeout,
+            timeout, api_key,
         )
     except urllib.error.HTTPError as e:
         return f"completion answered HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"

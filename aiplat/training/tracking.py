@@ -215,6 +215,7 @@ def tracked_fine_tune(
     monitor = None
     created_version: str | None = None
     signed: SignedModel | None = None
+    signed_adapter: SignedModel | None = None  # the LoRA adapter, signed with the same key
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _flat_params(params, training_set).items()])
         if system_metrics_interval_s:
@@ -254,6 +255,7 @@ def tracked_fine_tune(
         if signing_keys is not None:
             stage = "signing the model"
             signed = sign_model(result.merged_dir, signing_keys)
+            signed_adapter = sign_model(result.adapter_dir, signing_keys)
             client.set_tag(run_id, "aiplat.signature.sha256", signed.signature_sha256)
 
         stage = "uploading artifacts"
@@ -291,6 +293,8 @@ def tracked_fine_tune(
         created_version = str(mv.version)
         if signed is not None:
             tag_model_version(client, model_name, created_version, signed)
+            for key, value in (signed_adapter.adapter_tags() if signed_adapter else {}).items():
+                client.set_model_version_tag(model_name, created_version, key, value)
         _wait_ready(client, model_name, created_version)
         client.set_terminated(run_id, "FINISHED")
     except BaseException as e:

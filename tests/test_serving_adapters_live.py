@@ -1,0 +1,201 @@
+"""LoRA adapters on one real vLLM CPU server (issue 14): loaded at run time, each verified first.
+
+The server runs the real SmolLM2-135M base with `--enable-lora`. The adapters are real PEFT LoRA
+adapters of that base, saved as safetensors; their weights are random (not trained) so that each
+one changes the model's answers a lot: what is under test is which adapter the server applies,
+not what an adapter learned.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aiplat.security.approval import ApprovalError
+from aiplat.security.signing import SignatureError, dev_key_pair, sign_model
+from aiplat.serving import adapters
+from aiplat.serving.server import LoraSettings, ServerSettings, post_json, start_server, stop_server
+from tests.approval_helpers import approval, serving_keys
+from tests.conftest import built_vllm_env
+
+pytestmark = pytest.mark.slow
+
+BASE = "smollm2-base"
+LORA = LoraSettings(max_loras=2, max_cpu_loras=4, max_lora_rank=8)
+PROMPT = "The capital of France is"
+
+
+def make_adapter(base: Path, dest: Path, seed: int, rank: int = 8) -> Path:
+    """A PEFT LoRA adapter of `base` with random weights (seeded), in safetensors."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def signed(folder: Path) -> Path:
+    sign_model(folder, dev_key_pair())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, smollm_base: Path) -> Iterator[dict]:
+    env = built_vllm_env()
+    root = tmp_path_factory.mktemp("adapters")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIPLAT_STATE_DIR", str(root / "state"))
+        mp.setenv("AIPLAT_ENV", "local")
+        made = {name: signed(make_adapter(smollm_base, root / name, seed))
+                for name, seed in (("a-v1", 1), ("b-v1", 2), ("a-v2", 3), ("b-v2", 5))}
+        record = start_server("adapters", smollm_base, "base", BASE,
+                              ServerSettings(enforce_eager=True, dtype="float32", python=str(env.python),
+                                             start_timeout_s=900, lora=LORA))
+        try:
+            yield {"url": record.url, "record": record, "root": root, "adapters": made}
+        finally:
+            stop_server(record)
+
+
+def _load(server: dict, folder: Path, model: str, version: str, attestation: str | None = "approve"):
+    text = approval(folder, model, version) if attestation == "approve" else attestation
+    return adapters.load_adapter(server["url"], BASE, folder, model=model, version=version, attestation=text,
+                                 keys=serving_keys(), max_rank=LORA.max_lora_rank)
+
+
+def _answer(server: dict, model: str) -> str:
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    return post_json(f"{server['url']}/v1/completions", body, timeout=120)["choices"][0]["text"]
+
+
+def _loaded(server: dict, model: str, version: str) -> str:
+    name = adapters.adapter_name(model, version)
+    if name not in adapters.served_models(server["url"]):
+        _load(server, server["adapters"][f"{model[-1]}-v{version}"], model, version)
+    return name
+
+
+def test_two_adapters_answer_differently_beside_the_base(server: dict) -> None:
+    a, b = _loaded(server, "lora-a", "1"), _loaded(server, "lora-b", "1")
+    listed = adapters.served_models(server["url"])
+    assert listed[BASE] is None and listed[a] == BASE and listed[b] == BASE
+    answers = {name: _answer(server, name) for name in (BASE, a, b)}
+    assert len(set(answers.values())) == 3, answers
+    assert _answer(server, a) == answers[a]  # the same adapter, the same answer (temperature 0)
+
+
+def test_a_tampered_adapter_is_refused_before_vllm_is_asked_and_the_others_keep_serving(server: dict) -> None:
+    a = _loaded(server, "lora-a", "1")
+    before = _answer(server, a)
+    tampered = shutil.copytree(server["adapters"]["a-v1"], server["root"] / "tampered")
+    text = approval(tampered, "lora-t", "1")  # approved as built ...
+    weights = tampered / adapters.ADAPTER_WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # ... then one byte changed on the way to the server
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SignatureError):
+        _load(server, tampered, "lora-t", "1", attestation=text)
+    assert "lora-t@1" not in adapters.served_models(server["url"])
+    assert _answer(server, a) == before
+
+
+def test_an_adapter_without_an_approval_for_that_version_is_refused(server: dict) -> None:
+    folder = server["adapters"]["b-v1"]
+    with pytest.raises(ApprovalError):
+        _load(server, folder, "lora-b", "7", attestation=None)
+    with pytest.raises(ApprovalError):  # approved as version 1, presented as 7
+        _load(server, folder, "lora-b", "7", attestation=approval(folder, "lora-b", "1"))
+    assert "lora-b@7" not in adapters.served_models(server["url"])
+
+
+def test_a_new_version_is_served_beside_the_old_without_a_restart(server: dict) -> None:
+    v1 = _loaded(server, "lora-a", "1")
+    adapters.unload_adapter(server["url"], "lora-a@2", missing_ok=True)  # another test may have loaded it
+    loaded = _load(server, server["adapters"]["a-v2"], "lora-a", "2")
+    assert loaded.name == "lora-a@2" and loaded.parent == BASE and loaded.model_digest
+    assert _answer(server, "lora-a@2") != _answer(server, v1)
+    adapters.unload_adapter(server["url"], "lora-a@2")
+    assert "lora-a@2" not in adapters.served_models(server["url"]) and v1 in adapters.served_models(server["url"])
+    with pytest.raises(adapters.AdapterError, match="refused to unload"):
+        adapters.unload_adapter(server["url"], "lora-a@2")
+    from aiplat.serving.server import process_of
+
+    assert process_of(server["record"]) is not None  # the same server process all along
+
+
+def test_an_adapter_above_the_servers_rank_or_not_an_adapter_is_refused_by_name(server: dict, smollm_base) -> None:
+    wide = signed(make_adapter(smollm_base, server["root"] / "wide", seed=4, rank=16))
+    with pytest.raises(adapters.AdapterError, match="rank 16 is above the server's --max-lora-rank 8"):
+        _load(server, wide, "lora-wide", "1")
+    with pytest.raises(adapters.AdapterError, match="not a LoRA adapter folder"):
+        _load(server, smollm_base, "lora-base", "1", attestation=None)
+
+
+def test_a_canary_through_the_gateway_switches_one_model_and_rolls_back_another(server: dict, tmp_path: Path) -> None:
+    """Two models on one server behind the real gateway: lora-a's canary passes and switches,
+    lora-b's candidate vanishes from the server mid-canary (a real fault: vLLM answers 404 for it),
+    fails on its error rate and is rolled back; neither touches the other's route, and every figure
+    comes from the gateway's request log."""
+    import random
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from aiplat.operations.requests import RequestLog
+    from aiplat.serving import adapter_canary
+    from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
+    from aiplat.serving.gateway import GatewaySettings, build_app
+    from tests.test_gateway import serve
+
+    url = server["url"]
+    a1, b1 = _loaded(server, "lora-a", "1"), _loaded(server, "lora-b", "1")
+    a2 = adapters.adapter_name("lora-a", "2")
+    if a2 not in adapters.served_models(url):
+        _load(server, server["adapters"]["a-v2"], "lora-a", "2")
+    b2 = _load(server, server["adapters"]["b-v2"], "lora-b", "2").name
+    routes, log = AdapterRoutes(tmp_path / "routes.json"), RequestLog(tmp_path / "requests.jsonl", fsync=False)
+    policy = adapter_canary.AdapterCanaryPolicy(weight=50, min_requests=3, max_error_rate=0.0, max_p95_ratio=5.0)
+    adapter_canary.start(routes, "lora-a", url, a1, a2, policy)
+    adapter_canary.start(routes, "lora-b", url, b1, b2, policy)
+    adapters.unload_adapter(url, b2)  # the fault: lora-b's candidate is gone from the server
+    since = datetime.now(timezone.utc)
+    settings = GatewaySettings(resolver=AdapterRouteResolver(routes, rng=random.Random(11)), request_log=log)
+
+    def ask(gateway: str, endpoint: str) -> httpx.Response:
+        return httpx.post(f"{gateway}/v1/completions", timeout=120, headers={"X-AIPLAT-Team": "team:ml"},
+                          json={"model": endpoint, "prompt": PROMPT, "max_tokens": 4, "temperature": 0})
+
+    with serve(build_app(settings)) as gateway:
+        verdicts = {}
+        for _ in range(30):  # a deadline in requests: at 50% each candidate needs ~6
+            for endpoint, live, candidate in (("lora-a", a1, a2), ("lora-b", b1, b2)):
+                if endpoint not in verdicts:
+                    ask(gateway, endpoint)
+                    verdict = adapter_canary.judge(log.read()[0], endpoint, live, candidate, policy, since)
+                    if verdict.passed is not None:
+                        verdicts[endpoint] = verdict
+            if len(verdicts) == 2:
+                break
+        assert verdicts["lora-a"].passed is True, verdicts["lora-a"].summary()
+        assert verdicts["lora-b"].passed is False and "error rate" in verdicts["lora-b"].reasons[0]
+        figures = verdicts["lora-a"].figures
+        assert figures[a1].completion_tokens > 0 and figures[a2].completion_tokens > 0
+
+        unload = lambda name: adapters.unload_adapter(url, name, missing_ok=True)  # noqa: E731
+        assert dict(adapter_canary.finish(routes, verdicts["lora-a"], unload).split) == {a2: 100.0}
+        assert dict(adapter_canary.finish(routes, verdicts["lora-b"], unload).split) == {b1: 100.0}
+        # After both: every request to either endpoint is answered, by the version its route names.
+        since = datetime.now(timezone.utc)
+        for endpoint in ("lora-a", "lora-b") * 3:
+            assert ask(gateway, endpoint).status_code == 200
+        served = {(r.endpoint, r.model) for r in log.read()[0] if r.timestamp >= since}
+        assert served == {("lora-a", a2), ("lora-b", b1)}
+    assert a1 in adapters.served_models(url)  # the old live version stays loaded: the rollback target
