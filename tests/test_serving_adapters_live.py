@@ -199,3 +199,90 @@ def test_a_canary_through_the_gateway_switches_one_model_and_rolls_back_another(
         served = {(r.endpoint, r.model) for r in log.read()[0] if r.timestamp >= since}
         assert served == {("lora-a", a2), ("lora-b", b1)}
     assert a1 in adapters.served_models(url)  # the old live version stays loaded: the rollback target
+
+
+def test_reconcile_applies_the_wanted_adapters_and_skips_a_tampered_one(server: dict, tmp_path: Path) -> None:
+    """The desired state of a shared server (what the prod loader sidecar applies every interval):
+    missing versions are fetched, verified and loaded, unwanted ones unloaded; a tampered one is
+    refused by name while the rest are served."""
+    url = server["url"]
+    for name in list(adapters.served_models(url)):
+        if name != BASE:
+            adapters.unload_adapter(url, name)
+    tampered = shutil.copytree(server["adapters"]["b-v2"], tmp_path / "b-v2-tampered")
+    text = approval(tampered, "lora-b", "2")
+    weights = tampered / adapters.ADAPTER_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+
+    def wanted(model: str, version: str, folder: Path, attestation: str | None = None) -> adapters.WantedAdapter:
+        return adapters.WantedAdapter(model, version, str(folder), attestation or approval(folder, model, version))
+
+    first = adapters.reconcile(url, BASE, [wanted("lora-a", "1", server["adapters"]["a-v1"]),
+                                           wanted("lora-b", "1", server["adapters"]["b-v1"])],
+                               adapters.local_fetch, serving_keys(), max_rank=LORA.max_lora_rank)
+    assert set(first.loaded) == {"lora-a@1", "lora-b@1"} and first.refused == {}
+    second = adapters.reconcile(url, BASE, [wanted("lora-a", "2", server["adapters"]["a-v2"]),
+                                            wanted("lora-b", "1", server["adapters"]["b-v1"]),
+                                            wanted("lora-b", "2", tampered, text)],
+                                adapters.local_fetch, serving_keys(), max_rank=LORA.max_lora_rank)
+    assert second.loaded == ("lora-a@2",) and second.unloaded == ("lora-a@1",) and second.kept == ("lora-b@1",)
+    assert list(second.refused) == ["lora-b@2"] and second.refused["lora-b@2"].startswith("signature:")
+    assert {n for n, p in adapters.served_models(url).items() if p} == {"lora-a@2", "lora-b@1"}
+    assert _answer(server, "lora-b@1")
+    again = adapters.reconcile(url, BASE, [wanted("lora-a", "2", server["adapters"]["a-v2"]),
+                                           wanted("lora-b", "1", server["adapters"]["b-v1"])],
+                               adapters.local_fetch, serving_keys(), max_rank=LORA.max_lora_rank)
+    assert (again.loaded, again.unloaded, again.refused) == ((), (), {})
+
+
+def test_the_loader_sidecar_pulls_from_the_model_store_and_applies_the_desired_adapters(server: dict,
+                                                                                         tmp_path: Path) -> None:
+    """`python -m aiplat.serving.adapter_loader --once`, the Kubernetes sidecar's command, against the
+    real server and an S3 model store (a moto server): it fetches each wanted version, verifies and
+    loads it; a version whose approval does not match is refused by name and the exit code says so."""
+    import json
+    import subprocess
+    import sys
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from aiplat.net import free_port
+    from aiplat.security.approval import dev_approval_key_pair
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    moto.start()
+    try:
+        aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="models")
+        for name in ("a-v1", "b-v1"):
+            for f in server["adapters"][name].iterdir():
+                s3.upload_file(str(f), "models", f"adapters/{name}/{f.name}")
+        desired = {"adapters": [
+            {"model": "lora-a", "version": "1", "source": "s3://models/adapters/a-v1/",
+             "attestation": approval(server["adapters"]["a-v1"], "lora-a", "1")},
+            # b-v1's bytes presented with a-v1's approval: refused, the rest still applied.
+            {"model": "lora-b", "version": "1", "source": "s3://models/adapters/b-v1/",
+             "attestation": approval(server["adapters"]["a-v1"], "lora-b", "1")},
+        ]}
+        (tmp_path / "desired.json").write_text(json.dumps(desired))
+        for name in [n for n, p in adapters.served_models(server["url"]).items() if p]:
+            adapters.unload_adapter(server["url"], name)
+        keys = serving_keys()
+        done = subprocess.run(
+            [sys.executable, "-m", "aiplat.serving.adapter_loader", "--desired", str(tmp_path / "desired.json"),
+             "--base-name", BASE, "--url", server["url"], "--cache", str(tmp_path / "cache"),
+             "--public-key", str(keys.signature), "--approval-key", str(dev_approval_key_pair().public_key),
+             "--max-rank", "8", "--once"],
+            env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), **aws},
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, done.stderr
+        assert "loaded lora-a@1" in done.stderr and "refused lora-b@1: approval" in done.stderr
+        assert {n for n, p in adapters.served_models(server["url"]).items() if p} == {"lora-a@1"}
+        assert _answer(server, "lora-a@1")
+    finally:
+        moto.stop()

@@ -54,11 +54,16 @@ def cli() -> None:
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PII guardrail policy file (YAML/JSON; see aiplat/pii/guardrails.py). Default: no guardrails. "
                    "Pseudonyms use the runtime's Presidio key (prod: AIPLAT_PII_HMAC_KEY).")
+@click.option("--adapter-routes", envvar="AIPLAT_GATEWAY_ADAPTER_ROUTES", default=None, show_envvar=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Endpoints served as LoRA adapters on shared servers, with each version's share of traffic "
+                   "(aiplat.serving.adapter_routes), read at every request ahead of the other routing. "
+                   "Default locally: <state>/serving/adapter-routes.json; prod: none.")
 def serve(host: str, port: int | None, upstream_template: str | None, endpoints: tuple[str, ...],
           require_attribution: bool | None, api_key_teams: Path | None, request_log: Path | None,
           upstream_api_key: str | None, forward_authorization: bool, timeout: float, trust_team_header: bool | None,
           hard_budgets: Path | None, prompt_per_1k: float | None, completion_per_1k: float | None,
-          max_body_bytes: int | None, pii_policy: Path | None) -> None:
+          max_body_bytes: int | None, pii_policy: Path | None, adapter_routes: Path | None) -> None:
     """Run the gateway until interrupted."""
     import logging
 
@@ -82,10 +87,11 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         raise click.ClickException("AIPLAT_GATEWAY_API_KEY_TEAMS (--api-key-teams) is not set; in prod the gateway "
                                    "needs the API-key mapping to attribute any request")
     try:
-        # Locally: endpoints served as adapters on a shared server by their route (aiplat.serving.
-        # adapter_routes), every other endpoint by the registry of whole-model servers.
-        resolver = TemplateResolver(upstream_template, endpoints) if upstream_template \
-            else AdapterRouteResolver(AdapterRoutes(), fallback=RegistryResolver())
+        # Endpoints served as adapters on a shared server go by their route (aiplat.serving.adapter_routes;
+        # locally always, in prod with --adapter-routes), every other one as before.
+        resolver = TemplateResolver(upstream_template, endpoints) if upstream_template else RegistryResolver()
+        if adapter_routes is not None or not prod:
+            resolver = AdapterRouteResolver(AdapterRoutes(adapter_routes), fallback=resolver)
         mapping = load_api_key_teams(api_key_teams) if api_key_teams else {}
         budgets = load_hard_budgets(hard_budgets) if hard_budgets else {}
     except ValueError as e:

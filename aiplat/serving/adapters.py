@@ -140,3 +140,79 @@ def _message(text: str) -> str:
         return str((body.get("error") or {}).get("message") or body.get("message") or text)[:300]
     except (ValueError, AttributeError):
         return text[:300]
+
+
+# --- desired state: what a shared server should hold, applied by one reconcile step -----------------
+
+@dataclass(frozen=True)
+class WantedAdapter:
+    """One adapter version a server should serve: where its approved bytes are and their approval."""
+
+    model: str
+    version: str
+    source: str  # where the adapter folder is fetched from (an s3:// prefix in prod, a folder locally)
+    attestation: str
+
+    @property
+    def name(self) -> str:
+        return adapter_name(self.model, self.version)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "source": self.source, "attestation": self.attestation}
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    loaded: tuple[str, ...]
+    unloaded: tuple[str, ...]
+    kept: tuple[str, ...]
+    refused: dict[str, str]  # adapter -> why (it was not loaded; everything else went on)
+
+    def summary(self) -> str:
+        parts = [f"{label} {', '.join(names)}" for label, names in
+                 (("loaded", self.loaded), ("unloaded", self.unloaded), ("kept", self.kept)) if names]
+        parts += [f"refused {name}: {why}" for name, why in self.refused.items()]
+        return "; ".join(parts) or "nothing to do"
+
+
+def read_wanted(path: Path) -> list[WantedAdapter]:
+    """The desired adapters from a JSON file ({"adapters": [...]}, as render_adapter_server writes)."""
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [WantedAdapter(str(a["model"]), str(a["version"]), str(a["source"]), str(a.get("attestation") or ""))
+            for a in raw.get("adapters", [])]
+
+
+def reconcile(url: str, base_name: str, wanted: list[WantedAdapter], fetch, keys: ServingKeys,
+              api_key: str | None = None, max_rank: int | None = None) -> Reconciled:
+    """Make the server hold exactly `wanted`: load what is missing (fetched by `fetch(source) ->
+    local folder`, then verified by `load_adapter`), unload what is no longer wanted. One adapter
+    that fails (tampered, unapproved, unreachable) is reported in `refused` and skipped: the others
+    are loaded and served regardless, and nothing already serving is unloaded because of it."""
+    from aiplat.security.signing import SignatureError
+
+    present = {name for name, parent in served_models(url, api_key).items() if parent is not None}
+    wanted_names = {w.name for w in wanted}
+    loaded, refused = [], {}
+    for adapter in wanted:
+        if adapter.name in present:
+            continue
+        try:
+            folder = fetch(adapter.source)
+            load_adapter(url, base_name, folder, model=adapter.model, version=adapter.version,
+                         attestation=adapter.attestation, keys=keys, api_key=api_key, max_rank=max_rank)
+            loaded.append(adapter.name)
+        except (SignatureError, AdapterError, OSError, ValueError) as e:  # SignatureError covers ApprovalError
+            refused[adapter.name] = f"{getattr(e, 'kind', type(e).__name__)}: {e}"
+    unloaded = []
+    for name in sorted(present - wanted_names):
+        unload_adapter(url, name, api_key, missing_ok=True)
+        unloaded.append(name)
+    return Reconciled(tuple(loaded), tuple(unloaded), tuple(sorted(present & wanted_names)), refused)
+
+
+def local_fetch(source: str) -> Path:
+    """Locally an adapter's source is its folder (the model store is this disk)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        raise OSError(f"adapter source {source} is not a folder")
+    return folder

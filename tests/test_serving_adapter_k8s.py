@@ -1,0 +1,71 @@
+"""The shared adapter server in Kubernetes (issue 14): manifests strictly validated, the loader
+sidecar runs the platform's real reconcile module, and the gateway's routes ConfigMap is what the
+gateway reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import all_versions
+
+from aiplat.serving.adapter_routes import AdapterRoutes
+from aiplat.serving.adapters import WantedAdapter, read_wanted
+from aiplat.serving.k8s_adapters import ADAPTERS_DIR, AdapterServerSpec, render_adapter_server, routes_configmap
+from aiplat.serving.server import LoraSettings
+
+REPO = Path(__file__).resolve().parent.parent
+K8S_VERSIONS = sorted(all_versions(), key=lambda v: tuple(int(x) for x in v.split(".")))[-3:]
+SPEC = AdapterServerSpec("smollm2-135m", "s3://models/base/smollm2-135m/", lora=LoraSettings(max_loras=8, max_lora_rank=32))
+WANTED = [WantedAdapter("ticket-triage", "4", "s3://models/ticket-triage/4/adapter/", '{"payloadType": "x"}'),
+          WantedAdapter("reply-drafter", "2", "s3://models/reply-drafter/2/adapter/", '{"payloadType": "y"}')]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_adapter_server_renders_valid_kubernetes(version: str) -> None:
+    for doc in render_adapter_server(SPEC, WANTED):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_vllm_loads_only_what_the_loader_verified_into_the_shared_volume(tmp_path: Path) -> None:
+    configmap, deployment, service = render_adapter_server(SPEC, WANTED)
+    pod = deployment["spec"]["template"]["spec"]
+    vllm, loader = pod["containers"]
+    args = vllm["args"]
+    assert args[args.index("--max-loras") + 1] == "8" and args[args.index("--max-lora-rank") + 1] == "32"
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in vllm["env"]
+    assert {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True} in vllm["volumeMounts"]
+    assert {"name": "adapters", "mountPath": ADAPTERS_DIR} in loader["volumeMounts"]
+    command = loader["command"]
+    assert command[:3] == ["python", "-m", "aiplat.serving.adapter_loader"]
+    assert command[command.index("--cache") + 1] == ADAPTERS_DIR
+    assert command[command.index("--max-rank") + 1] == "32"
+    # The loader's options are the real module's: its --help accepts every flag the manifest passes.
+    helped = subprocess.run([sys.executable, "-m", "aiplat.serving.adapter_loader", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0
+    for flag in (c for c in command[3:] if c.startswith("--")):
+        assert flag in helped.stdout, flag
+    # The desired-state ConfigMap is what the loader reads back.
+    (tmp_path / "desired.json").write_text(configmap["data"]["desired.json"])
+    assert read_wanted(tmp_path / "desired.json") == WANTED
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    with pytest.raises(ValueError, match="s3://"):
+        render_adapter_server(SPEC, [WantedAdapter("m", "1", "/local/folder", "")])
+
+
+def test_the_routes_configmap_is_the_gateways_adapter_routes_file(tmp_path: Path) -> None:
+    routes = AdapterRoutes(tmp_path / "routes.json")
+    routes.set("ticket-triage", "http://vllm-base-smollm2-135m.team-ml.svc:8000", {"ticket-triage@4": 90,
+                                                                                  "ticket-triage@5": 10})
+    configmap = routes_configmap(list(routes.all().values()))
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(configmap, version, strict=True)
+    mounted = tmp_path / "mounted.json"
+    mounted.write_text(configmap["data"]["adapter-routes.json"])
+    assert AdapterRoutes(mounted).all() == routes.all()
+    assert json.loads(mounted.read_text())["ticket-triage"]["split"] == {"ticket-triage@4": 90.0, "ticket-triage@5": 10.0}
