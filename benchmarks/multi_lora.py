@@ -99,6 +99,15 @@ def main() -> None:
         raise SystemExit(f"no vLLM environment at {env.path}; build it with {VLLM_SETUP}")
     work = Path(tempfile.mkdtemp(prefix="bench-multi-lora-"))
     os.environ["AIPLAT_STATE_DIR"] = str(work / "state")  # private keys, PID files and logs
+    try:
+        run(args, base, env, work)
+    finally:  # four merged copies: about 2 GB
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, base: Path, env, work: Path) -> None:
     from aiplat.config import local_paths
     from aiplat.security.approval import attest, dev_approval_key_pair
     from aiplat.security.signing import dev_key_pair, sign_model
@@ -158,10 +167,17 @@ def main() -> None:
         results["lora_rss_mib"] = round(group_rss_mib(served.pid))
         results["lora_mixed_tok_s"] = round(throughput(served.url, [adapters.adapter_name(n, "1") for n in names],
                                                        args.requests, args.concurrency, args.output_len), 1)
+        # Where the difference comes from: the LoRA server answering for the base model alone (the
+        # cost of --enable-lora itself) and for one adapter alone (the cost of applying an adapter).
+        results["lora_base_only_tok_s"] = round(throughput(served.url, ["base"], args.requests, args.concurrency,
+                                                           args.output_len), 1)
+        results["lora_one_adapter_tok_s"] = round(throughput(served.url, [adapters.adapter_name(names[0], "1")],
+                                                             args.requests, args.concurrency, args.output_len), 1)
     finally:
         stop_server(served)
     print(f"LoRA server: loads {results['adapter_load_s']} s, {results['lora_rss_mib']} MiB, "
-          f"{results['lora_mixed_tok_s']} tok/s mixed", flush=True)
+          f"{results['lora_mixed_tok_s']} tok/s mixed, {results['lora_one_adapter_tok_s']} one adapter, "
+          f"{results['lora_base_only_tok_s']} base only", flush=True)
 
     # 3. N merged copies, one server each (all up at once, as N models would be).
     records, starts = [], []
@@ -185,6 +201,8 @@ def main() -> None:
         "merged_memory_vs_one_server": round(results["merged_rss_mib"] / results["single_rss_mib"], 2),
         "new_version_time_vs_server_start": round(median_load / median_start, 3),
         "mixed_throughput_vs_single_model": round(results["lora_mixed_tok_s"] / results["single_tok_s"], 2),
+        "one_adapter_throughput_vs_single_model": round(results["lora_one_adapter_tok_s"] / results["single_tok_s"], 2),
+        "lora_server_base_only_vs_single_model": round(results["lora_base_only_tok_s"] / results["single_tok_s"], 2),
     }
     print(json.dumps(results["ratios"], indent=2))
     if args.json:

@@ -40,6 +40,6 @@ started=$(date +%s)
 status=0
 aiplat materialize || status=$?
 echo "aiplat materialize: exit $status after $(( ($(date +%s) - started) / 60 )) min"
-aiplat models list || true
+AIPLAT_TOKEN_FILE="$AIPLAT_STATE_DIR/credentials/platform-admin.token" aiplat models list || true
 nice -n 10 "$PY" scripts/default_demo_report.py
 exit "$status"
