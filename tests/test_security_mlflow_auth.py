@@ -127,6 +127,15 @@ def test_a_team_cannot_grant_itself_rights_or_become_admin(registry: dict, as_ac
                                                          "username": "support", "is_admin": False}
 
 
+def test_no_account_can_take_the_service_accounts_mlflow_name(registry: dict, monkeypatch) -> None:
+    """`svc:dagster` signs in to MLflow as `svc-dagster` (an admin): an account literally named so
+    would share that MLflow user, so the account store refuses it."""
+    monkeypatch.setenv("AIPLAT_STATE_DIR", str(registry["state"]))
+    with pytest.raises(ValueError, match="would sign in to MLflow as 'svc-dagster'"):
+        ensure_local_accounts().add("svc-dagster", "team:support")
+    assert ensure_local_accounts().get("svc-dagster") is None
+
+
 def test_a_revoked_account_is_refused_at_once(registry: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIPLAT_STATE_DIR", str(registry["state"]))
     store = ensure_local_accounts()

@@ -80,6 +80,11 @@ class Account:
     created: str
 
 
+def login_name(account_name: str) -> str:
+    """The account's name where ':' cannot appear (MLflow's Basic-auth username)."""
+    return account_name.replace(":", "-")
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -115,6 +120,12 @@ class AccountStore(ABC):
             return self._add_unlocked(name.strip(), team_n, kind)
 
     def _add_unlocked(self, name: str, team: str, kind: str) -> str:
+        # Other systems know accounts by a derived name (MLflow's Basic auth cannot carry ':', so
+        # `svc:dagster` is the MLflow user `svc-dagster`): two accounts must never share one.
+        clash = next((a.name for a in self.accounts() if a.name != name and login_name(a.name) == login_name(name)), None)
+        if clash is not None:
+            raise ValueError(f"account {name!r} would sign in to MLflow as {login_name(name)!r}, which is "
+                             f"{clash!r}'s; choose another name")
         token = new_token()
         account = Account(name, team, kind, key_fingerprint(token), datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self._write([*(a for a in self.accounts() if a.name != name), account])

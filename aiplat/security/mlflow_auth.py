@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiplat.config import MLFLOW_CREDENTIAL_ENV
-from aiplat.security.identity import PLATFORM_TEAM, Account, CredentialError, account_store
+from aiplat.security.identity import PLATFORM_TEAM, Account, CredentialError, account_store, login_name
 
 AUTH_FUNCTION = "aiplat.security.mlflow_auth:authenticate_request"
 OWNER_PERMISSION = "EDIT"  # set aliases and tags, register versions; not delete, not grant
@@ -40,8 +40,9 @@ USERNAME_ENV, PASSWORD_ENV = MLFLOW_CREDENTIAL_ENV
 
 
 def mlflow_username(account_name: str) -> str:
-    """The account's MLflow user (Basic auth splits on ':', so `svc:dagster` is `svc-dagster`)."""
-    return account_name.replace(":", "-")
+    """The account's MLflow user (Basic auth splits on ':', so `svc:dagster` is `svc-dagster`; the
+    account store refuses a second account with the same login name)."""
+    return login_name(account_name)
 
 
 def is_admin(account: Account) -> bool:
