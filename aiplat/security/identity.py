@@ -81,7 +81,8 @@ class Account:
 
 
 def login_name(account_name: str) -> str:
-    """The account's name where ':' cannot appear (MLflow's Basic-auth username)."""
+    """The account's name where ':' cannot appear: its MLflow Basic-auth username and its token
+    file's stem (`svc:dagster` -> `svc-dagster`)."""
     return account_name.replace(":", "-")
 
 
@@ -122,13 +123,14 @@ class AccountStore(ABC):
     def _add_unlocked(self, name: str, team: str, kind: str) -> str:
         # Other systems know accounts by a derived name (MLflow's Basic auth cannot carry ':', so
         # `svc:dagster` is the MLflow user `svc-dagster`): two accounts must never share one.
-        clash = next((a.name for a in self.accounts() if a.name != name and login_name(a.name) == login_name(name)), None)
+        others = [a for a in self.accounts() if a.name != name]
+        clash = next((a.name for a in others if login_name(a.name) == login_name(name)), None)
         if clash is not None:
             raise ValueError(f"account {name!r} would sign in to MLflow as {login_name(name)!r}, which is "
                              f"{clash!r}'s; choose another name")
         token = new_token()
         account = Account(name, team, kind, key_fingerprint(token), datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        self._write([*(a for a in self.accounts() if a.name != name), account])
+        self._write([*others, account])
         return token
 
     def revoke(self, name: str) -> bool:
@@ -181,7 +183,7 @@ def credentials_dir() -> Path:
 
 def token_file(account: str) -> Path:
     """The local token file of `account` (`svc:dagster` -> svc-dagster.token)."""
-    return credentials_dir() / f"{account.replace(':', '-')}.token"
+    return credentials_dir() / f"{login_name(account)}.token"
 
 
 def account_store() -> FileAccountStore:

@@ -39,12 +39,6 @@ CLIENT_USERNAME = "aiplat-token"  # sent for form's sake: the server reads the a
 USERNAME_ENV, PASSWORD_ENV = MLFLOW_CREDENTIAL_ENV
 
 
-def mlflow_username(account_name: str) -> str:
-    """The account's MLflow user (Basic auth splits on ':', so `svc:dagster` is `svc-dagster`; the
-    account store refuses a second account with the same login name)."""
-    return login_name(account_name)
-
-
 def is_admin(account: Account) -> bool:
     return account.team == PLATFORM_TEAM
 
@@ -107,7 +101,7 @@ def authenticate_request():
         account = account_store().verify(presented.password)
     except CredentialError:
         return make_basic_auth_response()
-    username = mlflow_username(account.name)
+    username = login_name(account.name)
     _provision(store, username, is_admin(account))
     return Authorization("basic", {"username": username, "password": ""})
 
@@ -204,7 +198,7 @@ def sync_registry_grants(tracking_uri: str, owners: Mapping[str, str], accounts:
                 continue
             raise
         for account in accounts:
-            user = mlflow_username(account.name)
+            user = login_name(account.name)
             wanted = OWNER_PERMISSION if owner and account.team == owner else DEFAULT_PERMISSION
             _ensure_user(auth, user)
             current = auth.get_user_permission(user, "registered_model", model).permission

@@ -194,9 +194,11 @@ def verify_model(folder: Path, public_key: Path) -> str:
     return _model_digest(signed_statement(signature))[0]
 
 
-def tag_model_version(client, name: str, version: str, signed: SignedModel) -> dict[str, str]:
-    """Record the signature's hash, the model digest and the key's fingerprint on the MLflow version."""
-    tags = signed.tags()
+def tag_model_version(client, name: str, version: str, signed: SignedModel,
+                      adapter: SignedModel | None = None) -> dict[str, str]:
+    """Record the signature's hash, the model digest and the key's fingerprint on the MLflow version
+    (and the signature and digest of its LoRA adapter, when signed too)."""
+    tags = {**signed.tags(), **(adapter.adapter_tags() if adapter is not None else {})}
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     return tags

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiplat.security.approval import Approval, ServingKeys, verify_for_serving
-from aiplat.serving.server import one_token_completion
+from aiplat.serving.server import json_headers, one_token_completion
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -74,11 +74,8 @@ def check_adapter_folder(folder: Path, max_rank: int | None = None) -> dict:
 
 def _request(url: str, method: str = "GET", body: dict | None = None, api_key: str | None = None,
              timeout: float = 60.0) -> tuple[int, str]:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    request = urllib.request.Request(url, data=data, headers=json_headers(api_key), method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode("utf-8", errors="replace")

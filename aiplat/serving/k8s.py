@@ -109,25 +109,35 @@ def _vllm_args(spec: EndpointSpec) -> list[str]:
     ]
 
 
+# Helper containers beside vLLM: non-root, read-only root filesystem, no capabilities.
+HARDENED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "runAsUser": 10001, "capabilities": {"drop": ["ALL"]}}
+_SMALL = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+
+
+def fetch_container(name: str, uri: str, volume: str, mount_path: str, secret: str) -> dict:
+    """An init container copying the model store's folder `uri` into the pod's `volume`."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} must be an s3:// folder of the model store")
+    return {
+        "name": name,
+        "image": FETCH_IMAGE,
+        "command": ["aws", "s3", "sync", "--only-show-errors", uri.rstrip("/") + "/", mount_path + "/"],
+        "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": [{"name": volume, "mountPath": mount_path}, {"name": "tmp", "mountPath": "/tmp"}],
+        "resources": _SMALL,
+        "securityContext": HARDENED,
+    }
+
+
 def _init_containers(spec: EndpointSpec) -> list[dict]:
     """Fetch the version's folder into the pod, then verify those very bytes before vLLM starts."""
     if not spec.model_uri.startswith("s3://"):
         raise ValueError(f"model_uri {spec.model_uri!r} must be an s3:// folder of the model store")
-    hardened = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                "runAsUser": 10001, "capabilities": {"drop": ["ALL"]}}
     model = {"name": "model", "mountPath": MODEL_DIR}
-    small = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
     return [
-        {
-            "name": "fetch-model",
-            "image": FETCH_IMAGE,
-            "command": ["aws", "s3", "sync", "--only-show-errors", spec.model_uri.rstrip("/") + "/", MODEL_DIR + "/"],
-            "envFrom": [{"secretRef": {"name": spec.model_store_secret, "optional": True}}],
-            "env": [{"name": "HOME", "value": "/tmp"}],
-            "volumeMounts": [model, {"name": "tmp", "mountPath": "/tmp"}],
-            "resources": small,
-            "securityContext": hardened,
-        },
+        fetch_container("fetch-model", spec.model_uri, "model", MODEL_DIR, spec.model_store_secret),
         {
             "name": "verify-model",
             "image": spec.image,
@@ -138,8 +148,8 @@ def _init_containers(spec: EndpointSpec) -> list[dict]:
             "env": [{"name": "AIPLAT_ATTESTATION", "value": spec.attestation}],
             "volumeMounts": [{**model, "readOnly": True},
                              {"name": "verification-keys", "mountPath": KEYS_DIR, "readOnly": True}],
-            "resources": small,
-            "securityContext": hardened,
+            "resources": _SMALL,
+            "securityContext": HARDENED,
         },
     ]
 

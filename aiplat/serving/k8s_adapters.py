@@ -22,10 +22,11 @@ from aiplat.serving.adapter_routes import AdapterRoute
 from aiplat.serving.adapters import WantedAdapter
 from aiplat.serving.k8s import (
     DEFAULT_IMAGE,
-    FETCH_IMAGE,
+    HARDENED,
     KEYS_DIR,
     PORT,
     VERIFICATION_KEYS_CONFIGMAP,
+    fetch_container,
     tensor_parallel_size,
 )
 from aiplat.serving.server import LoraSettings
@@ -34,8 +35,6 @@ BASE_DIR = "/models/base"
 ADAPTERS_DIR = "/adapters"
 DESIRED_DIR = "/etc/aiplat/adapters"
 LOADER_IMAGE = "aiplat-platform"
-_HARDENED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-             "runAsUser": 10001, "capabilities": {"drop": ["ALL"]}}
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,6 @@ def routes_configmap(routes: list[AdapterRoute], namespace: str = "team-ml") -> 
 
 
 def deployment(spec: AdapterServerSpec) -> dict:
-    if not spec.base_uri.startswith("s3://"):
-        raise ValueError(f"base_uri {spec.base_uri!r} must be an s3:// folder of the model store")
     labels = spec.labels()
     api_key = {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret,
                                                                       "key": "AIPLAT_VLLM_API_KEY"}}}
@@ -122,18 +119,9 @@ def deployment(spec: AdapterServerSpec) -> dict:
                          {"name": "desired", "mountPath": DESIRED_DIR, "readOnly": True},
                          {"name": "verification-keys", "mountPath": KEYS_DIR, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],
-        "securityContext": _HARDENED,
+        "securityContext": HARDENED,
     }
-    fetch_base = {
-        "name": "fetch-base",
-        "image": FETCH_IMAGE,
-        "command": ["aws", "s3", "sync", "--only-show-errors", spec.base_uri.rstrip("/") + "/", BASE_DIR + "/"],
-        "envFrom": [{"secretRef": {"name": spec.model_store_secret, "optional": True}}],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "volumeMounts": [{"name": "base", "mountPath": BASE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
-        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
-        "securityContext": _HARDENED,
-    }
+    fetch_base = fetch_container("fetch-base", spec.base_uri, "base", BASE_DIR, spec.model_store_secret)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},

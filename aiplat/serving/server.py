@@ -148,9 +148,13 @@ def _now() -> str:
 # --- HTTP --------------------------------------------------------------------------------------
 
 
+def json_headers(api_key: str | None = None) -> dict[str, str]:
+    """A JSON request's headers, with the server's API key when it has one."""
+    return {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+
 def post_json(url: str, body: dict, timeout: float, api_key: str | None = None) -> dict:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=json_headers(api_key), method="POST")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 

@@ -292,9 +292,7 @@ def tracked_fine_tune(
         )
         created_version = str(mv.version)
         if signed is not None:
-            tag_model_version(client, model_name, created_version, signed)
-            for key, value in (signed_adapter.adapter_tags() if signed_adapter else {}).items():
-                client.set_model_version_tag(model_name, created_version, key, value)
+            tag_model_version(client, model_name, created_version, signed, adapter=signed_adapter)
         _wait_ready(client, model_name, created_version)
         client.set_terminated(run_id, "FINISHED")
     except BaseException as e:
