@@ -295,32 +295,33 @@ def _roll_back(context: dg.AssetExecutionContext, spec, version: str, champion: 
     """Serve the endpoint's previous version again and, when the regressed version is the champion,
     move the alias back too. Access-controlled and audited like a rollback by hand; any refusal
     leaves the live endpoint as it is and says why."""
-    from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
+    from aiplat.security.access import AccessDenied, current_identity
     from aiplat.security.signing import SignatureError
     from aiplat.serving.champion import PREVIOUS, MlflowAliasSource, ModelResolutionError, restore_previous_alias
+    from aiplat.serving.control import Caller, Change, controlled
     from aiplat.serving.manager import EndpointNotFound
     from aiplat.serving.server import ServerStartError
 
     name, endpoint = spec.name, spec.endpoint
-    audit = operations.audit_log()
-    identity = current_identity(context.run.tags)
-    owner = owner_team(name, {spec.name: spec.owner})
     why = "live quality regression"
+    caller = Caller(current_identity(context.run.tags), operations.audit_log(), {spec.name: spec.owner},
+                    {"trigger": why, "dagster_run_id": context.run_id})
+    previous = lambda: MlflowAliasSource(mlflow.client, name, PREVIOUS, tracking_uri=mlflow.uri).resolve()  # noqa: E731
+
+    def act():
+        live = vllm.roll_back(endpoint, model_signing.serving_keys(), registry_previous=previous)
+        alias = restore_previous_alias(mlflow.client, name) if champion == version else "champion alias not involved"
+        return live, alias
+
     try:
-        authorize("rollback", name, version, identity, owner, audit, endpoint=endpoint, trigger=why,
-                  dagster_run_id=context.run_id)
+        # The version rolled away from is the one decided on (the previous one is verified as it starts).
+        live, alias = controlled(caller, Change("rollback", name, version, endpoint, done="endpoint rolled back"), act,
+                                 details=lambda done: {"serving_version": done[0].model_version,
+                                                       "from_version": version, "alias": done[1]})
     except AccessDenied as e:
         return f"refused: {e}"
-    previous = lambda: MlflowAliasSource(mlflow.client, name, PREVIOUS, tracking_uri=mlflow.uri).resolve()  # noqa: E731
-    try:
-        live = vllm.roll_back(endpoint, model_signing.serving_keys(), registry_previous=previous)
     except (SignatureError, EndpointNotFound, ServerStartError, ModelResolutionError, ValueError) as e:
-        record("rollback failed", name, version, identity, audit, endpoint=endpoint, reason=str(e),
-               dagster_run_id=context.run_id)
         return f"failed, version {version} still serves: {e}"
-    alias = restore_previous_alias(mlflow.client, name) if champion == version else "champion alias not involved"
-    record("endpoint rolled back", name, live.model_version, identity, audit, endpoint=endpoint, from_version=version,
-           trigger=why, alias=alias, dagster_run_id=context.run_id)
     return f"{endpoint} now serves version {live.model_version} (was {version}); {alias}"
 
 

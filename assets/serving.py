@@ -70,8 +70,8 @@ def serve_champion(
 
     from mlflow.exceptions import MlflowException
 
-    from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team, record
-    from aiplat.security.approval import registry_attestation
+    from aiplat.security.access import AccessDenied, current_identity, owner_team
+    from aiplat.security.approval import registry_attestation, verify_for_serving
     from aiplat.security.signing import SignatureError, check_against_version
     from aiplat.serving.champion import FolderSource, MlflowAliasSource, ModelResolutionError
     from aiplat.serving.rollout import RolloutFailed
@@ -90,25 +90,28 @@ def serve_champion(
     except (ModelResolutionError, ValueError, OSError, MlflowException) as e:
         raise dg.Failure(f"no model to serve: {e}") from e
 
-    audit = operations.audit_log()
-    identity = current_identity(context.run.tags)
-    owner_of = owner_team(name, owners)
-    try:
-        authorize("deploy", name, model.version, identity, owner_of, audit, endpoint=endpoint,
-                  dagster_run_id=context.run_id)
-    except AccessDenied as e:
-        raise dg.Failure(description=str(e), metadata={"candidate_version": model.version, "owner_team": owner_of or ""}) from e
+    from aiplat.serving.control import Caller, Change, controlled
 
-    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {endpoint}")
+    identity = current_identity(context.run.tags)
+    caller = Caller(identity, operations.audit_log(), owners, {"dagster_run_id": context.run_id})
     keys = model_signing.serving_keys()
-    try:
+
+    def verify() -> None:
         if not model_folder:
             # Also the exact signature recorded on this MLflow version, not just any signed folder.
             check_against_version(mlflow.client, name, model.version, model.path, keys.signature)
-        result = vllm.roll_out(endpoint, model, rollback, tuple(load_sample), keys=keys)
+        verify_for_serving(model.path, model.attestation, keys, model=name, version=model.version)
+
+    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {endpoint}")
+    try:
+        result = controlled(
+            caller, Change("deploy", name, model.version, endpoint, done="deployed"),
+            act=lambda: vllm.roll_out(endpoint, model, rollback, tuple(load_sample), keys=keys), verify=verify,
+            details=lambda r: {"action": r.action, "url": r.live.url})
+    except AccessDenied as e:
+        raise dg.Failure(description=str(e), metadata={"candidate_version": model.version,
+                                                       "owner_team": owner_team(name, owners) or ""}) from e
     except SignatureError as e:  # ApprovalError included: signed is not approved
-        record(f"deploy refused: {e.kind}", name, model.version, identity, audit, endpoint=endpoint,
-               reason=str(e), dagster_run_id=context.run_id)
         raise dg.Failure(description=f"refusing to deploy {name} version {model.version}: {e}; "
                          f"endpoint {endpoint!r} is unchanged",
                          metadata={"candidate_version": model.version}) from e
@@ -121,8 +124,6 @@ def serve_champion(
         raise dg.Failure(description=str(e), metadata=metadata) from e
 
     metadata = _server_metadata(result)
-    record("deployed", name, result.live.model_version, identity, audit, endpoint=endpoint, action=result.action,
-           url=result.live.url, dagster_run_id=context.run_id)
     metadata.update({"model_uri": model.uri, "registered_model": name, "deployed_by": identity.actor,
                      "deployed_by_team": identity.team or "", "code_version": code_version(), "owner": owner})
     if result.verdict is not None:

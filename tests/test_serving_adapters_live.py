@@ -286,3 +286,132 @@ def test_the_loader_sidecar_pulls_from_the_model_store_and_applies_the_desired_a
         assert _answer(server, "lora-a@1")
     finally:
         moto.stop()
+
+
+# --- the ServingBackend and the control sequence over it (issue 14 items 3 and 5) ------------------------
+
+
+def _backend(server: dict, smollm_base: Path, tmp_path: Path):
+    """A LocalServingBackend that finds this module's server already running for BASE (so it starts
+    none), its routes in a file of its own."""
+    from aiplat.serving.adapter_routes import AdapterRoutes
+    from aiplat.serving.backend import LocalServingBackend
+    from aiplat.serving.registry import EndpointRecord, EndpointRegistry
+
+    registry = tmp_path / "base-servers.json"
+    EndpointRegistry(registry).update(BASE, lambda _: EndpointRecord(BASE, server["record"]))
+    return LocalServingBackend(ServerSettings(lora=LORA), serving_keys(), {BASE: smollm_base},
+                               registry_path=registry, routes=AdapterRoutes(tmp_path / "routes.json"))
+
+
+def _version(server: dict, model: str, version: str, folder: Path | None = None, attestation: str | None = None):
+    from aiplat.serving.backend import AdapterVersion
+
+    folder = folder or server["adapters"][f"{model[-1]}-v{version}"]
+    text = attestation if attestation is not None else approval(folder, model, version)
+    return AdapterVersion(model, version, BASE, str(folder), text)
+
+
+def _caller(monkeypatch: pytest.MonkeyPatch, team: str):
+    from aiplat.security.access import current_identity
+    from aiplat.security.audit_log import AuditLog
+    from aiplat.serving.control import Caller
+    from tests.identity_helpers import act_as
+
+    act_as(monkeypatch, team)
+    return Caller(current_identity(), AuditLog(), {"lora-a": "team:ml", "lora-b": "team:support"})
+
+
+def test_the_control_sequence_refuses_another_team_and_a_tampered_adapter_and_audits_each(
+        server: dict, smollm_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """authorize -> verify -> act -> audit over the backend: support may not deploy ml's model; a
+    tampered adapter is refused before the server is asked; lora-b keeps answering throughout."""
+    from aiplat.security.access import AccessDenied
+    from aiplat.serving.adapter_rollout import deploy_adapter, stop_endpoint
+
+    backend = _backend(server, smollm_base, tmp_path)
+    support = _caller(monkeypatch, "team:support")
+    b1 = deploy_adapter(support, backend, "lora-b", _version(server, "lora-b", "1"), serving_keys())
+    assert b1.action in ("deployed", "unchanged") and backend.live_state("lora-b").health == "ready"
+    before = _answer(server, b1.live)
+
+    with pytest.raises(AccessDenied):
+        deploy_adapter(support, backend, "lora-a", _version(server, "lora-a", "1"), serving_keys())
+    assert backend.live_state("lora-a") is None
+
+    ml = _caller(monkeypatch, "team:ml")
+    tampered = shutil.copytree(server["adapters"]["a-v2"], tmp_path / "a-v2-tampered")
+    text = approval(tampered, "lora-a", "2")
+    weights = tampered / adapters.ADAPTER_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-2] + b"\x00\x00")
+    with pytest.raises(SignatureError):
+        deploy_adapter(ml, backend, "lora-a", _version(server, "lora-a", "2", tampered, text), serving_keys())
+    assert "lora-a@2" not in adapters.served_models(server["url"]) and backend.live_state("lora-a") is None
+
+    a1 = deploy_adapter(ml, backend, "lora-a", _version(server, "lora-a", "1"), serving_keys())
+    state = backend.live_state("lora-a")
+    assert (a1.live, state.live, state.health, state.split) == ("lora-a@1", "lora-a@1", "ready", {"lora-a@1": 100.0})
+    assert _answer(server, b1.live) == before
+
+    events = [(e["event"], e.get("action"), e.get("decision"), e.get("team")) for e in ml.audit.entries()][-8:]
+    assert ("access", "deploy", "refused", "team:support") in events
+    assert ("deploy refused: signature", None, None, "team:ml") in events
+    assert events[-1][0] == "adapter deployed"
+
+    # Stop: lora-a's route gone and its adapter unloaded; lora-b untouched.
+    stopped = stop_endpoint(ml, backend, "lora-a", "lora-a")
+    assert stopped.live == "lora-a@1" and backend.live_state("lora-a") is None
+    assert "lora-a@1" not in adapters.served_models(server["url"]) and _answer(server, b1.live) == before
+
+
+def test_adapter_canaries_through_the_gateway_switch_one_model_and_roll_back_another(
+        server: dict, smollm_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """roll_out_adapter over the backend behind the real gateway: lora-a's version 2 passes its canary
+    and takes 100%; lora-b's version 2 is taken off the server by a fault injected at its first canary
+    request (vLLM then answers 404 for it), fails on its error rate, is unloaded, and version 1 serves
+    lora-b at 100% again. Each canary touches only its own endpoint's route."""
+    import random
+
+    import httpx
+
+    from aiplat.operations.requests import RequestLog
+    from aiplat.serving.adapter_canary import AdapterCanaryPolicy
+    from aiplat.serving.adapter_routes import AdapterRouteResolver
+    from aiplat.serving.adapter_rollout import AdapterRolloutFailed, CanaryTraffic, deploy_adapter
+    from aiplat.serving.gateway import GatewaySettings, build_app
+    from tests.test_gateway import serve
+
+    backend = _backend(server, smollm_base, tmp_path)
+    platform = _caller(monkeypatch, "team:platform")
+    for model in ("lora-a", "lora-b"):
+        deploy_adapter(platform, backend, model, _version(server, model, "1"), serving_keys())
+    log = RequestLog(tmp_path / "requests.jsonl", fsync=False)
+    settings = GatewaySettings(resolver=AdapterRouteResolver(backend.routes, rng=random.Random(5)), request_log=log)
+    policy = AdapterCanaryPolicy(weight=50, min_requests=3, max_error_rate=0.0, max_p95_ratio=5.0)
+
+    with serve(build_app(settings)) as gateway:
+        def send(endpoint: str) -> int:
+            return httpx.post(f"{gateway}/v1/completions", timeout=120, headers={"X-AIPLAT-Team": "team:ml"},
+                              json={"model": endpoint, "prompt": PROMPT, "max_tokens": 4, "temperature": 0}).status_code
+
+        traffic = CanaryTraffic(send, lambda: log.read()[0], max_requests=40)
+        switched = deploy_adapter(platform, backend, "lora-a", _version(server, "lora-a", "2"), serving_keys(),
+                                  policy, traffic)
+        assert (switched.action, switched.live, switched.previous) == ("switched", "lora-a@2", "lora-a@1")
+        assert switched.verdict.figures["lora-a@2"].completion_tokens > 0
+
+        def faulty(endpoint: str) -> int:
+            adapters.unload_adapter(server["url"], "lora-b@2", missing_ok=True)  # the fault, mid-canary
+            return send(endpoint)
+
+        with pytest.raises(AdapterRolloutFailed, match="error rate") as failed:
+            deploy_adapter(platform, backend, "lora-b", _version(server, "lora-b", "2"), serving_keys(), policy,
+                           CanaryTraffic(faulty, lambda: log.read()[0], max_requests=40))
+        assert failed.value.verdict.passed is False
+        assert backend.live_state("lora-a").split == {"lora-a@2": 100.0}
+        assert backend.live_state("lora-b").split == {"lora-b@1": 100.0}
+        assert backend.live_state("lora-b").health == "ready"
+        assert {send("lora-a"), send("lora-b")} == {200}
+    assert "lora-a@1" in adapters.served_models(server["url"])  # kept loaded: the rollback target
+    events = [e["event"] for e in platform.audit.entries()]
+    assert events[-1] == "deploy failed" and "adapter deployed" in events

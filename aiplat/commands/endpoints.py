@@ -49,32 +49,28 @@ def _resource(**overrides):
     return LocalVllmResource(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _authorize(action: str, model_name: str, version: str, endpoint: str):
-    """The caller's identity and the audit log once `action` is allowed; a click error (logged) if not."""
+def _caller():
+    """The verified caller, the runtime's audit log and the model owners (aiplat.serving.control)."""
     from aiplat.commands import _resources
-    from aiplat.security.access import AccessDenied, authorize, current_identity, owner_team
+    from aiplat.security.access import current_identity
+    from aiplat.serving.control import Caller
     from aiplat.specs import spec_owners
 
-    operations = _resources.operations()
-    audit = operations.audit_log()
-    identity = current_identity()
-    owner = owner_team(model_name, spec_owners())
+    return Caller(current_identity(), _resources.operations().audit_log(), spec_owners())
+
+
+def _controlled(action: str, model_name: str, version: str | None, endpoint: str, done: str, act, verify=None,
+                details=None):
+    """aiplat.serving.control.controlled, its refusals as click errors naming what stays unchanged."""
+    from aiplat.security.access import AccessDenied
+    from aiplat.security.signing import SignatureError
+    from aiplat.serving.control import Change, controlled
+
     try:
-        authorize(action, model_name, version, identity, owner, audit, endpoint=endpoint)
+        return controlled(_caller(), Change(action, model_name, version, endpoint, done), act, verify, details)
     except AccessDenied as e:
         raise click.ClickException(f"access denied: {e}; endpoint {endpoint!r} is unchanged") from None
-    return identity, audit
-
-
-@contextmanager
-def _signature_checked(action: str, model_name: str, version: str, endpoint: str, identity, audit) -> Iterator[None]:
-    from aiplat.security.access import record
-    from aiplat.security.signing import SignatureError
-
-    try:
-        yield
     except SignatureError as e:  # ApprovalError included: signed is not approved
-        record(f"{action} refused: {e.kind}", model_name, version, identity, audit, endpoint=endpoint, reason=str(e))
         raise click.ClickException(f"refusing to {action} {model_name} version {version} on {endpoint!r}: {e}; "
                                    f"endpoint {endpoint!r} is unchanged") from None
 
@@ -162,7 +158,6 @@ def deploy(name: str, model_folder: Path, version: str, model_name: str | None, 
     exactly these bytes as MODEL_NAME VERSION); a refusal leaves the live endpoint as it was."""
     from dataclasses import replace
 
-    from aiplat.security.access import record
     from aiplat.serving.champion import FolderSource
     from aiplat.serving.rollout import roll_out
 
@@ -171,14 +166,20 @@ def deploy(name: str, model_folder: Path, version: str, model_name: str | None, 
     with _failures():
         model = FolderSource(model_folder, version, model_name).resolve()
     manager = _verifying(vllm.manager)  # its settings first: a misconfigured host logs no decision
-    identity, audit = _authorize("deploy", model_name, model.version, name)
-    model = replace(model, attestation=_attestation(model_name, version, attestation_file, tracking_uri))
-    with _failures(), _signature_checked("deploy", model_name, model.version, name, identity, audit), \
-            _spinner(f"deploying {name} version {version}") as say:
-        manager.progress = say
-        result = roll_out(manager, name, model, vllm.canary_policy())
-    record("deployed", model_name, result.live.model_version, identity, audit, endpoint=name, action=result.action,
-           url=result.live.url)
+
+    def act():
+        with _spinner(f"deploying {name} version {version}") as say:
+            manager.progress = say
+            return roll_out(manager, name, model, vllm.canary_policy())
+
+    def verify() -> None:
+        nonlocal model  # the attestation is read after the access decision
+        model = replace(model, attestation=_attestation(model_name, version, attestation_file, tracking_uri))
+        manager.verify(model)
+
+    with _failures():
+        result = _controlled("deploy", model_name, model.version, name, "deployed", act, verify,
+                             lambda r: {"action": r.action, "url": r.live.url})
     click.echo(f"{name}: {result.action}; version {result.live.model_version} serves on {result.live.url}")
     if result.verdict:
         click.echo(result.verdict.summary)
@@ -192,21 +193,22 @@ def rollback(name: str, model_name: str | None) -> None:
 
     Same guards as deploy: owner team or platform team, and the earlier folder must still verify
     against its signature before it starts again."""
-    from aiplat.security.access import record
-
     model_name = model_name or name
     with _failures():
         manager = _resource().manager
         previous = manager.previous_model(name)
         current = manager.get(name).live.model_version
     manager = _verifying(manager)
-    identity, audit = _authorize("rollback", model_name, previous.version, name)
-    with _failures(), _signature_checked("rollback", model_name, previous.version, name, identity, audit), \
-            _spinner(f"rolling {name} back") as say:
-        manager.progress = say
-        entry = manager.deploy(name, previous)
-    record("endpoint rolled back", model_name, entry.live.model_version, identity, audit, endpoint=name,
-           from_version=current, url=entry.live.url)
+
+    def act():
+        with _spinner(f"rolling {name} back") as say:
+            manager.progress = say
+            return manager.deploy(name, previous)
+
+    with _failures():
+        entry = _controlled("rollback", model_name, previous.version, name, "endpoint rolled back", act,
+                            lambda: manager.verify(previous),
+                            lambda e: {"from_version": current, "url": e.live.url})
     click.echo(f"{name}: rolled back to version {entry.live.model_version} on {entry.live.url}")
 
 
@@ -218,18 +220,14 @@ def stop(name: str, model_name: str | None) -> None:
 
     Same guard as deploy (owner team or platform team), audited: a stopped endpoint's next deploy
     starts directly, without a canary, so stopping is as privileged as deploying."""
-    from aiplat.security.access import record
-
     model_name = model_name or name
     with _failures():
         manager = _resource().manager
         entry = manager.get(name)
     version = entry.live.model_version if entry.live else None
-    identity, audit = _authorize("stop", model_name, version, name)
     with _failures():
-        stopped = manager.stop(name)
-    record("endpoint stopped", model_name, version, identity, audit, endpoint=name,
-           candidate=stopped.candidate.model_version if stopped.candidate else "-")
+        _controlled("stop", model_name, version, name, "endpoint stopped", lambda: manager.stop(name),
+                    details=lambda stopped: {"candidate": stopped.candidate.model_version if stopped.candidate else "-"})
     click.echo(f"{name}: stopped (was version {version or '-'})")
 
 

@@ -49,11 +49,23 @@ class AdapterVerdict:
         return f"{self.endpoint}: canary {self.candidate} {state}" + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
-def start(routes: AdapterRoutes, endpoint: str, base_url: str, live: str, candidate: str,
-          policy: AdapterCanaryPolicy) -> AdapterRoute:
+def canary_split(endpoint: str, live: str, candidate: str, policy: AdapterCanaryPolicy) -> dict[str, float]:
     if live == candidate:
         raise ValueError(f"{endpoint}: the candidate {candidate} is already live")
-    return routes.set(endpoint, base_url, {live: 100.0 - policy.weight, candidate: policy.weight})
+    return {live: 100.0 - policy.weight, candidate: policy.weight}
+
+
+def decided_split(verdict: AdapterVerdict) -> dict[str, float]:
+    """The route after the canary: all to the candidate if it passed, back to the live version if
+    not. Undecided verdicts are refused: a canary ends on a measurement, not on a timer."""
+    if verdict.passed is None:
+        raise ValueError(verdict.summary())
+    return {verdict.candidate if verdict.passed else verdict.live: 100.0}
+
+
+def start(routes: AdapterRoutes, endpoint: str, base_url: str, live: str, candidate: str,
+          policy: AdapterCanaryPolicy) -> AdapterRoute:
+    return routes.set(endpoint, base_url, canary_split(endpoint, live, candidate, policy))
 
 
 def judge(records: Sequence[RequestRecord], endpoint: str, live: str, candidate: str, policy: AdapterCanaryPolicy,
@@ -77,15 +89,12 @@ def judge(records: Sequence[RequestRecord], endpoint: str, live: str, candidate:
 
 
 def finish(routes: AdapterRoutes, verdict: AdapterVerdict, unload: Callable[[str], None]) -> AdapterRoute:
-    """Switch to the candidate or roll back to the live version (see the module doc). Undecided
-    verdicts are refused: a canary ends on a measurement, not on a timer."""
-    if verdict.passed is None:
-        raise ValueError(verdict.summary())
+    """Switch to the candidate or roll back to the live version (see the module doc)."""
+    split = decided_split(verdict)
     route = routes.get(verdict.endpoint)
     if route is None:
         raise ValueError(f"{verdict.endpoint}: no adapter route")
-    keep = verdict.candidate if verdict.passed else verdict.live
-    switched = routes.set(verdict.endpoint, route.base_url, {keep: 100.0})
+    switched = routes.set(verdict.endpoint, route.base_url, split)
     if not verdict.passed:
         unload(verdict.candidate)
     return switched
