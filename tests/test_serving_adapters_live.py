@@ -415,3 +415,109 @@ def test_adapter_canaries_through_the_gateway_switch_one_model_and_roll_back_ano
     assert "lora-a@1" in adapters.served_models(server["url"])  # kept loaded: the rollback target
     events = [e["event"] for e in platform.audit.entries()]
     assert events[-1] == "deploy failed" and "adapter deployed" in events
+
+
+def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_the_server_confirms(
+        server: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KubernetesServingBackend against the real server standing in for the base model's Service: it
+    writes the desired-adapters ConfigMap, the real loader sidecar (`python -m
+    aiplat.serving.adapter_loader`, in a loop) pulls from an S3 model store (moto) and loads, and the
+    backend returns only once the server lists the adapter and answers through it. A version whose
+    bytes in the store were tampered after approval is refused by the sidecar: the backend's load
+    fails at its deadline, the desired ConfigMap goes back to what it was, lora-a keeps serving.
+    A thread does the kubelet's part: the ConfigMap's data projected as the sidecar's file."""
+    import json
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import boto3
+    import kubernetes_validate
+    import yaml
+    from moto.server import ThreadedMotoServer
+
+    from aiplat.net import free_port
+    from aiplat.security.approval import dev_approval_key_pair
+    from aiplat.serving.adapter_rollout import deploy_adapter
+    from aiplat.serving.backend import AdapterVersion, KubernetesServingBackend
+    from aiplat.serving.k8s_adapters import AdapterServerSpec
+
+    url = server["url"]
+    for name in [n for n, p in adapters.served_models(url).items() if p]:
+        adapters.unload_adapter(url, name)
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    moto.start()
+    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="models")
+    for name in ("a-v1", "a-v2"):
+        for f in server["adapters"][name].iterdir():
+            body = f.read_bytes()
+            if name == "a-v2" and f.name == adapters.ADAPTER_WEIGHTS:
+                body = body[:-1] + bytes([body[-1] ^ 0xFF])  # changed in the store after its approval
+            s3.put_object(Bucket="models", Key=f"adapters/{name}/{f.name}", Body=body)
+
+    spec = AdapterServerSpec(base_name=BASE, base_uri="s3://models/base/", lora=LORA)
+    manifests, projected = tmp_path / "manifests", tmp_path / "desired" / "desired.json"
+    backend = KubernetesServingBackend({BASE: spec}, manifests, service_url=lambda _: url, confirm_timeout_s=20,
+                                       poll_s=0.5)
+    stop = threading.Event()
+
+    def kubelet() -> None:
+        while not stop.wait(0.3):
+            path = manifests / f"{spec.name}.yaml"
+            if path.is_file():
+                cm = next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "ConfigMap")
+                projected.parent.mkdir(exist_ok=True)
+                if not projected.is_file() or projected.read_text() != cm["data"]["desired.json"]:
+                    tmp = projected.with_suffix(".tmp")
+                    tmp.write_text(cm["data"]["desired.json"])
+                    tmp.replace(projected)
+
+    projected.parent.mkdir()
+    projected.write_text(json.dumps({"adapters": []}))
+    threading.Thread(target=kubelet, daemon=True).start()
+    keys = serving_keys()
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "aiplat.serving.adapter_loader", "--desired", str(projected), "--base-name", BASE,
+         "--url", url, "--cache", str(tmp_path / "cache"), "--public-key", str(keys.signature),
+         "--approval-key", str(dev_approval_key_pair().public_key), "--max-rank", "8", "--interval", "1"],
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), **aws},
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sidecar.log", "w"))
+    try:
+        caller = _caller(monkeypatch, "team:ml")
+
+        def version(name: str, v: str) -> AdapterVersion:
+            folder = server["adapters"][name]  # the approved bytes, verified here by the control sequence
+            return AdapterVersion("lora-a", v, BASE, f"s3://models/adapters/{name}/", approval(folder, "lora-a", v),
+                                  folder=str(folder))
+
+        first = deploy_adapter(caller, backend, "lora-a", version("a-v1", "1"), keys)
+        assert first.action == "deployed" and backend.live_state("lora-a").health == "ready"
+        assert [w.name for w in backend.desired(BASE)] == ["lora-a@1"]
+        for doc in yaml.safe_load_all((manifests / f"{spec.name}.yaml").read_text()):
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
+        routes = yaml.safe_load((manifests / "aiplat-adapter-routes.yaml").read_text())
+        assert json.loads(routes["data"]["adapter-routes.json"])["lora-a"]["split"] == {"lora-a@1": 100.0}
+
+        with pytest.raises(adapters.AdapterError, match="did not confirm"):
+            backend.load_adapter(version("a-v2", "2"))
+        assert [w.name for w in backend.desired(BASE)] == ["lora-a@1"]
+        assert "refused lora-a@2: signature" in (tmp_path / "sidecar.log").read_text()
+        assert backend.live_state("lora-a").health == "ready" and _answer(server, "lora-a@1")
+
+        stopped = backend.stop("lora-a")
+        assert stopped.live == "lora-a@1" and backend.live_state("lora-a") is None and backend.desired(BASE) == []
+        deadline = time.monotonic() + 30
+        while "lora-a@1" in adapters.served_models(url) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "lora-a@1" not in adapters.served_models(url)  # the sidecar unloaded what is no longer wanted
+    finally:
+        stop.set()
+        sidecar.terminate()
+        sidecar.wait(timeout=30)
+        moto.stop()

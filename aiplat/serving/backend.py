@@ -367,9 +367,10 @@ class KubernetesServingBackend(ServingBackend):
                   num_prompts: int | None, output_len: int, progress: Callable[[str], None] | None = None):
         from aiplat.serving.loadtest import LoadTestError
 
-        # The bench client runs where the server is reachable with its tokenizer: the load-test Job.
-        raise LoadTestError(f"{endpoint}: in Kubernetes the load test runs as the endpoint's load-test Job "
-                            "(`aiplat k8s` renders it), not from a Dagster step")
+        # `vllm bench serve` needs vLLM and the base model's tokenizer, which the platform image (where
+        # Dagster steps run) does not carry; a made-up report would be worse than none.
+        raise LoadTestError(f"{endpoint}: in Kubernetes, load-test through the gateway with `vllm bench serve` "
+                            "from the serving image; a Dagster step has no vLLM to run it")
 
     def stop(self, endpoint: str) -> EndpointState | None:
         state = self.live_state(endpoint)
