@@ -19,6 +19,7 @@ COMMAND_MODULES: dict[str, str] = {
     "index": "aiplat.commands.index",
     "features": "aiplat.commands.features",
     "endpoints": "aiplat.commands.endpoints",
+    "adapters": "aiplat.commands.adapters",
     "chat": "aiplat.commands.chat",
     "gateway": "aiplat.commands.gateway",
     "promote": "aiplat.commands.promote",

@@ -145,8 +145,6 @@ def load_test(context: dg.AssetExecutionContext, endpoint: str, owner: str, conf
     prompts where set, else the model spec's `load_test` (`defaults`)."""
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE, LoadTestError
 
-    if not hasattr(vllm, "load_test"):
-        raise dg.Failure(f"{type(vllm).__name__} runs no load tests; run `vllm bench serve` against the gateway")
     try:
         report = vllm.load_test(endpoint, tuple(config.concurrencies or defaults.concurrencies),
                                 tuple(config.prompts or DEFAULT_LOAD_SAMPLE),

@@ -23,6 +23,25 @@ class VllmResource(dg.ConfigurableResource):
     canary_min_agreement: float = Field(default=0.8, ge=0, le=1)
     canary_max_tokens: int = Field(default=24, ge=1)
     canary_concurrency: int = Field(default=4, ge=1)
+    adapter_canary_weight: float = Field(default=10.0, gt=0, lt=100,
+                                         description="Per cent of an adapter endpoint's traffic its candidate gets")
+    adapter_canary_min_requests: int = Field(default=20, ge=1, description="Candidate requests before a verdict")
+
+    def serving_backend(self, keys: Any) -> Any:
+        """The runtime's aiplat.serving.backend.ServingBackend (shared adapter servers), verifying with
+        `keys` (aiplat.security.approval.ServingKeys) where adapters are loaded."""
+        raise NotImplementedError(f"{type(self).__name__} has no serving backend")
+
+    def load_test(self, endpoint: str, concurrencies: tuple[int, ...], prompts: tuple[str, ...], num_prompts: int | None,
+                  output_len: int, progress=None) -> Any:
+        """`vllm bench serve` against the endpoint's live server (aiplat.serving.loadtest.LoadTestReport)."""
+        raise NotImplementedError(f"{type(self).__name__} runs no load tests")
+
+    def adapter_canary_policy(self) -> Any:
+        from aiplat.serving.adapter_canary import AdapterCanaryPolicy
+
+        return AdapterCanaryPolicy(weight=self.adapter_canary_weight, min_requests=self.adapter_canary_min_requests,
+                                   max_error_rate=self.canary_max_error_rate, max_p95_ratio=self.canary_max_p95_ratio)
 
     def canary_policy(self) -> Any:
         from aiplat.serving.canary import CanaryPolicy
@@ -49,6 +68,7 @@ class LocalVllmResource(VllmResource):
     registry_path: Optional[str] = Field(default=None, description="Endpoints file; unset = <state>/serving/endpoints.json")
 
     _manager: Any = PrivateAttr(default=None)
+    _progress: Any = PrivateAttr(default=None)
 
     def server_settings(self) -> Any:
         from aiplat.serving.server import ServerSettings
@@ -69,7 +89,8 @@ class LocalVllmResource(VllmResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         log = context.log
-        self._manager = self._build(progress=log.info if log else None)
+        self._progress = log.info if log else None
+        self._manager = self._build(progress=self._progress)
 
     @property
     def manager(self) -> Any:
@@ -90,6 +111,19 @@ class LocalVllmResource(VllmResource):
 
     def live_server(self, endpoint: str) -> Any:
         return self.manager.get(endpoint).live
+
+    def serving_backend(self, keys: Any) -> Any:
+        """One vLLM CPU server per prepared base model (<state>/models/base/<name>), adapters at run time."""
+        from dataclasses import replace
+
+        from aiplat.models.base import base_models_dir
+        from aiplat.serving.backend import LocalServingBackend
+        from aiplat.serving.server import LoraSettings
+
+        root = base_models_dir()
+        bases = {d.name: d for d in sorted(root.iterdir()) if (d / "config.json").is_file()} if root.is_dir() else {}
+        settings = replace(self.server_settings(), lora=LoraSettings())
+        return LocalServingBackend(settings, keys, bases, progress=self._progress)
 
     def live_target(self, endpoint: str, model_version: Optional[str] = None) -> Any:
         """Where the live server answers (aiplat.operations.quality.Target); EndpointNotFound if none."""
@@ -154,6 +188,28 @@ class ProdVllmResource(VllmResource):
 
     def endpoint_url(self, endpoint: str) -> str:
         return f"{self.gateway_url.rstrip('/')}/{endpoint}"
+
+    def serving_backend(self, keys: Any) -> Any:
+        """One Deployment per platform base model (aiplat.specs.model.BASE_MODELS), its adapters and the
+        gateway's routes changed through the manifests the cluster applies, confirmed on its Service."""
+        from aiplat.serving.backend import KubernetesServingBackend
+        from aiplat.serving.k8s_adapters import AdapterServerSpec
+        from aiplat.specs.model import BASE_MODELS
+
+        prefix = self.model_store_prefix.rstrip("/")
+        servers = {base: AdapterServerSpec(base_name=base, base_uri=f"{prefix}/base/{base}/", namespace=self.namespace,
+                                           image=self.image, gpus=self.gpus) for base in BASE_MODELS}
+        return KubernetesServingBackend(servers, Path(self.manifests_dir or "."), api_key=self.api_key or None,
+                                        namespace=self.namespace)
+
+    def load_test(self, endpoint: str, concurrencies: tuple[int, ...], prompts: tuple[str, ...], num_prompts: int | None,
+                  output_len: int, progress=None) -> Any:
+        from aiplat.serving.loadtest import LoadTestError
+
+        # `vllm bench serve` needs vLLM and the model's tokenizer; the platform image that runs Dagster
+        # steps carries neither, and a made-up report would be worse than none.
+        raise LoadTestError(f"{endpoint}: in Kubernetes, load-test through the gateway ({self.gateway_url}) with "
+                            "`vllm bench serve` from the serving image; a Dagster step has no vLLM to run it")
 
     def spec(self, endpoint: str, model_version: str, model_name: str, attestation: str = "") -> Any:
         from aiplat.serving.k8s import EndpointSpec

@@ -521,3 +521,59 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
         sidecar.terminate()
         sidecar.wait(timeout=30)
         moto.stop()
+
+
+def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
+        server: dict, smollm_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aiplat adapters` on the local runtime: the prepared base's running server is found (nothing
+    new starts), a first deploy routes all traffic at once, status reads the server, another team is
+    refused and audited, the owner stops it; lora-b, on the same server, answers throughout."""
+    import json
+
+    from click.testing import CliRunner
+
+    from aiplat.cli import cli
+    from aiplat.models.base import base_models_dir
+    from aiplat.security.audit_log import AuditLog
+    from aiplat.serving.registry import EndpointRecord, EndpointRegistry, serving_dir
+    from tests.identity_helpers import act_as
+
+    base_link = base_models_dir() / BASE
+    base_link.parent.mkdir(parents=True, exist_ok=True)
+    if not base_link.exists():
+        base_link.symlink_to(smollm_base)
+    serving_dir().mkdir(parents=True, exist_ok=True)
+    EndpointRegistry(serving_dir() / "base-servers.json").update(BASE, lambda _: EndpointRecord(BASE, server["record"]))
+    (serving_dir() / "adapter-routes.json").unlink(missing_ok=True)
+    b = _loaded(server, "lora-b", "1")
+    before = _answer(server, b)
+    folder = server["adapters"]["a-v1"]
+    attestation = tmp_path / "a1.attestation"
+    attestation.write_text(approval(folder, "lora-a", "1"))
+    deploy = ["adapters", "deploy", "lora-a", str(folder), "--version", "1", "--base", BASE,
+              "--attestation-file", str(attestation)]
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "lora-a.yaml").write_text((Path(__file__).parents[1] / "models" / "ticket-triage.yaml").read_text()
+                                        .replace("name: ticket-triage", "name: lora-a").replace("endpoint: ticket-triage", "endpoint: lora-a"))
+    monkeypatch.setenv("AIPLAT_MODELS_DIR", str(models))  # lora-a's spec: owner team:ml
+
+    act_as(monkeypatch, "team:support")
+    refused = CliRunner().invoke(cli, deploy)
+    assert refused.exit_code == 1 and "access denied" in refused.output and "unchanged" in refused.output
+
+    act_as(monkeypatch, "team:ml")
+    done = CliRunner().invoke(cli, deploy)
+    assert done.exit_code == 0, done.output
+    assert "lora-a: deployed; lora-a@1 takes its traffic" in done.output
+    shown = CliRunner().invoke(cli, ["adapters", "status", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (state,) = json.loads(shown.output)
+    assert (state["endpoint"], state["health"], state["split"], state["url"]) == \
+        ("lora-a", "ready", {"lora-a@1": 100.0}, server["url"])
+    stopped = CliRunner().invoke(cli, ["adapters", "stop", "lora-a"])
+    assert stopped.exit_code == 0 and "lora-a: stopped (was lora-a@1)" in stopped.output
+    assert "lora-a@1" not in adapters.served_models(server["url"]) and _answer(server, b) == before
+    events = [(e["event"], e.get("team")) for e in AuditLog().entries()]
+    assert ("access", "team:support") in events and ("adapter deployed", "team:ml") in events
+    assert events[-1] == ("adapter endpoint stopped", "team:ml")

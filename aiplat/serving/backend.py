@@ -5,7 +5,7 @@ call; they never ask which runtime they have. Its methods:
 - `load_adapter` / `unload_adapter`: put an approved adapter version on its base model's server, or
   take one off; a load counts only once the server lists it over its base and answered through it;
 - `route`: which adapter versions answer an endpoint, by weight (the gateway's split);
-- `live_state`: what the endpoint's route says and what its server really holds, read from the
+- `endpoints`, `live_state`: which endpoints have a route; what the endpoint's route says and what its server really holds, read from the
   server, never from the platform's own notes alone;
 - `load_test`: `vllm bench serve` against the endpoint's live adapter;
 - `stop`: the endpoint's route removed and its adapters unloaded (the other endpoints on the same
@@ -100,6 +100,10 @@ class ServingBackend(ABC):
 
     @abstractmethod
     def route(self, endpoint: str, base: str, split: Mapping[str, float]) -> AdapterRoute: ...
+
+    @abstractmethod
+    def endpoints(self) -> list[str]:
+        """The endpoints with an adapter route."""
 
     @abstractmethod
     def live_state(self, endpoint: str) -> EndpointState | None: ...
@@ -198,6 +202,9 @@ class LocalServingBackend(ServingBackend):
             if entry.live is not None and entry.live.url == url:
                 return base
         return ""
+
+    def endpoints(self) -> list[str]:
+        return sorted(self.routes.all())
 
     def live_state(self, endpoint: str) -> EndpointState | None:
         route = self.routes.get(endpoint)
@@ -356,6 +363,9 @@ class KubernetesServingBackend(ServingBackend):
 
     def _base_of(self, url: str) -> str:
         return next((base for base in self.servers if self.url(base) == url), "")
+
+    def endpoints(self) -> list[str]:
+        return sorted(self._routes())
 
     def live_state(self, endpoint: str) -> EndpointState | None:
         route = self._routes().get(endpoint)

@@ -1,0 +1,181 @@
+"""`aiplat adapters`: endpoints served as LoRA adapters on one shared server per base model.
+
+Every change goes through aiplat.serving.control (the caller's verified team against the model's
+owner, the adapter's signature and promotion attestation, the change, the audit entry) and the
+runtime's ServingBackend (local vLLM CPU servers, or the Kubernetes manifests in prod). A canary's
+traffic goes through the runtime's gateway, and its verdict comes from the gateway's request log.
+Heavy imports stay inside the commands: `aiplat --help` imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+
+@contextmanager
+def _failures(endpoint: str) -> Iterator[None]:
+    from aiplat.security.access import AccessDenied
+    from aiplat.security.signing import SignatureError
+    from aiplat.serving.adapter_rollout import AdapterRolloutFailed
+    from aiplat.serving.adapters import AdapterError
+    from aiplat.serving.server import ServerStartError
+
+    try:
+        yield
+    except AccessDenied as e:
+        raise click.ClickException(f"access denied: {e}; endpoint {endpoint!r} is unchanged") from None
+    except SignatureError as e:  # ApprovalError included: signed is not approved
+        raise click.ClickException(f"refused: {e}; endpoint {endpoint!r} is unchanged") from None
+    except AdapterRolloutFailed as e:
+        raise click.ClickException(str(e)) from None
+    except (AdapterError, ServerStartError, LookupError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _backend():
+    from aiplat.commands import _resources
+
+    return _resources.runtime_resource("vllm").serving_backend(_resources.serving_keys())
+
+
+def _version(model: str, version: str, base: str, folder: Path, attestation_file: Path | None):
+    from aiplat.serving.backend import AdapterVersion
+
+    attestation = attestation_file.read_text() if attestation_file else _registry_attestation(model, version)
+    return AdapterVersion(model, version, base, str(folder.resolve()), attestation, folder=str(folder.resolve()))
+
+
+def _registry_attestation(model: str, version: str) -> str:
+    from aiplat.commands import _resources
+    from aiplat.security.approval import registry_attestation
+
+    try:
+        resource = _resources.mlflow()
+        resource.check_available()
+        return registry_attestation(resource.client, model, version)
+    except Exception as e:  # noqa: BLE001 - without the registry there is no approval to show
+        click.echo(f"no promotion attestation of {model} version {version} from MLflow ({type(e).__name__}); "
+                   "pass --attestation-file", err=True)
+        return ""
+
+
+def _traffic(gateway: str | None):
+    """The canary's requests: the load sample through the runtime's gateway, measured from its log."""
+    import httpx
+
+    from aiplat.commands import _resources
+    from aiplat.config import local_ports
+    from aiplat.serving.adapter_rollout import CanaryTraffic
+    from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
+
+    base = (gateway or f"http://127.0.0.1:{local_ports().gateway}").rstrip("/")
+    log = _resources.operations().request_log()
+    prompts = iter(DEFAULT_LOAD_SAMPLE * 100)
+
+    def send(endpoint: str) -> int:
+        body = {"model": endpoint, "prompt": next(prompts), "max_tokens": 16, "temperature": 0}
+        return httpx.post(f"{base}/v1/completions", json=body, timeout=300).status_code
+
+    return CanaryTraffic(send, lambda: log.read()[0])
+
+
+def _caller():
+    from aiplat.commands.endpoints import _caller as caller
+
+    return caller()
+
+
+_MODEL_HELP = "Registered model the adapter is a version of (its owner team may change its endpoint; default: ENDPOINT)."
+
+
+@click.group()
+def cli() -> None:
+    """LoRA adapters on shared base-model servers: status, deploy (with canary), roll back, stop."""
+
+
+@cli.command()
+@click.argument("endpoint", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def status(endpoint: str | None, as_json: bool) -> None:
+    """Each adapter endpoint's route (versions by weight) and what its server really holds."""
+    backend = _backend()
+    names = [endpoint] if endpoint else backend.endpoints()
+    states = [s for s in (backend.live_state(n) for n in names) if s is not None]
+    if endpoint and not states:
+        raise click.ClickException(f"no adapter endpoint named {endpoint!r}")
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in states], indent=2))
+        return
+    if not states:
+        click.echo("no adapter endpoints; deploy one with `aiplat adapters deploy ENDPOINT FOLDER --version V`")
+    for s in states:
+        split = ", ".join(f"{name} {weight:g}%" for name, weight in s.split.items())
+        missing = f"; missing on the server: {', '.join(s.missing)}" if s.missing else ""
+        click.echo(f"{s.endpoint}: {s.health}; base {s.base or '?'} at {s.url}; {split}{missing}")
+
+
+@cli.command()
+@click.argument("endpoint")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--version", "version", required=True, help="The adapter's registered version.")
+@click.option("--model-name", default=None, help=_MODEL_HELP)
+@click.option("--base", required=True, help="The base model it adapts (its shared server).")
+@click.option("--attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The version's promotion attestation (default: the one on the MLflow version).")
+@click.option("--gateway", default=None, help="Gateway the canary's traffic goes through (default: the local one).")
+def deploy(endpoint: str, folder: Path, version: str, model_name: str | None, base: str,
+           attestation_file: Path | None, gateway: str | None) -> None:
+    """Serve adapter FOLDER as ENDPOINT: at once when ENDPOINT is new, else through a canary."""
+    from aiplat.commands import _resources
+    from aiplat.serving.adapter_rollout import deploy_adapter
+
+    model_name = model_name or endpoint
+    with _failures(endpoint):
+        vllm = _resources.runtime_resource("vllm")
+        backend = vllm.serving_backend(_resources.serving_keys())
+        adapter = _version(model_name, version, base, folder, attestation_file)
+        done = deploy_adapter(_caller(), backend, endpoint, adapter, _resources.serving_keys(),
+                              vllm.adapter_canary_policy(), _traffic(gateway))
+    click.echo(f"{endpoint}: {done.action}; {done.live} takes its traffic"
+               + (f" (was {done.previous})" if done.previous else ""))
+    if done.verdict is not None:
+        click.echo(done.verdict.summary())
+
+
+@cli.command()
+@click.argument("endpoint")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--version", "version", required=True, help="The earlier version to serve again.")
+@click.option("--model-name", default=None, help=_MODEL_HELP)
+@click.option("--base", required=True)
+@click.option("--attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+def rollback(endpoint: str, folder: Path, version: str, model_name: str | None, base: str,
+             attestation_file: Path | None) -> None:
+    """Incident path, no canary: the earlier VERSION (FOLDER, verified again) takes all of ENDPOINT's traffic."""
+    from aiplat.commands import _resources
+    from aiplat.serving.adapter_rollout import roll_back_adapter_controlled
+
+    model_name = model_name or endpoint
+    with _failures(endpoint):
+        adapter = _version(model_name, version, base, folder, attestation_file)
+        done = roll_back_adapter_controlled(_caller(), _backend(), endpoint, adapter, _resources.serving_keys())
+    click.echo(f"{endpoint}: {done.action}; {done.live} takes its traffic" + (f" (was {done.previous})" if done.previous else ""))
+
+
+@cli.command()
+@click.argument("endpoint")
+@click.option("--model-name", default=None, help=_MODEL_HELP)
+def stop(endpoint: str, model_name: str | None) -> None:
+    """Remove ENDPOINT's route and unload its adapters; the other endpoints on the server keep serving."""
+    from aiplat.serving.adapter_rollout import stop_endpoint
+
+    with _failures(endpoint):
+        state = stop_endpoint(_caller(), _backend(), endpoint, model_name or endpoint)
+    if state is None:
+        raise click.ClickException(f"no adapter endpoint named {endpoint!r}")
+    click.echo(f"{endpoint}: stopped (was {', '.join(state.split)})")
