@@ -403,13 +403,18 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         if not version:
             raise dg.Failure(f"{FINE_TUNED.to_user_string()} has no materialization naming a model version; "
                              "materialize it first or set model_version in the run config")
-        hint = meta.get("merged_path") if str(meta.get("model_version")) == str(version) else None
-        base_folder = _base_folder(context) if config.compare_with_base else None
+        same = str(meta.get("model_version")) == str(version)
+        hint = meta.get("merged_path") if same else None
+        adapter_hint = meta.get("adapter_path") if same else None
+        # The prepared base: a version's adapter is evaluated over it, as an adapter server serves it.
+        adapter_base = _base_folder(context)
+        base_folder = adapter_base if config.compare_with_base else None
         mlflow.check_available()
         try:
             outcome = evaluate_version(
                 mlflow.client, mlflow.uri, spec.name, str(version), training_set, settings, thresholds,
-                base_folder=base_folder, candidate_hint=hint, dagster_run_id=context.run_id, progress=context.log.info,
+                base_folder=base_folder, adapter_base=adapter_base, candidate_hint=hint, adapter_hint=adapter_hint,
+                dagster_run_id=context.run_id, progress=context.log.info,
                 prompt_format=fmt, policy=policy,
             )
         except (EvalDataError, GoldenSetError, ModelVersionNotFound) as e:
@@ -590,7 +595,7 @@ def _base_folder(context) -> Path | None:
 
     meta = _latest_metadata(context.instance, BASE_MODEL)
     if meta is None or "path" not in meta:
-        context.log.warning("base_model has no materialization with a path; the report has no base comparison")
+        context.log.warning("base_model has no materialization with a path: no base comparison, and a version is evaluated as its merged copy rather than its adapter over the base")
         return None
     path = Path(str(meta["path"]))
     if not path.is_dir() and meta.get("source") and meta.get("name"):

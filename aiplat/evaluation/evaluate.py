@@ -87,13 +87,23 @@ def prepare_inputs(training_set: pd.DataFrame, settings: EvalSettings,
 
 
 def evaluate_model(
-    folder: Path, inputs: EvalInputs, settings: EvalSettings, progress: Progress | None = None
+    folder: Path, inputs: EvalInputs, settings: EvalSettings, progress: Progress | None = None,
+    base: Path | None = None,
 ) -> dict:
+    """Evaluate the model `folder`, or the LoRA adapter `folder` over the base model `base`; the
+    result's `model_sha256` is the folder's (the adapter's), `base_model_sha256` the base's."""
     say = progress or (lambda _m: None)
     folder = Path(folder)
     model_sha256 = compute_manifest(folder).folder_sha256
-    say(f"loading {folder}")
-    lm = gen.load(folder, settings.threads)
+    say(f"loading {folder}" + (f" over the base model {base}" if base is not None else ""))
+    lm = gen.load(folder, settings.threads, base=Path(base) if base is not None else None)
+    result = _evaluate(lm, model_sha256, inputs, settings, say)
+    if base is not None:
+        result = {**result, "evaluated": "adapter", "base_model_sha256": compute_manifest(Path(base)).folder_sha256}
+    return result
+
+
+def _evaluate(lm, model_sha256: str, inputs: EvalInputs, settings: EvalSettings, say: Progress) -> dict:
     run = lambda rows: gen.generate(  # noqa: E731
         lm, rows, inputs.features, settings.max_new_tokens, settings.batch_size, settings.max_prompt_tokens,
         fmt=inputs.fmt,

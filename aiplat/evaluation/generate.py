@@ -37,7 +37,9 @@ class Generations:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def load(folder: Path, threads: int = 0) -> LoadedModel:
+def load(folder: Path, threads: int = 0, base: Path | None = None) -> LoadedModel:
+    """A model folder, or with `base`: the LoRA adapter `folder` applied to the base model `base`
+    (PEFT, merged in memory: the numbers are the adapter's over that base, computed at full speed)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,11 +48,19 @@ def load(folder: Path, threads: int = 0) -> LoadedModel:
     if threads:
         torch.set_num_threads(threads)
     assert_no_pickles(folder)
+    if base is not None:
+        assert_no_pickles(base)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    if base is None:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    else:
+        from peft import PeftModel
+
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+        model = PeftModel.from_pretrained(model, folder, use_safetensors=True).merge_and_unload()
     model.eval()
     eos = {tokenizer.eos_token_id}
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

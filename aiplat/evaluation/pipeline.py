@@ -17,7 +17,16 @@ import pandas as pd
 from aiplat.config import local_paths
 from aiplat.evaluation import gate as gate_rules
 from aiplat.evaluation.evaluate import EvalInputs, evaluate_model, headline, prepare_inputs
-from aiplat.evaluation.registry import CHAMPION, LoggedReport, ModelRef, alias_version, log_report, model_folder, model_version
+from aiplat.evaluation.registry import (
+    CHAMPION,
+    LoggedReport,
+    ModelRef,
+    adapter_target,
+    alias_version,
+    log_report,
+    model_folder,
+    model_version,
+)
 from aiplat.evaluation.report import build_report, write_report
 from aiplat.evaluation.settings import EvalSettings, GateThresholds
 from aiplat.models.manifest import compute_manifest
@@ -54,14 +63,19 @@ def evaluate_version(
     thresholds: GateThresholds | None = None,
     *,
     base_folder: Path | None = None,
+    adapter_base: Path | None = None,
     candidate_hint: Path | None = None,
+    adapter_hint: Path | None = None,
     dagster_run_id: str | None = None,
     progress: Progress | None = None,
     prompt_format=None,
     policy=None,
 ) -> EvalOutcome:
     """`policy` (aiplat.policy.GatePolicy, default: the current one): the report records its digest,
-    and promotion refuses a report made under any other; `prompt_format` is the model's task and prompt."""
+    and promotion refuses a report made under any other; `prompt_format` is the model's task and prompt.
+    With `adapter_base` (the prepared base model), a version that registered a LoRA adapter is
+    evaluated as that adapter over the base (what an adapter server serves); `base_folder` is the base
+    model evaluated on its own for comparison."""
     from aiplat.policy import current_policy
 
     policy = policy or current_policy()
@@ -73,11 +87,13 @@ def evaluate_version(
     champion = alias_version(client, name, CHAMPION)
 
     say(f"evaluating candidate {name} version {candidate.version}")
-    cand_eval = evaluate_model(model_folder(tracking_uri, candidate, candidate_hint), inputs, settings, say)
+    target, base = _target(tracking_uri, candidate, adapter_base, candidate_hint, adapter_hint)
+    cand_eval = evaluate_model(target, inputs, settings, say, base=base)
     champ_eval = None
     if champion is not None and champion.version != candidate.version:
         say(f"evaluating champion {name} version {champion.version}")
-        champ_eval = cached_evaluation(model_folder(tracking_uri, champion), inputs, settings, say)
+        target, base = _target(tracking_uri, champion, adapter_base)
+        champ_eval = cached_evaluation(target, inputs, settings, say, base=base)
     base_eval = None
     if base_folder is not None:
         say(f"evaluating base model {base_folder}")
@@ -85,7 +101,9 @@ def evaluate_version(
 
     decision = gate_rules.decide(thresholds, headline(cand_eval), headline(base_eval), headline(champ_eval))
     report = build_report(
-        model={**candidate.to_dict(), "model_sha256": cand_eval["model_sha256"]},
+        model={**candidate.to_dict(), "model_sha256": cand_eval["model_sha256"],
+               **({"evaluated": "adapter", "base_model_sha256": cand_eval["base_model_sha256"]}
+                  if cand_eval.get("evaluated") == "adapter" else {})},
         candidate=cand_eval,
         base=base_eval,
         champion=champ_eval,
@@ -107,6 +125,15 @@ def evaluate_version(
     return EvalOutcome(report, written.sha256, logged, candidate, champion, written.markdown)
 
 
+def _target(tracking_uri: str, ref, adapter_base: Path | None, hint: Path | None = None,
+            adapter_hint: Path | None = None) -> tuple[Path, Path | None]:
+    """(folder, base): the version's adapter over `adapter_base` when it has one, else its merged copy."""
+    adapter = adapter_target(tracking_uri, ref, adapter_base, adapter_hint)
+    if adapter is not None:
+        return adapter.adapter, adapter.base
+    return model_folder(tracking_uri, ref, hint), None
+
+
 def _recorded_settings(settings: EvalSettings) -> dict:
     """The settings as the report records them: canaries only as hashes, never the planted strings."""
     recorded = settings.model_dump(mode="json")
@@ -114,12 +141,14 @@ def _recorded_settings(settings: EvalSettings) -> dict:
     return recorded
 
 
-def cached_evaluation(folder: Path, inputs: EvalInputs, settings: EvalSettings, progress: Progress) -> dict:
+def cached_evaluation(folder: Path, inputs: EvalInputs, settings: EvalSettings, progress: Progress,
+                      base: Path | None = None) -> dict:
     """The base model and the champion are the same bytes for many candidates: their results are
     kept under <state>/evaluation/cache, keyed by model bytes, data, settings and code version.
     A cached result says so (`cached_from`), since its latency was measured at another time."""
     key_material = json.dumps(
         {"model": compute_manifest(folder).folder_sha256, "data": inputs.describe(),
+         **({"base": compute_manifest(Path(base)).folder_sha256} if base is not None else {}),
          "probes": [p["message"] for p in inputs.probes], "settings": settings.model_dump(mode="json"),
          "prompt": inputs.fmt.key(),
          "code": code_version()},
@@ -133,7 +162,7 @@ def cached_evaluation(folder: Path, inputs: EvalInputs, settings: EvalSettings, 
             return {**result, "cached_from": path.name[:16]}
         except (OSError, json.JSONDecodeError):
             pass  # unreadable cache entry: evaluate again and overwrite it
-    result = evaluate_model(folder, inputs, settings, progress)
+    result = evaluate_model(folder, inputs, settings, progress, base=base)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
     staging.write_text(json.dumps(result, sort_keys=True))

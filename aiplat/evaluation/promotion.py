@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from aiplat.evaluation.registry import (
     CHAMPION,
     PREVIOUS,
+    TAG_ADAPTER_SHA,
+    TAG_BASE_SHA,
     TAG_EVAL_SHA,
     ModelRef,
     ReportMissing,
@@ -112,7 +114,13 @@ def verify_report(
     if model.get("name") != ref.name or str(model.get("version")) != ref.version:
         raise PromotionRefused(ref.name, ref.version, f"stale report: it evaluated {model.get('name')} version "
                                f"{model.get('version')}, not this version")
-    if ref.sha256 and model.get("model_sha256") != ref.sha256:
+    if model.get("evaluated") == "adapter":  # its LoRA adapter over the base model it was trained on
+        held, base = ref.tags.get(TAG_ADAPTER_SHA), ref.tags.get(TAG_BASE_SHA)
+        if not held or model.get("model_sha256") != held or model.get("base_model_sha256") != base:
+            raise PromotionRefused(ref.name, ref.version, "stale report: it evaluated another adapter or base "
+                                   f"({str(model.get('model_sha256'))[:12]} over {str(model.get('base_model_sha256'))[:12]}) "
+                                   f"than the version holds ({str(held)[:12]} over {str(base)[:12]})")
+    elif ref.sha256 and model.get("model_sha256") != ref.sha256:
         raise PromotionRefused(ref.name, ref.version, "stale report: it evaluated other model bytes "
                                f"({str(model.get('model_sha256'))[:12]}) than the version holds ({ref.sha256[:12]})")
     if int(report.get("created_at_ms", 0)) < ref.created_ms:

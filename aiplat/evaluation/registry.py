@@ -26,6 +26,10 @@ CHAMPION = "champion"
 PREVIOUS = "previous"
 
 TAG_MODEL_SHA = "aiplat.merged_sha256"
+# A fine-tune's LoRA adapter and the base model it applies to (aiplat.training.tracking sets them).
+TAG_ADAPTER_SHA = "aiplat.adapter_sha256"
+TAG_ADAPTER_ARTIFACT = "aiplat.adapter_artifact"
+TAG_BASE_SHA = "aiplat.base_model_sha256"
 TAG_EVAL_RUN = "aiplat.eval.run_id"
 TAG_EVAL_SHA = "aiplat.eval.report_sha256"
 TAG_EVAL_PASSED = "aiplat.eval.passed"
@@ -89,26 +93,55 @@ def model_cache_dir() -> Path:
 
 def model_folder(tracking_uri: str, ref: ModelRef, local_hint: Path | None = None) -> Path:
     """A local folder holding exactly this version's files (verified against its sha256 tag)."""
+    return _verified_copy(tracking_uri, ref.source, ref.sha256, model_cache_dir() / ref.name / ref.version,
+                          f"{ref.name} version {ref.version}", TAG_MODEL_SHA, local_hint)
+
+
+@dataclass(frozen=True)
+class AdapterTarget:
+    """What evaluating a version as its adapter needs: the adapter's files and the base they apply to."""
+
+    adapter: Path
+    base: Path
+
+
+def adapter_target(tracking_uri: str, ref: ModelRef, base: Path | None, local_hint: Path | None = None) -> AdapterTarget | None:
+    """The version's LoRA adapter (downloaded, verified against its sha256 tag) over `base`, when the
+    version registered one and `base` holds exactly the base model it was trained on; else None (a
+    version from before adapters, or no prepared base here: the caller evaluates the merged copy)."""
+    sha, uri, base_sha = (ref.tags.get(TAG_ADAPTER_SHA), ref.tags.get(TAG_ADAPTER_ARTIFACT), ref.tags.get(TAG_BASE_SHA))
+    if not (sha and uri and base_sha) or base is None or not Path(base).is_dir():
+        return None
+    got = compute_manifest(Path(base)).folder_sha256
+    if got != base_sha:
+        raise ValueError(f"{ref.name} version {ref.version} was trained on base model {base_sha[:12]}, but {base} "
+                         f"hashes to {got[:12]}; refusing to evaluate its adapter over another base")
+    folder = _verified_copy(tracking_uri, uri, sha, model_cache_dir() / ref.name / f"{ref.version}-adapter",
+                            f"{ref.name} version {ref.version} (adapter)", TAG_ADAPTER_SHA, local_hint)
+    return AdapterTarget(folder, Path(base))
+
+
+def _verified_copy(tracking_uri: str, uri: str, sha256: str | None, dest: Path, label: str, tag: str,
+                   local_hint: Path | None = None) -> Path:
     import mlflow.artifacts
 
-    if local_hint is not None and Path(local_hint).is_dir() and ref.sha256:
-        if compute_manifest(Path(local_hint)).folder_sha256 == ref.sha256:
+    if local_hint is not None and Path(local_hint).is_dir() and sha256:
+        if compute_manifest(Path(local_hint)).folder_sha256 == sha256:
             return Path(local_hint)
-    dest = model_cache_dir() / ref.name / ref.version
-    if dest.is_dir() and ref.sha256 and compute_manifest(dest).folder_sha256 == ref.sha256:
+    if dest.is_dir() and sha256 and compute_manifest(dest).folder_sha256 == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{ref.version}.download-{uuid.uuid4().hex[:8]}"
+    staging = dest.parent / f".{dest.name}.download-{uuid.uuid4().hex[:8]}"
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(staging), tracking_uri=tracking_uri)
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri)
         # download_artifacts puts a directory artifact under its own name inside dst_path.
         inner = [p for p in staging.iterdir()]
         folder = inner[0] if len(inner) == 1 and inner[0].is_dir() and not (staging / "config.json").exists() else staging
         got = compute_manifest(folder).folder_sha256
-        if ref.sha256 and got != ref.sha256:
+        if sha256 and got != sha256:
             raise ValueError(
-                f"{ref.name} version {ref.version}: downloaded files hash to {got[:12]}, but the version is "
-                f"tagged {TAG_MODEL_SHA}={ref.sha256[:12]}; refusing to evaluate other bytes than were registered"
+                f"{label}: downloaded files hash to {got[:12]}, but the version is "
+                f"tagged {tag}={sha256[:12]}; refusing to evaluate other bytes than were registered"
             )
         if dest.exists():
             shutil.rmtree(dest)

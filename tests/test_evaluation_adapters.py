@@ -1,0 +1,87 @@
+"""A fine-tuned version is evaluated as its LoRA adapter over the base model it was trained on
+(issue 14: eval loads base + adapter), against a real MLflow server with a real tracked fine-tune
+of the tiny model: the same answers as its merged copy, the report names the adapter and the base,
+promotion refuses a report whose adapter or base is not the version's, and an adapter whose bytes in
+the registry are not the registered ones is never evaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aiplat.evaluation import promotion
+from aiplat.evaluation.evaluate import evaluate_model, prepare_inputs
+from aiplat.evaluation.pipeline import evaluate_version
+from aiplat.evaluation.registry import TAG_ADAPTER_SHA, TAG_BASE_SHA
+from aiplat.models.manifest import compute_manifest
+from aiplat.security.signing import dev_key_pair
+from aiplat.training.data import training_set_hash
+from aiplat.training.sample import sample_training_set
+from aiplat.training.tracking import Lineage, tracked_fine_tune
+from tests.evaluation_helpers import TEST_SETTINGS, TEST_THRESHOLDS, write_test_policy
+from tests.identity_helpers import act_as
+from tests.training_helpers import build_tiny, tiny_params
+
+pytestmark = pytest.mark.slow
+NAME = "triage-adapter-eval"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def trained(shared_mlflow: str, tiny: Path, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    from mlflow.tracking import MlflowClient
+
+    act_as(monkeypatch, "team:platform", "tester")
+    monkeypatch.setenv("AIPLAT_GATE_POLICY", str(write_test_policy(tmp_path / "policy.yaml")))
+    client = MlflowClient(shared_mlflow, registry_uri=shared_mlflow)
+    df = sample_training_set(60)
+    lineage = Lineage("test-run", "fine_tuned_model", "0+gtest", "test", training_set_hash(df),
+                      compute_manifest(tiny).folder_sha256, "tiny")
+    done = tracked_fine_tune(client, shared_mlflow, "tests", NAME, lineage, tiny, df, tiny_params(), tmp_path / "work",
+                             system_metrics_interval_s=None, signing_keys=dev_key_pair())
+    return client, done, df
+
+
+def test_a_version_is_evaluated_as_its_adapter_over_its_base_with_the_merged_copys_answers(
+        shared_mlflow: str, tiny: Path, trained) -> None:
+    client, done, df = trained
+    outcome = evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS,
+                               adapter_base=tiny, dagster_run_id="test-run")
+    model = outcome.report["model"]
+    tags = client.get_model_version(NAME, done.model_version).tags
+    assert model["evaluated"] == "adapter"
+    assert model["model_sha256"] == tags[TAG_ADAPTER_SHA] == done.result.adapter_sha256
+    assert model["base_model_sha256"] == tags[TAG_BASE_SHA] == compute_manifest(tiny).folder_sha256
+    # The adapter over the base answers as the merged copy does (the merge is the same arithmetic).
+    merged = evaluate_model(done.result.merged_dir, prepare_inputs(df, TEST_SETTINGS), TEST_SETTINGS)
+    candidate = outcome.report["results"]["candidate"]
+    for part in ("test", "golden"):
+        assert {k: v for k, v in candidate[part].items() if "second" not in k} == \
+            {k: v for k, v in merged[part].items() if "second" not in k}, part
+
+    # A version whose base tag no longer matches what the report evaluated: the report is stale.
+    client.set_model_version_tag(NAME, done.model_version, TAG_BASE_SHA, "0" * 64)
+    with pytest.raises(promotion.PromotionRefused, match="evaluated another adapter or base"):
+        promotion.promote(client, NAME, done.model_version, dagster_run_id="run-a", actor="test")
+    # ... and is no longer evaluated over this base at all.
+    with pytest.raises(ValueError, match="refusing to evaluate its adapter over another base"):
+        evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS,
+                         adapter_base=tiny)
+
+
+def test_an_adapter_whose_registered_bytes_differ_is_not_evaluated(shared_mlflow: str, tiny: Path, trained,
+                                                                   tmp_path: Path) -> None:
+    client, done, df = trained
+    client.set_model_version_tag(NAME, done.model_version, TAG_ADAPTER_SHA, "f" * 64)
+    with pytest.raises(ValueError, match="refusing to evaluate other bytes than were registered"):
+        evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS,
+                         adapter_base=tiny)
+    # Without a prepared base at hand, the merged copy is what gets evaluated (and says so).
+    merged = evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS)
+    assert "evaluated" not in merged.report["model"]
+    assert merged.report["model"]["model_sha256"] == done.result.merged_sha256
