@@ -536,7 +536,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
 
         return serve_champion(context, spec.name, spec.endpoint, spec.owner, owners_of(spec), tuple(config.load_sample),
                               vllm, mlflow, model_signing, operations, config.model_folder, config.model_version,
-                              config.attestation_file)
+                              config.attestation_file, base=spec.base_model)
 
     @dg.asset(
         key=key("endpoint_load_test"),

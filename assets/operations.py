@@ -26,13 +26,6 @@ class EndpointMetricsConfig(dg.Config):
     window_minutes: int = Field(default=60, ge=1, description="How much of the request log to summarize")
 
 
-def _live_servers(vllm: VllmResource) -> list:
-    manager = getattr(vllm, "manager", None)
-    if manager is None:  # prod: Prometheus scrapes the pods (OperationsResource.prometheus_url)
-        return []
-    return [(record.name, record.live) for record in manager.list() if record.live is not None]
-
-
 class CostReportConfig(dg.Config):
     day: Optional[str] = Field(default=None, description="UTC day to report (YYYY-MM-DD); unset = yesterday")
 
@@ -60,7 +53,7 @@ def build_operations_assets(served: list[dg.AssetKey]) -> list[dg.AssetsDefiniti
 
         metadata: dict = {}
         errors: list[str] = []
-        servers = _live_servers(vllm)
+        servers = vllm.live_servers()  # prod: none here; Prometheus scrapes the pods (operations.prometheus_url)
         for endpoint, live in servers:
             try:
                 per_model = server_metrics(scrape(live.url, operations.scrape_timeout_s))
@@ -297,7 +290,14 @@ def _roll_back(context: dg.AssetExecutionContext, spec, version: str, champion: 
     leaves the live endpoint as it is and says why."""
     from aiplat.security.access import AccessDenied, current_identity
     from aiplat.security.signing import SignatureError
-    from aiplat.serving.champion import PREVIOUS, MlflowAliasSource, ModelResolutionError, restore_previous_alias
+    from aiplat.serving.adapters import AdapterError
+    from aiplat.serving.champion import (
+        PREVIOUS,
+        MlflowAdapterSource,
+        MlflowAliasSource,
+        ModelResolutionError,
+        restore_previous_alias,
+    )
     from aiplat.serving.control import Caller, Change, controlled
     from aiplat.serving.manager import EndpointNotFound
     from aiplat.serving.server import ServerStartError
@@ -307,22 +307,26 @@ def _roll_back(context: dg.AssetExecutionContext, spec, version: str, champion: 
     caller = Caller(current_identity(context.run.tags), operations.audit_log(), {spec.name: spec.owner},
                     {"trigger": why, "dagster_run_id": context.run_id})
     previous = lambda: MlflowAliasSource(mlflow.client, name, PREVIOUS, tracking_uri=mlflow.uri).resolve()  # noqa: E731
+    previous_adapter = lambda: MlflowAdapterSource(mlflow.client, name, spec.base_model, PREVIOUS,  # noqa: E731
+                                                   tracking_uri=mlflow.uri,
+                                                   store_prefix=vllm.adapter_store_prefix()).resolve()
 
     def act():
-        live = vllm.roll_back(endpoint, model_signing.serving_keys(), registry_previous=previous)
+        serving = vllm.roll_back(endpoint, model_signing.serving_keys(), registry_previous=previous,
+                                 adapter_previous=previous_adapter)
         alias = restore_previous_alias(mlflow.client, name) if champion == version else "champion alias not involved"
-        return live, alias
+        return serving, alias
 
     try:
         # The version rolled away from is the one decided on (the previous one is verified as it starts).
-        live, alias = controlled(caller, Change("rollback", name, version, endpoint, done="endpoint rolled back"), act,
-                                 details=lambda done: {"serving_version": done[0].model_version,
-                                                       "from_version": version, "alias": done[1]})
+        serving, alias = controlled(caller, Change("rollback", name, version, endpoint, done="endpoint rolled back"),
+                                    act, details=lambda done: {"serving_version": done[0], "from_version": version,
+                                                               "alias": done[1]})
     except AccessDenied as e:
         return f"refused: {e}"
-    except (SignatureError, EndpointNotFound, ServerStartError, ModelResolutionError, ValueError) as e:
+    except (SignatureError, EndpointNotFound, ServerStartError, ModelResolutionError, AdapterError, ValueError) as e:
         return f"failed, version {version} still serves: {e}"
-    return f"{endpoint} now serves version {live.model_version} (was {version}); {alias}"
+    return f"{endpoint} now serves version {serving} (was {version}); {alias}"
 
 
 def grounded_live_quality(context: dg.AssetExecutionContext, spec, fmt, config, vllm: VllmResource,

@@ -12,6 +12,7 @@ bytes as that version (aiplat.security.approval); any refusal leaves the live en
 """
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import dagster as dg
 
@@ -64,11 +65,28 @@ def serve_champion(
     model_folder: str | None = None,
     folder_version: str | None = None,
     attestation_file: str | None = None,
+    base: str = "",
 ) -> dg.MaterializeResult:
-    """Roll the registered model `name`'s champion (or an approved `model_folder`: drills) out to `endpoint`."""
+    """Roll the registered model `name`'s champion (or an approved `model_folder`: drills) out to `endpoint`.
+
+    A champion that registered a LoRA adapter over `base` goes onto the base model's shared server
+    (aiplat.serving.adapter_rollout, canary measured through the gateway); a version without one, or
+    a whole-model folder, gets a server of its own (aiplat.serving.rollout)."""
     from pathlib import Path
 
     from mlflow.exceptions import MlflowException
+
+    if not model_folder and base:
+        from aiplat.serving.champion import MlflowAdapterSource, ModelResolutionError
+
+        try:
+            adapter = MlflowAdapterSource(mlflow.client, name, base, tracking_uri=mlflow.uri,
+                                          store_prefix=vllm.adapter_store_prefix()).resolve()
+        except (ModelResolutionError, ValueError, OSError, MlflowException) as e:
+            raise dg.Failure(f"no model to serve: {e}") from e
+        if adapter is not None:
+            return _serve_adapter(context, name, endpoint, owner, owners, load_sample, adapter, vllm, mlflow,
+                                  model_signing, operations)
 
     from aiplat.security.access import AccessDenied, current_identity, owner_team
     from aiplat.security.approval import registry_attestation, verify_for_serving
@@ -137,6 +155,89 @@ def serve_champion(
             "previous_version": v.live_version,
         })
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"{result.live.model_version}@{result.live.url}"))
+
+
+def _serve_adapter(context: dg.AssetExecutionContext, name: str, endpoint: str, owner: str, owners: Mapping[str, str],
+                   load_sample: tuple[str, ...], adapter, vllm: VllmResource, mlflow: MLflowResource,
+                   model_signing: ModelSigningResource, operations: OperationsResource) -> dg.MaterializeResult:
+    """The champion's adapter onto its base model's shared server, through the control sequence."""
+    from datetime import date, timedelta
+
+    from aiplat.security.access import AccessDenied, current_identity, owner_team
+    from aiplat.security.approval import verify_for_serving
+    from aiplat.security.signing import SignatureError, check_against_version
+    from aiplat.serving.adapter_rollout import AdapterRolloutFailed, gateway_traffic, roll_out_adapter
+    from aiplat.serving.adapters import AdapterError, check_adapter_folder
+    from aiplat.serving.control import Caller, Change, controlled
+    from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
+    from aiplat.serving.server import ServerStartError
+
+    identity = current_identity(context.run.tags)
+    caller = Caller(identity, operations.audit_log(), owners, {"dagster_run_id": context.run_id})
+    keys = model_signing.serving_keys()
+    backend = vllm.serving_backend(keys)
+    log = operations.request_log()
+    traffic = gateway_traffic(vllm.canary_gateway_url(), lambda: log.read(date.today() - timedelta(days=1))[0],
+                              tuple(load_sample) or DEFAULT_LOAD_SAMPLE, api_key=vllm.canary_gateway_key())
+
+    def verify() -> None:
+        folder = Path(adapter.folder)
+        check_adapter_folder(folder)
+        # The exact adapter signature recorded on this MLflow version, then its promotion attestation.
+        check_against_version(mlflow.client, name, adapter.version, folder, keys.signature, adapter=True)
+        verify_for_serving(folder, adapter.attestation, keys, model=name, version=adapter.version)
+
+    context.log.info(f"rolling out {adapter.name} (LoRA adapter over {adapter.base}) to endpoint {endpoint}")
+    try:
+        result = controlled(
+            caller, Change("deploy", name, adapter.version, endpoint, done="deployed"),
+            act=lambda: roll_out_adapter(backend, endpoint, adapter, vllm.adapter_canary_policy(), traffic),
+            verify=verify, details=lambda r: {"action": r.action, "adapter": r.live, "previous": r.previous or "-"})
+    except AccessDenied as e:
+        raise dg.Failure(description=str(e), metadata={"candidate_version": adapter.version,
+                                                       "owner_team": owner_team(name, owners) or ""}) from e
+    except SignatureError as e:  # ApprovalError included: signed is not approved
+        raise dg.Failure(description=f"refusing to deploy {name} version {adapter.version}: {e}; "
+                         f"endpoint {endpoint!r} is unchanged", metadata={"candidate_version": adapter.version}) from e
+    except AdapterRolloutFailed as e:
+        note = _rollback(mlflow, name)()
+        verdict = e.verdict
+        raise dg.Failure(description=f"{e}\nrollback: {note}", metadata={
+            "candidate_version": adapter.version, "live_version": verdict.live if verdict else "",
+            "reasons": dg.MetadataValue.json(list(verdict.reasons) if verdict else []), "rollback": note}) from e
+    except (AdapterError, ServerStartError, RuntimeError, OSError, ValueError) as e:
+        raise dg.Failure(description=f"{endpoint!r} was not changed to {adapter.name}: {e}",
+                         metadata={"candidate_version": adapter.version}) from e
+
+    state = backend.live_state(endpoint)
+    metadata: dict = {
+        "endpoint": endpoint,
+        "endpoint_url": dg.MetadataValue.url(state.url),
+        "model_version": adapter.version,
+        "served_model_name": adapter.name,
+        "adapter": adapter.name,
+        "base_model": adapter.base,
+        "route": dg.MetadataValue.json(state.split),
+        "health": state.health,
+        "action": result.action,
+        "model_uri": f"models:/{name}/{adapter.version}",
+        "registered_model": name,
+        "deployed_by": identity.actor,
+        "deployed_by_team": identity.team or "",
+        "code_version": code_version(),
+        "owner": owner,
+    }
+    if result.verdict is not None:
+        figures = result.verdict.figures
+        new, old = figures.get(adapter.name), figures.get(result.previous)
+        metadata.update({
+            "previous_version": result.previous.rsplit("@", 1)[-1],
+            "canary_candidate_requests": new.requests if new else 0,
+            "canary_candidate_p95_ms": dg.MetadataValue.float(new.latency_p95_ms if new else 0.0),
+            "canary_live_p95_ms": dg.MetadataValue.float(old.latency_p95_ms if old else 0.0),
+            "canary_candidate_error_rate": dg.MetadataValue.float(new.error_rate if new else 0.0),
+        })
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"{adapter.name}@{state.url}"))
 
 
 def load_test(context: dg.AssetExecutionContext, endpoint: str, owner: str, config, defaults,

@@ -37,6 +37,22 @@ class VllmResource(dg.ConfigurableResource):
         """`vllm bench serve` against the endpoint's live server (aiplat.serving.loadtest.LoadTestReport)."""
         raise NotImplementedError(f"{type(self).__name__} runs no load tests")
 
+    def canary_gateway_url(self) -> str:
+        """The gateway an adapter canary's traffic goes through (its request log is the measurement)."""
+        raise NotImplementedError(f"{type(self).__name__} has no gateway")
+
+    def canary_gateway_key(self) -> Optional[str]:
+        return None
+
+    def adapter_store_prefix(self) -> str:
+        """Where a shared server fetches adapters from: "" = the local folder it was verified in."""
+        return ""
+
+    def live_servers(self) -> list:
+        """(endpoint or base model, ServerRecord) of each server this runtime runs itself; prod: none
+        (Prometheus scrapes the pods)."""
+        return []
+
     def adapter_canary_policy(self) -> Any:
         from aiplat.serving.adapter_canary import AdapterCanaryPolicy
 
@@ -66,6 +82,8 @@ class LocalVllmResource(VllmResource):
     start_timeout_s: float = Field(default=300.0, gt=0)
     vllm_python: Optional[str] = Field(default=None, description="Interpreter of the vLLM venv; unset = <state>/venvs/vllm")
     registry_path: Optional[str] = Field(default=None, description="Endpoints file; unset = <state>/serving/endpoints.json")
+    gateway_url: Optional[str] = Field(default=None, description="The gateway adapter canaries send through; unset = "
+                                       "the local stack's (aiplat stack up gateway)")
 
     _manager: Any = PrivateAttr(default=None)
     _progress: Any = PrivateAttr(default=None)
@@ -125,32 +143,64 @@ class LocalVllmResource(VllmResource):
         settings = replace(self.server_settings(), lora=LoraSettings())
         return LocalServingBackend(settings, keys, bases, progress=self._progress)
 
-    def live_target(self, endpoint: str, model_version: Optional[str] = None) -> Any:
-        """Where the live server answers (aiplat.operations.quality.Target); EndpointNotFound if none."""
-        from aiplat.operations.quality import Target
+    def canary_gateway_url(self) -> str:
+        from aiplat.config import local_ports
 
+        return self.gateway_url or f"http://127.0.0.1:{local_ports().gateway}"
+
+    def adapter_state(self, endpoint: str) -> Any:
+        """The endpoint's state on its shared adapter server (aiplat.serving.backend.EndpointState), or
+        None when it is served as a whole model (or not at all)."""
+        return self.serving_backend(None).live_state(endpoint)
+
+    def live_servers(self) -> list:
+        adapter_servers = self.serving_backend(None).servers()
+        return [(r.name, r.live) for r in self.manager.list() if r.live is not None] + adapter_servers
+
+    def live_target(self, endpoint: str, model_version: Optional[str] = None) -> Any:
+        """Where the live version answers (aiplat.operations.quality.Target): its adapter on the shared
+        server, or its whole-model server; EndpointNotFound if none."""
+        from aiplat.operations.quality import Target
+        from aiplat.serving.manager import EndpointNotFound
+
+        state = self.adapter_state(endpoint)
+        if state is not None:
+            if state.health != "ready":
+                raise EndpointNotFound(f"endpoint {endpoint!r} is {state.health} on {state.url}")
+            return Target(endpoint, state.url, state.live, state.live.rsplit("@", 1)[-1])
         live = self.manager.refresh(endpoint).live
         if live is None:
-            from aiplat.serving.manager import EndpointNotFound
-
             raise EndpointNotFound(f"endpoint {endpoint!r} has no live server")
         return Target(endpoint, live.url, live.served_model_name, live.model_version)
 
-    def roll_back(self, endpoint: str, keys: Any = None, registry_previous: Any = None) -> Any:
-        """Incident path, no canary: serve again the version this endpoint served before its last
-        switch (its own history is what really served here), after that folder verified against its
-        signature and its promotion attestation again. SignatureError / ServerStartError leave the
-        live server as it is."""
+    def roll_back(self, endpoint: str, keys: Any = None, registry_previous: Any = None,
+                  adapter_previous: Any = None) -> str:
+        """Incident path, no canary; returns the version now serving. An adapter endpoint: the
+        registry's previous version's adapter (`adapter_previous()`, verified as it loads) takes all
+        of its traffic. A whole-model endpoint: the version it served before its last switch (its own
+        history is what really served here) starts again after its folder verified against its
+        signature and promotion attestation. SignatureError / ServerStartError / AdapterError leave
+        the live version as it is."""
         from dataclasses import replace
 
+        if self.adapter_state(endpoint) is not None:
+            from aiplat.serving.adapter_rollout import roll_back_adapter
+
+            previous = adapter_previous() if adapter_previous is not None else None
+            if previous is None:
+                raise ValueError(f"{endpoint}: the registry's previous version has no adapter to roll back to")
+            return roll_back_adapter(self.serving_backend(keys), endpoint, previous).live.rsplit("@", 1)[-1]
         manager = self.manager if keys is None else replace(self.manager, keys=keys)
         record = manager.deploy(endpoint, manager.previous_model(endpoint))
-        return record.live
+        return record.live.model_version
 
     def load_test(self, endpoint: str, concurrencies: tuple[int, ...], prompts: tuple[str, ...], num_prompts: int | None,
                   output_len: int, progress=None) -> Any:
         from aiplat.serving.loadtest import run_load_test
 
+        if self.adapter_state(endpoint) is not None:
+            return self.serving_backend(None).load_test(endpoint, concurrencies, prompts, num_prompts, output_len,
+                                                        progress)
         live = self.manager.refresh(endpoint).live
         if live.health != "ready":
             from aiplat.serving.loadtest import LoadTestError
@@ -257,12 +307,29 @@ class ProdVllmResource(VllmResource):
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return Target(endpoint, self.endpoint_url(endpoint), endpoint, model_version or "unknown", headers)
 
-    def roll_back(self, endpoint: str, keys: Any = None, registry_previous: Any = None) -> Any:
-        """Render the registry's `previous` version alone at 100% (`registry_previous()` resolves and
-        downloads it), verified first like any rollout."""
+    def canary_gateway_url(self) -> str:
+        return self.gateway_url
+
+    def canary_gateway_key(self) -> Optional[str]:
+        return self.api_key or None
+
+    def adapter_store_prefix(self) -> str:
+        return self.model_store_prefix
+
+    def roll_back(self, endpoint: str, keys: Any = None, registry_previous: Any = None,
+                  adapter_previous: Any = None) -> str:
+        """The registry's `previous` version at 100%, verified first like any rollout: its adapter on
+        the shared server when the endpoint is adapter-served, else its whole-model manifests."""
+        if self.serving_backend(None).live_state(endpoint) is not None:
+            from aiplat.serving.adapter_rollout import roll_back_adapter
+
+            previous = adapter_previous() if adapter_previous is not None else None
+            if previous is None:
+                raise ValueError(f"{endpoint}: the registry's previous version has no adapter to roll back to")
+            return roll_back_adapter(self.serving_backend(keys), endpoint, previous).live.rsplit("@", 1)[-1]
         if registry_previous is None:
             raise ValueError("a prod rollback needs the registry's previous version")
-        return self.roll_out(endpoint, registry_previous(), keys=keys).live
+        return self.roll_out(endpoint, registry_previous(), keys=keys).live.model_version
 
     def render_rollout(self, endpoint: str, live_version: str | None, candidate_version: str,
                        model_name: str, attestation: str = "", live_attestation: str = "") -> list[dict]:

@@ -40,9 +40,11 @@ def trained(shared_mlflow: str, tiny: Path, tmp_path: Path, state_dir: Path, mon
     monkeypatch.setenv("AIPLAT_GATE_POLICY", str(write_test_policy(tmp_path / "policy.yaml")))
     client = MlflowClient(shared_mlflow, registry_uri=shared_mlflow)
     df = sample_training_set(60)
-    lineage = Lineage("test-run", "fine_tuned_model", "0+gtest", "test", training_set_hash(df),
+    # Its own experiment and run id: other modules search the shared server's "tests" experiment.
+    lineage = Lineage("adapter-eval-run", "fine_tuned_model", "0+gtest", "test", training_set_hash(df),
                       compute_manifest(tiny).folder_sha256, "tiny")
-    done = tracked_fine_tune(client, shared_mlflow, "tests", NAME, lineage, tiny, df, tiny_params(), tmp_path / "work",
+    done = tracked_fine_tune(client, shared_mlflow, "adapter-eval-tests", NAME, lineage, tiny, df, tiny_params(),
+                             tmp_path / "work",
                              system_metrics_interval_s=None, signing_keys=dev_key_pair())
     return client, done, df
 

@@ -204,7 +204,9 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
             assert latest(prefix, "eval_report")["gate_passed"] is True
             assert latest(prefix, "champion")["owner"] == owner
             served = latest(prefix, "served_endpoint")
-            assert served["served_model_name"] == model
+            # Served as its LoRA adapter on the base model's shared server (one server for both models).
+            assert served["served_model_name"] == f"{model}@{served['model_version']}" == served["adapter"]
+            assert served["base_model"] == "smollm2-135m-instruct"
             client = OpenAI(base_url=served["endpoint_url"].rstrip("/") + "/v1", api_key="unused")
             reply = client.chat.completions.create(
                 model=served["served_model_name"], messages=[{"role": "user", "content": "My invoice is wrong."}],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from tests.conftest import built_vllm_env
 
 pytestmark = pytest.mark.slow
 
-BASE = "smollm2-base"
+BASE = "smollm2-135m-instruct"  # the platform base model specs name (aiplat.specs.model.BASE_MODELS)
 LORA = LoraSettings(max_loras=2, max_cpu_loras=4, max_lora_rank=8)
 PROMPT = "The capital of France is"
 
@@ -45,6 +46,28 @@ def make_adapter(base: Path, dest: Path, seed: int, rank: int = 8) -> Path:
 def signed(folder: Path) -> Path:
     sign_model(folder, dev_key_pair())
     return folder
+
+
+@contextmanager
+def model_store() -> Iterator[tuple[dict, object]]:
+    """An S3 model store (a moto server): the environment a sidecar needs, and a boto3 client."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from aiplat.net import free_port
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    moto.start()
+    try:
+        aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="models")
+        yield aws, s3
+    finally:
+        moto.stop()
 
 
 @pytest.fixture(scope="module")
@@ -244,21 +267,9 @@ def test_the_loader_sidecar_pulls_from_the_model_store_and_applies_the_desired_a
     import subprocess
     import sys
 
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from aiplat.net import free_port
     from aiplat.security.approval import dev_approval_key_pair
 
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    moto.start()
-    try:
-        aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="models")
+    with model_store() as (aws, s3):
         for name in ("a-v1", "b-v1"):
             for f in server["adapters"][name].iterdir():
                 s3.upload_file(str(f), "models", f"adapters/{name}/{f.name}")
@@ -284,8 +295,6 @@ def test_the_loader_sidecar_pulls_from_the_model_store_and_applies_the_desired_a
         assert "loaded lora-a@1" in done.stderr and "refused lora-b@1: approval" in done.stderr
         assert {n for n, p in adapters.served_models(server["url"]).items() if p} == {"lora-a@1"}
         assert _answer(server, "lora-a@1")
-    finally:
-        moto.stop()
 
 
 # --- the ServingBackend and the control sequence over it (issue 14 items 3 and 5) ------------------------
@@ -341,12 +350,12 @@ def test_the_control_sequence_refuses_another_team_and_a_tampered_adapter_and_au
 
     ml = _caller(monkeypatch, "team:ml")
     tampered = shutil.copytree(server["adapters"]["a-v2"], tmp_path / "a-v2-tampered")
-    text = approval(tampered, "lora-a", "2")
+    text = approval(tampered, "lora-a", "9")  # a version no other test loads
     weights = tampered / adapters.ADAPTER_WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-2] + b"\x00\x00")
     with pytest.raises(SignatureError):
-        deploy_adapter(ml, backend, "lora-a", _version(server, "lora-a", "2", tampered, text), serving_keys())
-    assert "lora-a@2" not in adapters.served_models(server["url"]) and backend.live_state("lora-a") is None
+        deploy_adapter(ml, backend, "lora-a", _version(server, "lora-a", "9", tampered, text), serving_keys())
+    assert "lora-a@9" not in adapters.served_models(server["url"]) and backend.live_state("lora-a") is None
 
     a1 = deploy_adapter(ml, backend, "lora-a", _version(server, "lora-a", "1"), serving_keys())
     state = backend.live_state("lora-a")
@@ -356,7 +365,7 @@ def test_the_control_sequence_refuses_another_team_and_a_tampered_adapter_and_au
     events = [(e["event"], e.get("action"), e.get("decision"), e.get("team")) for e in ml.audit.entries()][-8:]
     assert ("access", "deploy", "refused", "team:support") in events
     assert ("deploy refused: signature", None, None, "team:ml") in events
-    assert events[-1][0] == "adapter deployed"
+    assert events[-1][0] == "deployed"
 
     # Stop: lora-a's route gone and its adapter unloaded; lora-b untouched.
     stopped = stop_endpoint(ml, backend, "lora-a", "lora-a")
@@ -414,7 +423,7 @@ def test_adapter_canaries_through_the_gateway_switch_one_model_and_roll_back_ano
         assert {send("lora-a"), send("lora-b")} == {200}
     assert "lora-a@1" in adapters.served_models(server["url"])  # kept loaded: the rollback target
     events = [e["event"] for e in platform.audit.entries()]
-    assert events[-1] == "deploy failed" and "adapter deployed" in events
+    assert events[-1] == "deploy failed" and "deployed" in events
 
 
 def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_the_server_confirms(
@@ -432,12 +441,9 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
     import threading
     import time
 
-    import boto3
     import kubernetes_validate
     import yaml
-    from moto.server import ThreadedMotoServer
 
-    from aiplat.net import free_port
     from aiplat.security.approval import dev_approval_key_pair
     from aiplat.serving.adapter_rollout import deploy_adapter
     from aiplat.serving.backend import AdapterVersion, KubernetesServingBackend
@@ -446,14 +452,8 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
     url = server["url"]
     for name in [n for n, p in adapters.served_models(url).items() if p]:
         adapters.unload_adapter(url, name)
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    moto.start()
-    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-    s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    s3.create_bucket(Bucket="models")
+    cleanup = ExitStack()
+    aws, s3 = cleanup.enter_context(model_store())
     for name in ("a-v1", "a-v2"):
         for f in server["adapters"][name].iterdir():
             body = f.read_bytes()
@@ -520,7 +520,7 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
         stop.set()
         sidecar.terminate()
         sidecar.wait(timeout=30)
-        moto.stop()
+        cleanup.close()
 
 
 def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
@@ -575,5 +575,117 @@ def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
     assert stopped.exit_code == 0 and "lora-a: stopped (was lora-a@1)" in stopped.output
     assert "lora-a@1" not in adapters.served_models(server["url"]) and _answer(server, b) == before
     events = [(e["event"], e.get("team")) for e in AuditLog().entries()]
-    assert ("access", "team:support") in events and ("adapter deployed", "team:ml") in events
+    assert ("access", "team:support") in events and ("deployed", "team:ml") in events
     assert events[-1] == ("adapter endpoint stopped", "team:ml")
+
+
+def _register_adapter(client, name: str, folder: Path, base: Path) -> str:
+    """`folder` as a version of `name` the way a fine-tune registers it: the adapter as the source,
+    its digest and signature, the base model's digest, and a promotion's attestation."""
+    from aiplat.evaluation.registry import TAG_ADAPTER_ARTIFACT, TAG_ADAPTER_SHA, TAG_BASE_SHA
+    from aiplat.models.manifest import compute_manifest
+    from aiplat.security.approval import APPROVAL_TAG
+
+    experiment = client.get_experiment_by_name("adapters")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("adapters")
+    run = client.create_run(experiment_id)
+    client.log_artifacts(run.info.run_id, str(folder), "adapter")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    artifact = f"{client.get_run(run.info.run_id).info.artifact_uri}/adapter"
+    version = str(client.create_model_version(name, source=artifact, run_id=run.info.run_id, tags={
+        TAG_ADAPTER_ARTIFACT: artifact, TAG_ADAPTER_SHA: compute_manifest(folder).folder_sha256,
+        TAG_BASE_SHA: compute_manifest(base).folder_sha256}).version)
+    from aiplat.provenance import sha256_bytes
+    from aiplat.security.signing import SIGNATURE_NAME, TAG_ADAPTER_DIGEST, TAG_ADAPTER_SIGNATURE_SHA, verify_model
+
+    # The signature the fixture made (signing again would write a new model.sig beside shared folders).
+    client.set_model_version_tag(name, version, TAG_ADAPTER_SIGNATURE_SHA,
+                                 sha256_bytes((folder / SIGNATURE_NAME).read_bytes()))
+    client.set_model_version_tag(name, version, TAG_ADAPTER_DIGEST, verify_model(folder, dev_key_pair().public_key))
+    client.set_model_version_tag(name, version, APPROVAL_TAG, approval(folder, name, version))
+    return version
+
+
+def test_the_champion_flow_serves_adapters_canaries_through_the_gateway_and_rolls_back(
+        server: dict, smollm_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `served_endpoint` asset of a model whose champion is a registered adapter: the first
+    version goes onto the base model's running shared server at once; the next passes a canary
+    measured through the real gateway and takes 100%; a third fails its canary (a policy no candidate
+    can meet: p95 under 1% of the live version's), is unloaded, and the `champion` alias goes back.
+    lora-b, on the same server, answers the same throughout. No new vLLM process starts."""
+    import random
+
+    import dagster as dg
+    from mlflow.tracking import MlflowClient
+
+    from aiplat.models.base import base_models_dir
+    from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
+    from aiplat.serving.gateway import GatewaySettings, build_app
+    from aiplat.serving.registry import EndpointRecord, EndpointRegistry, serving_dir
+    from resources.mlflow import MLflowResource
+    from resources.operations import OperationsResource
+    from resources.signing import ModelSigningResource
+    from resources.vllm import LocalVllmResource
+    from tests.chain_helpers import chain_asset, chain_for
+    from tests.test_gateway import serve
+
+    base_link = base_models_dir() / BASE
+    base_link.parent.mkdir(parents=True, exist_ok=True)
+    if not base_link.exists():
+        base_link.symlink_to(smollm_base)
+    serving_dir().mkdir(parents=True, exist_ok=True)
+    EndpointRegistry(serving_dir() / "base-servers.json").update(BASE, lambda _: EndpointRecord(BASE, server["record"]))
+    AdapterRoutes().remove("lora-a")
+    b = _loaded(server, "lora-b", "1")
+    before = _answer(server, b)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    (tmp_path / "artifacts").mkdir()
+    client.create_experiment("adapters", artifact_location=str(tmp_path / "artifacts"))
+    v1, v2, v3 = (_register_adapter(client, "lora-a", server["adapters"][f], smollm_base) for f in ("a-v1", "a-v2", "b-v2"))
+    chain = chain_for("lora-a", base_model=BASE)
+    served_endpoint = chain_asset(chain, "served_endpoint")
+
+    @dg.asset(key=[chain.spec.key_prefix, "champion"])
+    def champion_model() -> None:  # stands in for the promotion asset
+        return None
+
+    def materialize(champion: str, gateway: str = "http://127.0.0.1:9", **policy) -> dg.ExecuteInProcessResult:
+        client.set_registered_model_alias("lora-a", "champion", champion)
+        vllm = LocalVllmResource(gateway_url=gateway, adapter_canary_weight=50, adapter_canary_min_requests=3,
+                                 canary_max_p95_ratio=policy.get("max_p95_ratio", 100.0))
+        return dg.materialize([champion_model, served_endpoint], selection=[served_endpoint.key], raise_on_error=False,
+                              resources={"vllm": vllm, "operations": OperationsResource(),
+                                         "model_signing": ModelSigningResource(), "mlflow": MLflowResource(tracking_uri=uri)})
+
+    def meta(result) -> dict:
+        (m,) = result.asset_materializations_for_node(f"{chain.spec.key_prefix}__served_endpoint")
+        return {k: v.value for k, v in m.metadata.items()}
+
+    first = materialize(v1)
+    assert first.success, [e.message for e in first.all_events if e.is_failure]
+    assert (meta(first)["action"], meta(first)["adapter"], meta(first)["endpoint_url"]) == \
+        ("deployed", f"lora-a@{v1}", server["url"])
+
+    log = OperationsResource().request_log()
+    app = build_app(GatewaySettings(resolver=AdapterRouteResolver(AdapterRoutes(), rng=random.Random(3)), request_log=log))
+    with serve(app) as gateway:
+        second = materialize(v2, gateway)
+        assert second.success, [e.message for e in second.all_events if e.is_failure]
+        assert (meta(second)["action"], meta(second)["previous_version"]) == ("switched", v1)
+        assert meta(second)["canary_candidate_requests"] >= 3
+        assert AdapterRoutes().get("lora-a").split == ((f"lora-a@{v2}", 100.0),)
+
+        client.set_registered_model_alias("lora-a", "previous", v2)
+        third = materialize(v3, gateway, max_p95_ratio=0.01)
+        assert not third.success
+        failure = " ".join(str(e.event_specific_data.error.message) for e in third.all_events
+                           if e.is_step_failure and e.event_specific_data.error)
+        assert "p95 latency" in failure and f"lora-a@{v2} serves lora-a again at 100%" in failure
+    assert AdapterRoutes().get("lora-a").split == ((f"lora-a@{v2}", 100.0),)
+    assert f"lora-a@{v3}" not in adapters.served_models(server["url"])
+    assert str(client.get_model_version_by_alias("lora-a", "champion").version) == v2
+    assert _answer(server, b) == before

@@ -159,8 +159,9 @@ def test_registered_model_is_signed_and_owned(mlflow_server: str, materialized, 
     model_files = {Path(a.path).name for a in client.list_artifacts(mv.run_id, "model")}
     assert signing.SIGNATURE_NAME in model_files
     # What the registry holds verifies under the key that signed it, and is exactly this version.
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "dl"),
-                                                      tracking_uri=mlflow_server))
+    assert mv.source == mv.tags["aiplat.adapter_artifact"]  # the version is its adapter ...
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.tags["aiplat.merged_artifact"],  # ... merged beside
+                                                      dst_path=str(tmp_path / "dl"), tracking_uri=mlflow_server))
     state = Path(meta["merged_path"]).parents[4]  # <state>/models/fine_tuned/<name>/<run>/merged
     public = state / "security" / "dev-signing-key" / "public.pem"
     assert signing.check_against_version(client, "triage-tiny", meta["model_version"], folder, public) == \

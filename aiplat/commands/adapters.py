@@ -66,22 +66,16 @@ def _registry_attestation(model: str, version: str) -> str:
 
 def _traffic(gateway: str | None):
     """The canary's requests: the load sample through the runtime's gateway, measured from its log."""
-    import httpx
+    from datetime import date, timedelta
 
     from aiplat.commands import _resources
-    from aiplat.config import local_ports
-    from aiplat.serving.adapter_rollout import CanaryTraffic
+    from aiplat.serving.adapter_rollout import gateway_traffic
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
 
-    base = (gateway or f"http://127.0.0.1:{local_ports().gateway}").rstrip("/")
+    vllm = _resources.runtime_resource("vllm")
     log = _resources.operations().request_log()
-    prompts = iter(DEFAULT_LOAD_SAMPLE * 100)
-
-    def send(endpoint: str) -> int:
-        body = {"model": endpoint, "prompt": next(prompts), "max_tokens": 16, "temperature": 0}
-        return httpx.post(f"{base}/v1/completions", json=body, timeout=300).status_code
-
-    return CanaryTraffic(send, lambda: log.read()[0])
+    return gateway_traffic(gateway or vllm.canary_gateway_url(), lambda: log.read(date.today() - timedelta(days=1))[0],
+                           DEFAULT_LOAD_SAMPLE, api_key=vllm.canary_gateway_key())
 
 
 def _caller():

@@ -120,12 +120,19 @@ def cli() -> None:
 def list_(check: bool, as_json: bool) -> None:
     """What serves where: endpoint, URL, model version, served name, start time, health."""
     with _failures():
-        records = _resource().manager.list(check=check)
+        vllm = _resource()
+        records = vllm.manager.list(check=check)
+        backend = vllm.serving_backend(None)
+        shared = [s for s in (backend.live_state(n) for n in backend.endpoints()) if s is not None]
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in records], indent=2))
+        click.echo(json.dumps([r.to_dict() for r in records] + [s.to_dict() for s in shared], indent=2))
         return
+    for state in shared:  # LoRA adapters on a shared base-model server (`aiplat adapters status`)
+        split = ", ".join(f"{name} {weight:g}%" for name, weight in state.split.items())
+        click.echo(f"{state.endpoint}: {state.health}; adapter {split} on {state.base} at {state.url}")
     if not records:
-        click.echo("no endpoints; deploy one with `aiplat endpoints deploy NAME MODEL_FOLDER --version V`")
+        if not shared:
+            click.echo("no endpoints; deploy one with `aiplat endpoints deploy NAME MODEL_FOLDER --version V`")
         return
     from rich.console import Console
     from rich.table import Table

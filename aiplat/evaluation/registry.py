@@ -30,6 +30,7 @@ TAG_MODEL_SHA = "aiplat.merged_sha256"
 TAG_ADAPTER_SHA = "aiplat.adapter_sha256"
 TAG_ADAPTER_ARTIFACT = "aiplat.adapter_artifact"
 TAG_BASE_SHA = "aiplat.base_model_sha256"
+TAG_MERGED_ARTIFACT = "aiplat.merged_artifact"  # the merged copy of a version whose source is its adapter
 TAG_EVAL_RUN = "aiplat.eval.run_id"
 TAG_EVAL_SHA = "aiplat.eval.report_sha256"
 TAG_EVAL_PASSED = "aiplat.eval.passed"
@@ -91,9 +92,15 @@ def model_cache_dir() -> Path:
     return local_paths().models / "eval-cache"
 
 
+def merged_source(source: str, tags: dict) -> str:
+    """Where a version's whole-model (merged) folder is: its tag when the version is an adapter,
+    else its source (versions registered as merged folders)."""
+    return tags.get(TAG_MERGED_ARTIFACT) or source
+
+
 def model_folder(tracking_uri: str, ref: ModelRef, local_hint: Path | None = None) -> Path:
-    """A local folder holding exactly this version's files (verified against its sha256 tag)."""
-    return _verified_copy(tracking_uri, ref.source, ref.sha256, model_cache_dir() / ref.name / ref.version,
+    """A local folder holding exactly this version's merged files (verified against its sha256 tag)."""
+    return verified_copy(tracking_uri, merged_source(ref.source, ref.tags), ref.sha256, model_cache_dir() / ref.name / ref.version,
                           f"{ref.name} version {ref.version}", TAG_MODEL_SHA, local_hint)
 
 
@@ -116,12 +123,12 @@ def adapter_target(tracking_uri: str, ref: ModelRef, base: Path | None, local_hi
     if got != base_sha:
         raise ValueError(f"{ref.name} version {ref.version} was trained on base model {base_sha[:12]}, but {base} "
                          f"hashes to {got[:12]}; refusing to evaluate its adapter over another base")
-    folder = _verified_copy(tracking_uri, uri, sha, model_cache_dir() / ref.name / f"{ref.version}-adapter",
+    folder = verified_copy(tracking_uri, uri, sha, model_cache_dir() / ref.name / f"{ref.version}-adapter",
                             f"{ref.name} version {ref.version} (adapter)", TAG_ADAPTER_SHA, local_hint)
     return AdapterTarget(folder, Path(base))
 
 
-def _verified_copy(tracking_uri: str, uri: str, sha256: str | None, dest: Path, label: str, tag: str,
+def verified_copy(tracking_uri: str | None, uri: str, sha256: str | None, dest: Path, label: str, tag: str,
                    local_hint: Path | None = None) -> Path:
     import mlflow.artifacts
 

@@ -204,13 +204,15 @@ def tag_model_version(client, name: str, version: str, signed: SignedModel,
     return tags
 
 
-def check_against_version(client, name: str, version: str, folder: Path, public_key: Path) -> str:
-    """Verify the folder, then that it is the exact signature recorded on the MLflow version."""
+def check_against_version(client, name: str, version: str, folder: Path, public_key: Path, adapter: bool = False) -> str:
+    """Verify the folder, then that it is the exact signature recorded on the MLflow version (its
+    LoRA adapter's with `adapter`)."""
     digest = verify_model(folder, public_key)
     tags = client.get_model_version(name, str(version)).tags or {}
-    recorded = tags.get(TAG_MODEL_DIGEST)
+    tag = TAG_ADAPTER_DIGEST if adapter else TAG_MODEL_DIGEST
+    recorded = tags.get(tag)
     if not recorded:
-        raise SignatureError(f"{name} version {version} carries no {TAG_MODEL_DIGEST} tag: it was never signed")
+        raise SignatureError(f"{name} version {version} carries no {tag} tag: it was never signed")
     if recorded != digest:
         raise SignatureError(
             f"{folder} is signed, but not as {name} version {version}: digest {digest[:12]} != recorded {recorded[:12]}"

@@ -36,6 +36,33 @@ class CanaryTraffic:
     timeout_s: float = 900.0
 
 
+def gateway_traffic(gateway_url: str, records: Callable[[], Sequence[RequestRecord]], prompts: Sequence[str],
+                    api_key: str | None = None, max_tokens: int = 16) -> CanaryTraffic:
+    """A canary's requests: `prompts` in turn, through the gateway at `gateway_url` (which records each
+    under the adapter version that answered), read back with `records` (the gateway's request log)."""
+    import itertools
+
+    import httpx
+
+    from aiplat.operations.requests import HEADER_FEATURE
+    from aiplat.serving.server import json_headers
+
+    turn = itertools.cycle(prompts)
+    # Billed to the key's team in prod (the canary is the platform's own traffic); a feature label says what it was.
+    headers = {**json_headers(api_key), HEADER_FEATURE: "canary"}
+
+    def send(endpoint: str) -> int:
+        body = {"model": endpoint, "prompt": next(turn), "max_tokens": max_tokens, "temperature": 0}
+        try:
+            return httpx.post(f"{gateway_url.rstrip('/')}/v1/completions", json=body, headers=headers,
+                              timeout=300).status_code
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"the canary's gateway at {gateway_url} did not answer ({type(e).__name__}: {e}); "
+                               "locally: `aiplat stack up gateway`") from e
+
+    return CanaryTraffic(send, records)
+
+
 @dataclass(frozen=True)
 class AdapterRollout:
     endpoint: str
@@ -147,7 +174,7 @@ def deploy_adapter(caller, backend: ServingBackend, endpoint: str, adapter: Adap
     against their signature and promotion attestation (aiplat.serving.control); audited."""
     from aiplat.serving.control import Change, controlled
 
-    return controlled(caller, Change("deploy", adapter.model, adapter.version, endpoint, "adapter deployed"),
+    return controlled(caller, Change("deploy", adapter.model, adapter.version, endpoint, "deployed"),
                       lambda: roll_out_adapter(backend, endpoint, adapter, policy, traffic), _verifier(adapter, keys),
                       lambda r: {"action": r.action, "adapter": r.live, "previous": r.previous or "-"})
 

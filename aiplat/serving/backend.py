@@ -175,6 +175,10 @@ class LocalServingBackend(ServingBackend):
             self._servers.update(base, lambda _: EndpointRecord(base, record))
             return record
 
+    def servers(self) -> list:
+        """(base model, ServerRecord) of each shared server this backend started."""
+        return [(base, entry.live) for base, entry in sorted(self._servers.all().items()) if entry.live is not None]
+
     def _running(self, base: str):
         entry = self._servers.get(base)
         if entry is None or entry.live is None:

@@ -1,8 +1,9 @@
 """Where the model an endpoint serves comes from: a folder, or the MLflow registry's `champion`.
 
 Deploys take a `ModelSource` so that tests and the CLI can pass a folder directly, and the
-serving asset resolves the registry alias. A registered version's `source` is the run artifact
-holding the merged safetensors folder (aiplat.training.tracking logs it as `model`).
+serving asset resolves the registry alias. A fine-tuned version's `source` is its LoRA adapter; a
+whole-model server loads its merged copy, the run artifact tagged `aiplat.merged_artifact`
+(aiplat.training.tracking logs it as `model`; older versions have it as their source).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class MlflowAliasSource:
         root = self.download_root or local_paths().models / "served"
         dest = root / self.model_name / f"v{mv.version}"
         if not (dest / "config.json").is_file():
-            self._download(mv.source, dest)
+            from aiplat.evaluation.registry import merged_source
+
+            self._download(merged_source(mv.source, dict(mv.tags or {})), dest)
         check_model_folder(dest)
         from aiplat.security.approval import APPROVAL_TAG
 
@@ -125,3 +128,43 @@ def restore_previous_alias(client, model_name: str) -> str:
         return f"{model_name} has no {PREVIOUS!r} alias; {CHAMPION!r} left where it is"
     client.set_registered_model_alias(model_name, CHAMPION, previous.version)
     return f"{model_name}: alias {CHAMPION!r} moved back to version {previous.version} ({PREVIOUS!r})"
+
+
+@dataclass(frozen=True)
+class MlflowAdapterSource:
+    """The LoRA adapter of the version behind `alias` (aiplat.serving.backend.AdapterVersion), its
+    files downloaded once and verified against the version's adapter digest; None from `resolve` when
+    that version registered no adapter (it is served as a whole model)."""
+
+    client: object
+    model_name: str
+    base: str  # the base model's served name (the spec's base_model)
+    alias: str = CHAMPION
+    download_root: Path | None = None
+    tracking_uri: str | None = None
+    store_prefix: str = ""  # prod: s3://bucket/prefix of <model>/v<version>/adapter/ (what the pod's sidecar pulls)
+
+    def resolve(self):
+        from mlflow.exceptions import MlflowException
+
+        from aiplat.evaluation.registry import TAG_ADAPTER_ARTIFACT, TAG_ADAPTER_SHA, verified_copy
+        from aiplat.security.approval import APPROVAL_TAG
+        from aiplat.serving.backend import AdapterVersion
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
+        except MlflowException as e:
+            raise ModelResolutionError(
+                f"registered model {self.model_name!r} has no alias {self.alias!r} (promote a version first): {e.message}"
+            ) from None
+        tags = dict(mv.tags or {})
+        if not tags.get(TAG_ADAPTER_SHA) or not tags.get(TAG_ADAPTER_ARTIFACT):
+            return None
+        root = self.download_root or local_paths().models / "served"
+        folder = verified_copy(self.tracking_uri, tags[TAG_ADAPTER_ARTIFACT], tags[TAG_ADAPTER_SHA],
+                               root / self.model_name / f"v{mv.version}-adapter",
+                               f"{self.model_name} version {mv.version} (adapter)", TAG_ADAPTER_SHA)
+        source = (f"{self.store_prefix.rstrip('/')}/{self.model_name}/v{mv.version}/adapter/" if self.store_prefix
+                  else str(folder))
+        return AdapterVersion(self.model_name, str(mv.version), self.base, source, tags.get(APPROVAL_TAG, ""),
+                              folder=str(folder))

@@ -281,11 +281,14 @@ def tracked_fine_tune(
             "aiplat.merged_sha256": result.merged_sha256,
             "aiplat.adapter_sha256": result.adapter_sha256,
             "aiplat.adapter_artifact": f"{artifact_uri}/{ADAPTER_ARTIFACT}",
+            "aiplat.merged_artifact": f"{artifact_uri}/{MODEL_ARTIFACT}",
             "aiplat.final_train_loss": f"{result.final_loss:.6f}",
         }
         mv = client.create_model_version(
             model_name,
-            source=f"{artifact_uri}/{MODEL_ARTIFACT}",
+            # The version is its LoRA adapter over the tagged base model (what an adapter server
+            # loads and evaluation judges); the merged copy is an artifact beside it.
+            source=f"{artifact_uri}/{ADAPTER_ARTIFACT}",
             run_id=run_id,
             tags=version_tags,
             description=f"LoRA r={params.lora_r} on {lineage.base_model_source}, {params.steps} steps",
