@@ -454,17 +454,16 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
         adapters.unload_adapter(url, name)
     cleanup = ExitStack()
     aws, s3 = cleanup.enter_context(model_store())
-    for name in ("a-v1", "a-v2"):
-        for f in server["adapters"][name].iterdir():
-            body = f.read_bytes()
-            if name == "a-v2" and f.name == adapters.ADAPTER_WEIGHTS:
-                body = body[:-1] + bytes([body[-1] ^ 0xFF])  # changed in the store after its approval
-            s3.put_object(Bucket="models", Key=f"adapters/{name}/{f.name}", Body=body)
+    for f in server["adapters"]["a-v2"].iterdir():  # a-v1 the backend publishes itself
+        body = f.read_bytes()
+        if f.name == adapters.ADAPTER_WEIGHTS:
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])  # in the store already, changed after its approval
+        s3.put_object(Bucket="models", Key=f"adapters/a-v2/{f.name}", Body=body)
 
     spec = AdapterServerSpec(base_name=BASE, base_uri="s3://models/base/", lora=LORA)
     manifests, projected = tmp_path / "manifests", tmp_path / "desired" / "desired.json"
     backend = KubernetesServingBackend({BASE: spec}, manifests, service_url=lambda _: url, confirm_timeout_s=20,
-                                       poll_s=0.5)
+                                       poll_s=0.5, s3_client=s3)
     stop = threading.Event()
 
     def kubelet() -> None:
@@ -498,6 +497,8 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
 
         first = deploy_adapter(caller, backend, "lora-a", version("a-v1", "1"), keys)
         assert first.action == "deployed" and backend.live_state("lora-a").health == "ready"
+        published = s3.list_objects_v2(Bucket="models", Prefix="adapters/a-v1/")["Contents"]
+        assert {o["Key"].rsplit("/", 1)[-1] for o in published} >= {adapters.ADAPTER_WEIGHTS, adapters.ADAPTER_CONFIG}
         assert [w.name for w in backend.desired(BASE)] == ["lora-a@1"]
         for doc in yaml.safe_load_all((manifests / f"{spec.name}.yaml").read_text()):
             kubernetes_validate.validate(doc, "1.30.0", strict=True)

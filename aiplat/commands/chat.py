@@ -35,12 +35,17 @@ def cli(endpoint: str, prompt: str, url: str | None, api_key: str, team: str | N
         # The runtime's gateway (AIPLAT_VLLM_GATEWAY_URL); never a local one in prod.
         url = _resources.runtime_resource("vllm").gateway_url
     if not url:
+        # A typo is named here, not blamed on a gateway that is not running.
+        from aiplat.serving.adapter_routes import AdapterRoutes
         from aiplat.serving.manager import EndpointManager, EndpointNotFound
 
-        try:  # a typo is named here, not blamed on a gateway that is not running
-            EndpointManager().get(endpoint)
-        except EndpointNotFound as e:
-            raise click.ClickException(str(e).strip("'\"")) from e
+        routed = AdapterRoutes().all()  # champions served as LoRA adapters on a shared server
+        if endpoint not in routed:
+            try:
+                EndpointManager().get(endpoint)
+            except EndpointNotFound:
+                known = ", ".join(sorted(set(routed) | set(EndpointManager().registry.all()))) or "none"
+                raise click.ClickException(f"no live endpoint named {endpoint!r} (endpoints: {known})") from None
     base = url.rstrip("/") if url else f"http://127.0.0.1:{local_ports().gateway}"
     # Attribution through the local gateway's X-AIPLAT-Team header (trusted locally only); it grants nothing.
     team = normalize_team(team or team_from_env())

@@ -61,6 +61,25 @@ def s3_fetch(cache: Path, client=None):
     return fetch
 
 
+def s3_publish(folder: Path, source: str, client=None) -> int:
+    """Upload the verified adapter `folder` to the model store at `source` (s3://bucket/prefix/) unless
+    something is already there (a version's folder never changes); returns the files uploaded. The
+    sidecar verifies what it fetches again, so a store changed after this is refused, not served."""
+    import boto3
+
+    if not source.startswith("s3://"):
+        raise ValueError(f"adapter source {source!r} is not an s3:// folder of the model store")
+    bucket, _, prefix = source[5:].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    s3 = client or boto3.client("s3")
+    if s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0):
+        return 0
+    files = sorted(f for f in Path(folder).rglob("*") if f.is_file())
+    for f in files:
+        s3.upload_file(str(f), bucket, prefix + f.relative_to(folder).as_posix())
+    return len(files)
+
+
 @click.command()
 @click.option("--desired", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--base-name", required=True, help="The base model's served name (the adapters' parent).")

@@ -262,6 +262,7 @@ class KubernetesServingBackend(ServingBackend):
     confirm_timeout_s: float = 300.0
     poll_s: float = 2.0
     namespace: str = "team-ml"
+    s3_client: object = None  # boto3 S3 client of the model store (None: from the environment)
 
     def url(self, base: str) -> str:
         from aiplat.serving.k8s import PORT
@@ -338,6 +339,10 @@ class KubernetesServingBackend(ServingBackend):
             time.sleep(self.poll_s)
 
     def load_adapter(self, adapter: AdapterVersion) -> LoadedAdapter:
+        if adapter.folder:  # the copy the control sequence verified goes to the store the pod pulls from
+            from aiplat.serving.adapter_loader import s3_publish
+
+            s3_publish(Path(adapter.folder), adapter.source, self.s3_client)
         wanted = [w for w in self.desired(adapter.base) if w.name != adapter.name] + [adapter.wanted()]
         previous = self.desired(adapter.base)
         self._write_desired(adapter.base, wanted)
