@@ -534,17 +534,11 @@ def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
     from click.testing import CliRunner
 
     from aiplat.cli import cli
-    from aiplat.models.base import base_models_dir
     from aiplat.security.audit_log import AuditLog
-    from aiplat.serving.registry import EndpointRecord, EndpointRegistry, serving_dir
+    from aiplat.serving.registry import serving_dir
     from tests.identity_helpers import act_as
 
-    base_link = base_models_dir() / BASE
-    base_link.parent.mkdir(parents=True, exist_ok=True)
-    if not base_link.exists():
-        base_link.symlink_to(smollm_base)
-    serving_dir().mkdir(parents=True, exist_ok=True)
-    EndpointRegistry(serving_dir() / "base-servers.json").update(BASE, lambda _: EndpointRecord(BASE, server["record"]))
+    _runtime_finds_the_module_server(server, smollm_base)
     (serving_dir() / "adapter-routes.json").unlink(missing_ok=True)
     b = _loaded(server, "lora-b", "1")
     before = _answer(server, b)
@@ -578,6 +572,20 @@ def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
     events = [(e["event"], e.get("team")) for e in AuditLog().entries()]
     assert ("access", "team:support") in events and ("deployed", "team:ml") in events
     assert events[-1] == ("adapter endpoint stopped", "team:ml")
+
+
+def _runtime_finds_the_module_server(server: dict, smollm_base: Path) -> None:
+    """The local runtime's backend (LocalVllmResource.serving_backend) sees this module's server as the
+    running server of the prepared base BASE, so it starts none."""
+    from aiplat.models.base import base_models_dir
+    from aiplat.serving.registry import EndpointRecord, EndpointRegistry, serving_dir
+
+    base_link = base_models_dir() / BASE
+    base_link.parent.mkdir(parents=True, exist_ok=True)
+    if not base_link.exists():
+        base_link.symlink_to(smollm_base)
+    serving_dir().mkdir(parents=True, exist_ok=True)
+    EndpointRegistry(serving_dir() / "base-servers.json").update(BASE, lambda _: EndpointRecord(BASE, server["record"]))
 
 
 def _register_adapter(client, name: str, folder: Path, base: Path) -> str:
@@ -621,10 +629,8 @@ def test_the_champion_flow_serves_adapters_canaries_through_the_gateway_and_roll
     import dagster as dg
     from mlflow.tracking import MlflowClient
 
-    from aiplat.models.base import base_models_dir
     from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
     from aiplat.serving.gateway import GatewaySettings, build_app
-    from aiplat.serving.registry import EndpointRecord, EndpointRegistry, serving_dir
     from resources.mlflow import MLflowResource
     from resources.operations import OperationsResource
     from resources.signing import ModelSigningResource
@@ -632,12 +638,7 @@ def test_the_champion_flow_serves_adapters_canaries_through_the_gateway_and_roll
     from tests.chain_helpers import chain_asset, chain_for
     from tests.test_gateway import serve
 
-    base_link = base_models_dir() / BASE
-    base_link.parent.mkdir(parents=True, exist_ok=True)
-    if not base_link.exists():
-        base_link.symlink_to(smollm_base)
-    serving_dir().mkdir(parents=True, exist_ok=True)
-    EndpointRegistry(serving_dir() / "base-servers.json").update(BASE, lambda _: EndpointRecord(BASE, server["record"]))
+    _runtime_finds_the_module_server(server, smollm_base)
     AdapterRoutes().remove("lora-a")
     b = _loaded(server, "lora-b", "1")
     before = _answer(server, b)

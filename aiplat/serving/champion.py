@@ -39,6 +39,18 @@ class ModelResolutionError(LookupError):
     pass
 
 
+def aliased_version(client, model_name: str, alias: str):
+    """The MLflow version behind `alias`, or ModelResolutionError saying to promote one first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as e:
+        raise ModelResolutionError(
+            f"registered model {model_name!r} has no alias {alias!r} (promote a version first): {e.message}"
+        ) from None
+
+
 def check_model_folder(path: Path) -> None:
     """A loadable safetensors folder; never pickled weights from shared storage."""
     from aiplat.models.manifest import assert_no_pickles
@@ -75,14 +87,7 @@ class MlflowAliasSource:
     tracking_uri: str | None = None  # for the artifact download; None = mlflow's configured one
 
     def resolve(self) -> ModelRef:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
-        except MlflowException as e:
-            raise ModelResolutionError(
-                f"registered model {self.model_name!r} has no alias {self.alias!r} (promote a version first): {e.message}"
-            ) from None
+        mv = aliased_version(self.client, self.model_name, self.alias)
         root = self.download_root or local_paths().models / "served"
         dest = root / self.model_name / f"v{mv.version}"
         if not (dest / "config.json").is_file():
@@ -145,18 +150,11 @@ class MlflowAdapterSource:
     store_prefix: str = ""  # prod: s3://bucket/prefix of <model>/v<version>/adapter/ (what the pod's sidecar pulls)
 
     def resolve(self):
-        from mlflow.exceptions import MlflowException
-
         from aiplat.evaluation.registry import TAG_ADAPTER_ARTIFACT, TAG_ADAPTER_SHA, verified_copy
         from aiplat.security.approval import APPROVAL_TAG
         from aiplat.serving.backend import AdapterVersion
 
-        try:
-            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
-        except MlflowException as e:
-            raise ModelResolutionError(
-                f"registered model {self.model_name!r} has no alias {self.alias!r} (promote a version first): {e.message}"
-            ) from None
+        mv = aliased_version(self.client, self.model_name, self.alias)
         tags = dict(mv.tags or {})
         if not tags.get(TAG_ADAPTER_SHA) or not tags.get(TAG_ADAPTER_ARTIFACT):
             return None
