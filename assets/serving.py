@@ -12,7 +12,6 @@ bytes as that version (aiplat.security.approval); any refusal leaves the live en
 """
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import dagster as dg
 
@@ -160,15 +159,13 @@ def serve_champion(
 def _serve_adapter(context: dg.AssetExecutionContext, name: str, endpoint: str, owner: str, owners: Mapping[str, str],
                    load_sample: tuple[str, ...], adapter, vllm: VllmResource, mlflow: MLflowResource,
                    model_signing: ModelSigningResource, operations: OperationsResource) -> dg.MaterializeResult:
-    """The champion's adapter onto its base model's shared server, through the control sequence."""
-    from datetime import date, timedelta
-
+    """The champion's adapter onto its base model's shared server, through the control sequence
+    (the adapter signature recorded on its MLflow version checked too)."""
     from aiplat.security.access import AccessDenied, current_identity, owner_team
-    from aiplat.security.approval import verify_for_serving
-    from aiplat.security.signing import SignatureError, check_against_version
-    from aiplat.serving.adapter_rollout import AdapterRolloutFailed, gateway_traffic, roll_out_adapter
-    from aiplat.serving.adapters import AdapterError, check_adapter_folder
-    from aiplat.serving.control import Caller, Change, controlled
+    from aiplat.security.signing import SignatureError
+    from aiplat.serving.adapter_rollout import AdapterRolloutFailed, deploy_adapter
+    from aiplat.serving.adapters import AdapterError, adapter_version
+    from aiplat.serving.control import Caller
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
     from aiplat.serving.server import ServerStartError
 
@@ -176,23 +173,12 @@ def _serve_adapter(context: dg.AssetExecutionContext, name: str, endpoint: str, 
     caller = Caller(identity, operations.audit_log(), owners, {"dagster_run_id": context.run_id})
     keys = model_signing.serving_keys()
     backend = vllm.serving_backend(keys)
-    log = operations.request_log()
-    traffic = gateway_traffic(vllm.canary_gateway_url(), lambda: log.read(date.today() - timedelta(days=1))[0],
-                              tuple(load_sample) or DEFAULT_LOAD_SAMPLE, api_key=vllm.canary_gateway_key())
-
-    def verify() -> None:
-        folder = Path(adapter.folder)
-        check_adapter_folder(folder)
-        # The exact adapter signature recorded on this MLflow version, then its promotion attestation.
-        check_against_version(mlflow.client, name, adapter.version, folder, keys.signature, adapter=True)
-        verify_for_serving(folder, adapter.attestation, keys, model=name, version=adapter.version)
+    traffic = vllm.canary_traffic(operations.request_log(), tuple(load_sample) or DEFAULT_LOAD_SAMPLE)
 
     context.log.info(f"rolling out {adapter.name} (LoRA adapter over {adapter.base}) to endpoint {endpoint}")
     try:
-        result = controlled(
-            caller, Change("deploy", name, adapter.version, endpoint, done="deployed"),
-            act=lambda: roll_out_adapter(backend, endpoint, adapter, vllm.adapter_canary_policy(), traffic),
-            verify=verify, details=lambda r: {"action": r.action, "adapter": r.live, "previous": r.previous or "-"})
+        result = deploy_adapter(caller, backend, endpoint, adapter, keys, vllm.adapter_canary_policy(), traffic,
+                                registry=mlflow.client)
     except AccessDenied as e:
         raise dg.Failure(description=str(e), metadata={"candidate_version": adapter.version,
                                                        "owner_team": owner_team(name, owners) or ""}) from e
@@ -231,7 +217,7 @@ def _serve_adapter(context: dg.AssetExecutionContext, name: str, endpoint: str, 
         figures = result.verdict.figures
         new, old = figures.get(adapter.name), figures.get(result.previous)
         metadata.update({
-            "previous_version": result.previous.rsplit("@", 1)[-1],
+            "previous_version": adapter_version(result.previous),
             "canary_candidate_requests": new.requests if new else 0,
             "canary_candidate_p95_ms": dg.MetadataValue.float(new.latency_p95_ms if new else 0.0),
             "canary_live_p95_ms": dg.MetadataValue.float(old.latency_p95_ms if old else 0.0),

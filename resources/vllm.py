@@ -44,6 +44,13 @@ class VllmResource(dg.ConfigurableResource):
     def canary_gateway_key(self) -> Optional[str]:
         return None
 
+    def canary_traffic(self, request_log: Any, prompts: tuple[str, ...], gateway: Optional[str] = None) -> Any:
+        """An adapter canary's traffic (aiplat.serving.adapter_rollout.CanaryTraffic): `prompts` through
+        the runtime's gateway (or `gateway`), measured from its `request_log`."""
+        from aiplat.serving.adapter_rollout import gateway_traffic
+
+        return gateway_traffic(gateway or self.canary_gateway_url(), request_log, prompts, self.canary_gateway_key())
+
     def adapter_store_prefix(self) -> str:
         """Where a shared server fetches adapters from: "" = the local folder it was verified in."""
         return ""
@@ -52,6 +59,22 @@ class VllmResource(dg.ConfigurableResource):
         """(endpoint or base model, ServerRecord) of each server this runtime runs itself; prod: none
         (Prometheus scrapes the pods)."""
         return []
+
+    def adapter_state(self, endpoint: str) -> Any:
+        """The endpoint's state on its shared adapter server (aiplat.serving.backend.EndpointState), or
+        None when it is served as a whole model (or not at all)."""
+        return self.serving_backend(None).live_state(endpoint)
+
+    def _roll_back_adapter(self, endpoint: str, keys: Any, adapter_previous: Any) -> str:
+        """The registry's previous version's adapter (`adapter_previous()`) takes all of `endpoint`'s
+        traffic (verified as it loads); the version now serving."""
+        from aiplat.serving.adapter_rollout import roll_back_adapter
+        from aiplat.serving.adapters import adapter_version
+
+        previous = adapter_previous() if adapter_previous is not None else None
+        if previous is None:
+            raise ValueError(f"{endpoint}: the registry's previous version has no adapter to roll back to")
+        return adapter_version(roll_back_adapter(self.serving_backend(keys), endpoint, previous).live)
 
     def adapter_canary_policy(self) -> Any:
         from aiplat.serving.adapter_canary import AdapterCanaryPolicy
@@ -148,11 +171,6 @@ class LocalVllmResource(VllmResource):
 
         return self.gateway_url or f"http://127.0.0.1:{local_ports().gateway}"
 
-    def adapter_state(self, endpoint: str) -> Any:
-        """The endpoint's state on its shared adapter server (aiplat.serving.backend.EndpointState), or
-        None when it is served as a whole model (or not at all)."""
-        return self.serving_backend(None).live_state(endpoint)
-
     def live_servers(self) -> list:
         adapter_servers = self.serving_backend(None).servers()
         return [(r.name, r.live) for r in self.manager.list() if r.live is not None] + adapter_servers
@@ -167,7 +185,9 @@ class LocalVllmResource(VllmResource):
         if state is not None:
             if state.health != "ready":
                 raise EndpointNotFound(f"endpoint {endpoint!r} is {state.health} on {state.url}")
-            return Target(endpoint, state.url, state.live, state.live.rsplit("@", 1)[-1])
+            from aiplat.serving.adapters import adapter_version
+
+            return Target(endpoint, state.url, state.live, adapter_version(state.live))
         live = self.manager.refresh(endpoint).live
         if live is None:
             raise EndpointNotFound(f"endpoint {endpoint!r} has no live server")
@@ -184,12 +204,7 @@ class LocalVllmResource(VllmResource):
         from dataclasses import replace
 
         if self.adapter_state(endpoint) is not None:
-            from aiplat.serving.adapter_rollout import roll_back_adapter
-
-            previous = adapter_previous() if adapter_previous is not None else None
-            if previous is None:
-                raise ValueError(f"{endpoint}: the registry's previous version has no adapter to roll back to")
-            return roll_back_adapter(self.serving_backend(keys), endpoint, previous).live.rsplit("@", 1)[-1]
+            return self._roll_back_adapter(endpoint, keys, adapter_previous)
         manager = self.manager if keys is None else replace(self.manager, keys=keys)
         record = manager.deploy(endpoint, manager.previous_model(endpoint))
         return record.live.model_version
@@ -320,13 +335,8 @@ class ProdVllmResource(VllmResource):
                   adapter_previous: Any = None) -> str:
         """The registry's `previous` version at 100%, verified first like any rollout: its adapter on
         the shared server when the endpoint is adapter-served, else its whole-model manifests."""
-        if self.serving_backend(None).live_state(endpoint) is not None:
-            from aiplat.serving.adapter_rollout import roll_back_adapter
-
-            previous = adapter_previous() if adapter_previous is not None else None
-            if previous is None:
-                raise ValueError(f"{endpoint}: the registry's previous version has no adapter to roll back to")
-            return roll_back_adapter(self.serving_backend(keys), endpoint, previous).live.rsplit("@", 1)[-1]
+        if self.adapter_state(endpoint) is not None:
+            return self._roll_back_adapter(endpoint, keys, adapter_previous)
         if registry_previous is None:
             raise ValueError("a prod rollback needs the registry's previous version")
         return self.roll_out(endpoint, registry_previous(), keys=keys).live.model_version

@@ -31,9 +31,7 @@ def _failures(endpoint: str) -> Iterator[None]:
         raise click.ClickException(f"access denied: {e}; endpoint {endpoint!r} is unchanged") from None
     except SignatureError as e:  # ApprovalError included: signed is not approved
         raise click.ClickException(f"refused: {e}; endpoint {endpoint!r} is unchanged") from None
-    except AdapterRolloutFailed as e:
-        raise click.ClickException(str(e)) from None
-    except (AdapterError, ServerStartError, LookupError, ValueError, OSError) as e:
+    except (AdapterRolloutFailed, AdapterError, ServerStartError, LookupError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -44,38 +42,13 @@ def _backend():
 
 
 def _version(model: str, version: str, base: str, folder: Path, attestation_file: Path | None):
+    """The adapter FOLDER as `model` `version`, with its promotion attestation: the file given, else the
+    one on the MLflow version (read as `aiplat endpoints deploy` reads it)."""
+    from aiplat.commands.endpoints import _attestation
     from aiplat.serving.backend import AdapterVersion
 
-    attestation = attestation_file.read_text() if attestation_file else _registry_attestation(model, version)
-    return AdapterVersion(model, version, base, str(folder.resolve()), attestation, folder=str(folder.resolve()))
-
-
-def _registry_attestation(model: str, version: str) -> str:
-    from aiplat.commands import _resources
-    from aiplat.security.approval import registry_attestation
-
-    try:
-        resource = _resources.mlflow()
-        resource.check_available()
-        return registry_attestation(resource.client, model, version)
-    except Exception as e:  # noqa: BLE001 - without the registry there is no approval to show
-        click.echo(f"no promotion attestation of {model} version {version} from MLflow ({type(e).__name__}); "
-                   "pass --attestation-file", err=True)
-        return ""
-
-
-def _traffic(gateway: str | None):
-    """The canary's requests: the load sample through the runtime's gateway, measured from its log."""
-    from datetime import date, timedelta
-
-    from aiplat.commands import _resources
-    from aiplat.serving.adapter_rollout import gateway_traffic
-    from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
-
-    vllm = _resources.runtime_resource("vllm")
-    log = _resources.operations().request_log()
-    return gateway_traffic(gateway or vllm.canary_gateway_url(), lambda: log.read(date.today() - timedelta(days=1))[0],
-                           DEFAULT_LOAD_SAMPLE, api_key=vllm.canary_gateway_key())
+    path = str(folder.resolve())
+    return AdapterVersion(model, version, base, path, _attestation(model, version, attestation_file, None), folder=path)
 
 
 def _caller():
@@ -108,9 +81,8 @@ def status(endpoint: str | None, as_json: bool) -> None:
     if not states:
         click.echo("no adapter endpoints; deploy one with `aiplat adapters deploy ENDPOINT FOLDER --version V`")
     for s in states:
-        split = ", ".join(f"{name} {weight:g}%" for name, weight in s.split.items())
         missing = f"; missing on the server: {', '.join(s.missing)}" if s.missing else ""
-        click.echo(f"{s.endpoint}: {s.health}; base {s.base or '?'} at {s.url}; {split}{missing}")
+        click.echo(f"{s.endpoint}: {s.health}; base {s.base or '?'} at {s.url}; {s.split_text}{missing}")
 
 
 @cli.command()
@@ -127,14 +99,15 @@ def deploy(endpoint: str, folder: Path, version: str, model_name: str | None, ba
     """Serve adapter FOLDER as ENDPOINT: at once when ENDPOINT is new, else through a canary."""
     from aiplat.commands import _resources
     from aiplat.serving.adapter_rollout import deploy_adapter
+    from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
 
     model_name = model_name or endpoint
     with _failures(endpoint):
-        vllm = _resources.runtime_resource("vllm")
-        backend = vllm.serving_backend(_resources.serving_keys())
+        vllm, keys = _resources.runtime_resource("vllm"), _resources.serving_keys()
         adapter = _version(model_name, version, base, folder, attestation_file)
-        done = deploy_adapter(_caller(), backend, endpoint, adapter, _resources.serving_keys(),
-                              vllm.adapter_canary_policy(), _traffic(gateway))
+        traffic = vllm.canary_traffic(_resources.operations().request_log(), DEFAULT_LOAD_SAMPLE, gateway)
+        done = deploy_adapter(_caller(), vllm.serving_backend(keys), endpoint, adapter, keys,
+                              vllm.adapter_canary_policy(), traffic)
     click.echo(f"{endpoint}: {done.action}; {done.live} takes its traffic"
                + (f" (was {done.previous})" if done.previous else ""))
     if done.verdict is not None:

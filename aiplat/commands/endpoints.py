@@ -128,8 +128,7 @@ def list_(check: bool, as_json: bool) -> None:
         click.echo(json.dumps([r.to_dict() for r in records] + [s.to_dict() for s in shared], indent=2))
         return
     for state in shared:  # LoRA adapters on a shared base-model server (`aiplat adapters status`)
-        split = ", ".join(f"{name} {weight:g}%" for name, weight in state.split.items())
-        click.echo(f"{state.endpoint}: {state.health}; adapter {split} on {state.base} at {state.url}")
+        click.echo(f"{state.endpoint}: {state.health}; adapter {state.split_text} on {state.base} at {state.url}")
     if not records:
         if not shared:
             click.echo("no endpoints; deploy one with `aiplat endpoints deploy NAME MODEL_FOLDER --version V`")

@@ -88,10 +88,11 @@ def prepare_inputs(training_set: pd.DataFrame, settings: EvalSettings,
 
 def evaluate_model(
     folder: Path, inputs: EvalInputs, settings: EvalSettings, progress: Progress | None = None,
-    base: Path | None = None,
+    base: Path | None = None, base_sha256: str | None = None,
 ) -> dict:
     """Evaluate the model `folder`, or the LoRA adapter `folder` over the base model `base`; the
-    result's `model_sha256` is the folder's (the adapter's), `base_model_sha256` the base's."""
+    result's `model_sha256` is the folder's (the adapter's), `base_model_sha256` the base's (hashed
+    here unless the caller already verified it: `base_sha256`)."""
     say = progress or (lambda _m: None)
     folder = Path(folder)
     model_sha256 = compute_manifest(folder).folder_sha256
@@ -99,7 +100,8 @@ def evaluate_model(
     lm = gen.load(folder, settings.threads, base=Path(base) if base is not None else None)
     result = _evaluate(lm, model_sha256, inputs, settings, say)
     if base is not None:
-        result = {**result, "evaluated": "adapter", "base_model_sha256": compute_manifest(Path(base)).folder_sha256}
+        result = {**result, "evaluated": "adapter",
+                  "base_model_sha256": base_sha256 or compute_manifest(Path(base)).folder_sha256}
     return result
 
 

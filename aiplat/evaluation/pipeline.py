@@ -19,6 +19,7 @@ from aiplat.evaluation import gate as gate_rules
 from aiplat.evaluation.evaluate import EvalInputs, evaluate_model, headline, prepare_inputs
 from aiplat.evaluation.registry import (
     CHAMPION,
+    EvalTarget,
     LoggedReport,
     ModelRef,
     adapter_target,
@@ -87,13 +88,13 @@ def evaluate_version(
     champion = alias_version(client, name, CHAMPION)
 
     say(f"evaluating candidate {name} version {candidate.version}")
-    target, base = _target(tracking_uri, candidate, adapter_base, candidate_hint, adapter_hint)
-    cand_eval = evaluate_model(target, inputs, settings, say, base=base)
+    target = _target(tracking_uri, candidate, adapter_base, candidate_hint, adapter_hint)
+    cand_eval = evaluate_model(target.folder, inputs, settings, say, target.base, target.base_sha256)
     champ_eval = None
     if champion is not None and champion.version != candidate.version:
         say(f"evaluating champion {name} version {champion.version}")
-        target, base = _target(tracking_uri, champion, adapter_base)
-        champ_eval = cached_evaluation(target, inputs, settings, say, base=base)
+        target = _target(tracking_uri, champion, adapter_base)
+        champ_eval = cached_evaluation(target.folder, inputs, settings, say, target.base, target.base_sha256)
     base_eval = None
     if base_folder is not None:
         say(f"evaluating base model {base_folder}")
@@ -126,12 +127,10 @@ def evaluate_version(
 
 
 def _target(tracking_uri: str, ref, adapter_base: Path | None, hint: Path | None = None,
-            adapter_hint: Path | None = None) -> tuple[Path, Path | None]:
-    """(folder, base): the version's adapter over `adapter_base` when it has one, else its merged copy."""
+            adapter_hint: Path | None = None) -> EvalTarget:
+    """The version's adapter over `adapter_base` when it has one, else its merged copy (`base` None)."""
     adapter = adapter_target(tracking_uri, ref, adapter_base, adapter_hint)
-    if adapter is not None:
-        return adapter.adapter, adapter.base
-    return model_folder(tracking_uri, ref, hint), None
+    return adapter or EvalTarget(model_folder(tracking_uri, ref, hint))
 
 
 def _recorded_settings(settings: EvalSettings) -> dict:
@@ -142,13 +141,13 @@ def _recorded_settings(settings: EvalSettings) -> dict:
 
 
 def cached_evaluation(folder: Path, inputs: EvalInputs, settings: EvalSettings, progress: Progress,
-                      base: Path | None = None) -> dict:
+                      base: Path | None = None, base_sha256: str | None = None) -> dict:
     """The base model and the champion are the same bytes for many candidates: their results are
     kept under <state>/evaluation/cache, keyed by model bytes, data, settings and code version.
     A cached result says so (`cached_from`), since its latency was measured at another time."""
     key_material = json.dumps(
         {"model": compute_manifest(folder).folder_sha256, "data": inputs.describe(),
-         **({"base": compute_manifest(Path(base)).folder_sha256} if base is not None else {}),
+         **({"base": base_sha256 or compute_manifest(Path(base)).folder_sha256} if base is not None else {}),
          "probes": [p["message"] for p in inputs.probes], "settings": settings.model_dump(mode="json"),
          "prompt": inputs.fmt.key(),
          "code": code_version()},
@@ -162,7 +161,7 @@ def cached_evaluation(folder: Path, inputs: EvalInputs, settings: EvalSettings, 
             return {**result, "cached_from": path.name[:16]}
         except (OSError, json.JSONDecodeError):
             pass  # unreadable cache entry: evaluate again and overwrite it
-    result = evaluate_model(folder, inputs, settings, progress, base=base)
+    result = evaluate_model(folder, inputs, settings, progress, base, base_sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
     staging.write_text(json.dumps(result, sort_keys=True))

@@ -105,14 +105,15 @@ def model_folder(tracking_uri: str, ref: ModelRef, local_hint: Path | None = Non
 
 
 @dataclass(frozen=True)
-class AdapterTarget:
-    """What evaluating a version as its adapter needs: the adapter's files and the base they apply to."""
+class EvalTarget:
+    """What evaluation loads: a model folder, or an adapter folder and the base it applies to."""
 
-    adapter: Path
-    base: Path
+    folder: Path
+    base: Path | None = None
+    base_sha256: str | None = None  # checked against the version's tag: evaluation need not hash it again
 
 
-def adapter_target(tracking_uri: str, ref: ModelRef, base: Path | None, local_hint: Path | None = None) -> AdapterTarget | None:
+def adapter_target(tracking_uri: str, ref: ModelRef, base: Path | None, local_hint: Path | None = None) -> EvalTarget | None:
     """The version's LoRA adapter (downloaded, verified against its sha256 tag) over `base`, when the
     version registered one and `base` holds exactly the base model it was trained on; else None (a
     version from before adapters, or no prepared base here: the caller evaluates the merged copy)."""
@@ -125,7 +126,7 @@ def adapter_target(tracking_uri: str, ref: ModelRef, base: Path | None, local_hi
                          f"hashes to {got[:12]}; refusing to evaluate its adapter over another base")
     folder = verified_copy(tracking_uri, uri, sha, model_cache_dir() / ref.name / f"{ref.version}-adapter",
                             f"{ref.name} version {ref.version} (adapter)", TAG_ADAPTER_SHA, local_hint)
-    return AdapterTarget(folder, Path(base))
+    return EvalTarget(folder, Path(base), got)
 
 
 def verified_copy(tracking_uri: str | None, uri: str, sha256: str | None, dest: Path, label: str, tag: str,

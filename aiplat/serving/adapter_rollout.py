@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 
 from aiplat.operations.requests import RequestRecord
 from aiplat.serving.adapter_canary import AdapterCanaryPolicy, AdapterVerdict, canary_split, decided_split, judge
+from aiplat.serving.adapters import adapter_version
 from aiplat.serving.backend import AdapterVersion, EndpointState, ServingBackend
 
 
@@ -36,11 +37,12 @@ class CanaryTraffic:
     timeout_s: float = 900.0
 
 
-def gateway_traffic(gateway_url: str, records: Callable[[], Sequence[RequestRecord]], prompts: Sequence[str],
-                    api_key: str | None = None, max_tokens: int = 16) -> CanaryTraffic:
-    """A canary's requests: `prompts` in turn, through the gateway at `gateway_url` (which records each
-    under the adapter version that answered), read back with `records` (the gateway's request log)."""
+def gateway_traffic(gateway_url: str, request_log, prompts: Sequence[str], api_key: str | None = None,
+                    max_tokens: int = 16) -> CanaryTraffic:
+    """A canary's requests: `prompts` in turn, through the gateway at `gateway_url`, which records each
+    under the adapter version that answered in `request_log` (aiplat.operations.requests.RequestLog)."""
     import itertools
+    from datetime import date, timedelta
 
     import httpx
 
@@ -60,7 +62,8 @@ def gateway_traffic(gateway_url: str, records: Callable[[], Sequence[RequestReco
             raise RuntimeError(f"the canary's gateway at {gateway_url} did not answer ({type(e).__name__}: {e}); "
                                "locally: `aiplat stack up gateway`") from e
 
-    return CanaryTraffic(send, records)
+    # From yesterday: a canary may span midnight (judge keeps only records since the canary started).
+    return CanaryTraffic(send, lambda: request_log.read(date.today() - timedelta(days=1))[0])
 
 
 @dataclass(frozen=True)
@@ -153,15 +156,20 @@ def _measure(endpoint: str, live: str, candidate: str, policy: AdapterCanaryPoli
 
 # --- the same, through the control sequence: what the assets and the CLI call ------------------------------
 
-def _verifier(adapter: AdapterVersion, keys):
+def _verifier(adapter: AdapterVersion, keys, registry=None):
+    """The adapter folder checked as a LoRA adapter, as the exact adapter signature recorded on its
+    MLflow version (with `registry`, an MlflowClient), and against its promotion attestation."""
     def verify() -> None:
         from pathlib import Path
 
         from aiplat.security.approval import verify_for_serving
+        from aiplat.security.signing import check_against_version
         from aiplat.serving.adapters import check_adapter_folder
 
         folder = Path(adapter.folder or adapter.source)
         check_adapter_folder(folder)
+        if registry is not None:
+            check_against_version(registry, adapter.model, adapter.version, folder, keys.signature, adapter=True)
         verify_for_serving(folder, adapter.attestation, keys, model=adapter.model, version=adapter.version)
 
     return verify
@@ -169,13 +177,15 @@ def _verifier(adapter: AdapterVersion, keys):
 
 def deploy_adapter(caller, backend: ServingBackend, endpoint: str, adapter: AdapterVersion, keys,
                    policy: AdapterCanaryPolicy = AdapterCanaryPolicy(),
-                   traffic: CanaryTraffic | None = None) -> AdapterRollout:
+                   traffic: CanaryTraffic | None = None, registry=None) -> AdapterRollout:
     """`roll_out_adapter` after the caller is authorized for `adapter.model` and its bytes verified
-    against their signature and promotion attestation (aiplat.serving.control); audited."""
+    against their signature (and the one recorded on the version in `registry`) and promotion
+    attestation (aiplat.serving.control); audited."""
     from aiplat.serving.control import Change, controlled
 
     return controlled(caller, Change("deploy", adapter.model, adapter.version, endpoint, "deployed"),
-                      lambda: roll_out_adapter(backend, endpoint, adapter, policy, traffic), _verifier(adapter, keys),
+                      lambda: roll_out_adapter(backend, endpoint, adapter, policy, traffic),
+                      _verifier(adapter, keys, registry),
                       lambda r: {"action": r.action, "adapter": r.live, "previous": r.previous or "-"})
 
 
@@ -192,6 +202,6 @@ def stop_endpoint(caller, backend: ServingBackend, endpoint: str, model: str) ->
     from aiplat.serving.control import Change, controlled
 
     state = backend.live_state(endpoint)
-    version = state.live.rsplit("@", 1)[-1] if state else None
+    version = adapter_version(state.live) if state else None
     return controlled(caller, Change("stop", model, version, endpoint, "adapter endpoint stopped"),
                       lambda: backend.stop(endpoint), details=lambda s: {"unrouted": ",".join(s.split) if s else "-"})

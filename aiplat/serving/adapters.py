@@ -56,6 +56,11 @@ def adapter_name(model: str, version: str) -> str:
     return f"{model}@{version}"
 
 
+def adapter_version(name: str) -> str:
+    """The version in an adapter's served name (`adapter_name`'s inverse)."""
+    return name.rsplit("@", 1)[-1]
+
+
 def check_adapter_folder(folder: Path, max_rank: int | None = None) -> dict:
     """The adapter's config, after checking it is a PEFT LoRA adapter in safetensors (no pickles)
     whose rank the server accepts."""

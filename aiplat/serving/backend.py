@@ -81,6 +81,10 @@ class EndpointState:
         return max(self.split.items(), key=lambda item: (item[1], item[0]))[0]
 
     @property
+    def split_text(self) -> str:
+        return ", ".join(f"{name} {weight:g}%" for name, weight in self.split.items())
+
+    @property
     def missing(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.split) - set(self.loaded)))
 
@@ -343,9 +347,8 @@ class KubernetesServingBackend(ServingBackend):
             from aiplat.serving.adapter_loader import s3_publish
 
             s3_publish(Path(adapter.folder), adapter.source, self.s3_client)
-        wanted = [w for w in self.desired(adapter.base) if w.name != adapter.name] + [adapter.wanted()]
         previous = self.desired(adapter.base)
-        self._write_desired(adapter.base, wanted)
+        self._write_desired(adapter.base, [w for w in previous if w.name != adapter.name] + [adapter.wanted()])
         try:
             self._wait(adapter.base, lambda listed: listed.get(adapter.name) == adapter.base, adapter.name)
             problem = one_token_completion(self.url(adapter.base), adapter.name, api_key=self.api_key)
