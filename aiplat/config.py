@@ -7,6 +7,7 @@ else asks these functions, at call time, never at import time.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -182,6 +183,18 @@ def child_env(extra: dict[str, str] | None = None, passthrough: tuple[str, ...] 
     env = {name: os.environ[name] for name in (*CHILD_ENV_PASSTHROUGH, *passthrough) if name in os.environ}
     env.update(extra or {})
     return env
+
+
+# A launcher may start the platform with these signals ignored (nohup, some CI runners), and an
+# ignored disposition survives exec: a child without its own handler would then sit out every
+# SIGTERM the platform sends and only go at the SIGKILL after the grace period.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def default_signals() -> None:
+    """`preexec_fn` for the processes the platform starts: the stop signals back to their default."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 class MissingSecret(RuntimeError):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from aiplat.config import child_env, local_paths, local_ports
+from aiplat.config import child_env, default_signals, local_paths, local_ports
 from aiplat.net import port_open
 
 HOST = "127.0.0.1"
@@ -470,6 +470,7 @@ def _launch(service: Service) -> tuple[subprocess.Popen, int]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=default_signals,
         )
     _CHILDREN[proc.pid] = proc
     _write_pid(service, proc)

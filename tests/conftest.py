@@ -7,10 +7,12 @@ without it they skip with the reason; under CI (CI=true) a missing service is a 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from aiplat.config import STOP_SIGNALS
 from aiplat.net import port_open
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -19,6 +21,20 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # (`make test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder) a run then takes
 # about as long as this module or the rest of the suite, whichever is longer, not both in a row.
 LONGEST_FIRST = ("tests/test_newcomer_path.py",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Processes the tests start themselves (not through the platform, which resets these in its
+    # children) must not inherit a launcher's ignored SIGTERM either: they would outlive their test.
+    # (SIGINT stays as Python set it.)
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    # Feast instruments its modules with typeguard at import, which calls ast.parse; CPython 3.11.7
+    # raises "SystemError: AST constructor recursion depth mismatch" when another thread parses at
+    # the same moment (a CI run failed so in tests/test_features_redis.py, a server thread of an
+    # earlier test beside it). Importing it here, before any test starts a thread, parses it once.
+    import feast  # noqa: F401
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -455,3 +456,29 @@ def test_the_gateway_reads_the_specs_under_the_same_local_gate_policy_as_the_pla
             assert response.status == 200
     finally:
         stack.down(["gateway"])
+
+
+def test_a_service_started_under_an_ignored_sigterm_still_stops_on_sigterm(state_dir: Path) -> None:
+    # Launchers such as nohup and some CI runners start us with SIGTERM ignored, and an ignored
+    # disposition survives exec: without the reset, this child (no handler of its own) would sit
+    # out the SIGTERM below and every `aiplat stack down` would wait the whole grace period.
+    service = stack.Service(
+        name="sleeper", port=0, port_env="UNUSED", argv=(sys.executable, "-c", "import time; time.sleep(120)"),
+        workdir=state_dir / "sleeper", pid_file=state_dir / "pids" / "sleeper.json",
+        log_file=state_dir / "logs" / "sleeper.log", url="", health=lambda _s: None,
+    )
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        proc, _offset = stack._launch(service)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            ignored = int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16)
+        assert not ignored & (1 << (signal.SIGTERM - 1)), "the child inherited an ignored SIGTERM"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

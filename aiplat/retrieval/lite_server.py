@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiplat.config import default_signals
 from aiplat.net import free_port, wait_for_port
 
 
@@ -40,6 +41,7 @@ class MilvusLiteServer:
             [_executable(), "server", "--data-dir", str(self.data_dir), "--host", self.host, "--port", str(self.port)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=default_signals,
         )
         log.close()
         if not wait_for_port(self.host, self.port, timeout):

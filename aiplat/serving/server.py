@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from aiplat.config import child_env, local_paths, state_dir
+from aiplat.config import child_env, default_signals, local_paths, state_dir
 from aiplat.net import free_port
 from aiplat.serving.registry import ServerRecord
 
@@ -300,7 +300,7 @@ def start_server(
         offset = log.tell()
         proc = subprocess.Popen(
             argv, env=server_env(settings), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=default_signals,
         )
     _CHILDREN[proc.pid] = proc
     try:
