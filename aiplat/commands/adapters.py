@@ -24,6 +24,8 @@ def _failures(endpoint: str) -> Iterator[None]:
     from aiplat.serving.adapter_rollout import AdapterRolloutFailed
     from aiplat.serving.adapters import AdapterError
     from aiplat.serving.server import ServerStartError
+    from aiplat.training.tracking import MlflowUnavailableError
+    from mlflow.exceptions import MlflowException
 
     try:
         yield
@@ -31,7 +33,12 @@ def _failures(endpoint: str) -> Iterator[None]:
         raise click.ClickException(f"access denied: {e}; endpoint {endpoint!r} is unchanged") from None
     except SignatureError as e:  # ApprovalError included: signed is not approved
         raise click.ClickException(f"refused: {e}; endpoint {endpoint!r} is unchanged") from None
-    except (AdapterRolloutFailed, AdapterError, ServerStartError, LookupError, ValueError, OSError) as e:
+    except KeyError as e:  # no such model spec
+        raise click.ClickException(e.args[0]) from None
+    except MlflowException as e:  # e.g. no such registered version
+        raise click.ClickException(f"MLflow: {e.message}; endpoint {endpoint!r} is unchanged") from None
+    except (AdapterRolloutFailed, AdapterError, ServerStartError, MlflowUnavailableError, LookupError, ValueError,
+            OSError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -41,14 +48,35 @@ def _backend():
     return _resources.runtime_resource("vllm").serving_backend(_resources.serving_keys())
 
 
-def _version(model: str, version: str, base: str, folder: Path, attestation_file: Path | None):
-    """The adapter FOLDER as `model` `version`, with its promotion attestation: the file given, else the
-    one on the MLflow version (read as `aiplat endpoints deploy` reads it)."""
+def _version(model: str, version: str, base: str | None, folder: Path | None, attestation_file: Path | None):
+    """`model` `version` as an AdapterVersion, and the MLflow client it was read from (None for a folder).
+
+    Without FOLDER the registry's version is the source: its adapter is downloaded and checked
+    against the digest recorded at registration, its attestation is the one promotion recorded, and
+    the deploy's verifier also checks the signature recorded on the version. With FOLDER (an adapter
+    outside the registry), its attestation is the file given, else the one on the MLflow version
+    (read as `aiplat endpoints deploy` reads it). The base defaults to the model spec's base_model."""
+    from aiplat.commands import _resources
     from aiplat.commands.endpoints import _attestation
     from aiplat.serving.backend import AdapterVersion
+    from aiplat.serving.champion import MlflowAdapterSource
+    from aiplat.specs import find_spec
 
-    path = str(folder.resolve())
-    return AdapterVersion(model, version, base, path, _attestation(model, version, attestation_file, None), folder=path)
+    base = base or find_spec(model).base_model
+    if folder is not None:
+        path = str(folder.resolve())
+        return AdapterVersion(model, version, base, path, _attestation(model, version, attestation_file, None),
+                              folder=path), None
+    if attestation_file is not None:
+        raise click.UsageError("--attestation-file goes with FOLDER; a registry version carries its own")
+    mlflow = _resources.mlflow()
+    mlflow.check_available()
+    adapter = MlflowAdapterSource(mlflow.client, model, base, version=version, tracking_uri=mlflow.uri,
+                                  store_prefix=_resources.runtime_resource("vllm").adapter_store_prefix()).resolve()
+    if adapter is None:
+        raise click.ClickException(f"{model} version {version} registered no LoRA adapter (a whole-model version: "
+                                   "serve it with `aiplat endpoints deploy`)")
+    return adapter, mlflow.client
 
 
 def _caller():
@@ -85,18 +113,26 @@ def status(endpoint: str | None, as_json: bool) -> None:
         click.echo(f"{s.endpoint}: {s.health}; base {s.base or '?'} at {s.url}; {s.split_text}{missing}")
 
 
+_FOLDER = click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+_BASE = click.option("--base", default=None, help="The base model it adapts, whose shared server serves it "
+                                                   "(default: the model spec's base_model).")
+_ATTESTATION = click.option("--attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                            default=None, help="With FOLDER: the version's promotion attestation (default: the one "
+                                               "on the MLflow version).")
+
+
 @cli.command()
 @click.argument("endpoint")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_FOLDER
 @click.option("--version", "version", required=True, help="The adapter's registered version.")
 @click.option("--model-name", default=None, help=_MODEL_HELP)
-@click.option("--base", required=True, help="The base model it adapts (its shared server).")
-@click.option("--attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The version's promotion attestation (default: the one on the MLflow version).")
+@_BASE
+@_ATTESTATION
 @click.option("--gateway", default=None, help="Gateway the canary's traffic goes through (default: the local one).")
-def deploy(endpoint: str, folder: Path, version: str, model_name: str | None, base: str,
+def deploy(endpoint: str, folder: Path | None, version: str, model_name: str | None, base: str | None,
            attestation_file: Path | None, gateway: str | None) -> None:
-    """Serve adapter FOLDER as ENDPOINT: at once when ENDPOINT is new, else through a canary."""
+    """Serve the adapter of registered VERSION (or the one in FOLDER) as ENDPOINT: at once when
+    ENDPOINT is new, else through a canary."""
     from aiplat.commands import _resources
     from aiplat.serving.adapter_rollout import deploy_adapter
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
@@ -104,10 +140,10 @@ def deploy(endpoint: str, folder: Path, version: str, model_name: str | None, ba
     model_name = model_name or endpoint
     with _failures(endpoint):
         vllm, keys = _resources.runtime_resource("vllm"), _resources.serving_keys()
-        adapter = _version(model_name, version, base, folder, attestation_file)
+        adapter, registry = _version(model_name, version, base, folder, attestation_file)
         traffic = vllm.canary_traffic(_resources.operations().request_log(), DEFAULT_LOAD_SAMPLE, gateway)
         done = deploy_adapter(_caller(), vllm.serving_backend(keys), endpoint, adapter, keys,
-                              vllm.adapter_canary_policy(), traffic)
+                              vllm.adapter_canary_policy(), traffic, registry=registry)
     click.echo(f"{endpoint}: {done.action}; {done.live} takes its traffic"
                + (f" (was {done.previous})" if done.previous else ""))
     if done.verdict is not None:
@@ -116,22 +152,39 @@ def deploy(endpoint: str, folder: Path, version: str, model_name: str | None, ba
 
 @cli.command()
 @click.argument("endpoint")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--version", "version", required=True, help="The earlier version to serve again.")
+@_FOLDER
+@click.option("--version", "version", default=None,
+              help="The earlier version to serve again (default: the registry's 'previous' alias).")
 @click.option("--model-name", default=None, help=_MODEL_HELP)
-@click.option("--base", required=True)
-@click.option("--attestation-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-def rollback(endpoint: str, folder: Path, version: str, model_name: str | None, base: str,
+@_BASE
+@_ATTESTATION
+def rollback(endpoint: str, folder: Path | None, version: str | None, model_name: str | None, base: str | None,
              attestation_file: Path | None) -> None:
-    """Incident path, no canary: the earlier VERSION (FOLDER, verified again) takes all of ENDPOINT's traffic."""
+    """Incident path, no canary: the earlier VERSION (the registry's, or FOLDER's), verified again,
+    takes all of ENDPOINT's traffic."""
     from aiplat.commands import _resources
     from aiplat.serving.adapter_rollout import roll_back_adapter_controlled
 
     model_name = model_name or endpoint
     with _failures(endpoint):
-        adapter = _version(model_name, version, base, folder, attestation_file)
-        done = roll_back_adapter_controlled(_caller(), _backend(), endpoint, adapter, _resources.serving_keys())
+        if version is None:
+            if folder is not None:
+                raise click.UsageError("FOLDER needs --version (the registered version it holds)")
+            version = _previous_version(model_name)
+        adapter, registry = _version(model_name, version, base, folder, attestation_file)
+        done = roll_back_adapter_controlled(_caller(), _backend(), endpoint, adapter, _resources.serving_keys(),
+                                            registry=registry)
     click.echo(f"{endpoint}: {done.action}; {done.live} takes its traffic" + (f" (was {done.previous})" if done.previous else ""))
+
+
+def _previous_version(model: str) -> str:
+    """The version behind the registry's `previous` alias (promotion moves it with the champion)."""
+    from aiplat.commands import _resources
+    from aiplat.serving.champion import PREVIOUS, aliased_version
+
+    mlflow = _resources.mlflow()
+    mlflow.check_available()
+    return str(aliased_version(mlflow.client, model, PREVIOUS).version)
 
 
 @cli.command()

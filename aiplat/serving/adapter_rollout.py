@@ -190,11 +190,12 @@ def deploy_adapter(caller, backend: ServingBackend, endpoint: str, adapter: Adap
 
 
 def roll_back_adapter_controlled(caller, backend: ServingBackend, endpoint: str, previous: AdapterVersion,
-                                 keys) -> AdapterRollout:
+                                 keys, registry=None) -> AdapterRollout:
+    """`roll_back_adapter` behind the same authorize -> verify -> act -> audit as `deploy_adapter`."""
     from aiplat.serving.control import Change, controlled
 
     return controlled(caller, Change("rollback", previous.model, previous.version, endpoint, "adapter rolled back"),
-                      lambda: roll_back_adapter(backend, endpoint, previous), _verifier(previous, keys),
+                      lambda: roll_back_adapter(backend, endpoint, previous), _verifier(previous, keys, registry),
                       lambda r: {"action": r.action, "adapter": r.live, "from": r.previous or "-"})
 
 

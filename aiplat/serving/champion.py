@@ -148,13 +148,15 @@ class MlflowAdapterSource:
     download_root: Path | None = None
     tracking_uri: str | None = None
     store_prefix: str = ""  # prod: s3://bucket/prefix of <model>/v<version>/adapter/ (what the pod's sidecar pulls)
+    version: str | None = None  # this registered version instead of the one behind `alias`
 
     def resolve(self):
         from aiplat.evaluation.registry import TAG_ADAPTER_ARTIFACT, TAG_ADAPTER_SHA, verified_copy
         from aiplat.security.approval import APPROVAL_TAG
         from aiplat.serving.backend import AdapterVersion
 
-        mv = aliased_version(self.client, self.model_name, self.alias)
+        mv = (self.client.get_model_version(self.model_name, self.version) if self.version
+              else aliased_version(self.client, self.model_name, self.alias))
         tags = dict(mv.tags or {})
         if not tags.get(TAG_ADAPTER_SHA) or not tags.get(TAG_ADAPTER_ARTIFACT):
             return None
