@@ -7,7 +7,7 @@
 # by size. Two workers were tried on this 2-core machine: no failure in the first 43% of a fresh
 # clone's run, then one failure (not identified before the session ended) while the newcomer's two
 # evaluations and the serving module ran side by side; kept opt-in until a whole run is measured.
-# Tried again on a fresh clone (2026-12-02, commit 9c1d0e5, `CI=true AIPLAT_TEST_WORKERS=2 bash .ci/run`):
+# Tried again on a fresh clone (2026-12-02, commit e5b5c7a, `CI=true AIPLAT_TEST_WORKERS=2 bash .ci/run`):
 # slower, not faster: 69% of the tests done after 49 min (one worker finishes all in about 45), 4
 # failures by then, load average 7-9; the newcomer's vLLM CPU worker alone held ~90% of a core for
 # its 36 min. Most of this suite is CPU-bound real servers, so on 2 cores two workers only contend.
