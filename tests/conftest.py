@@ -34,7 +34,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # raises "SystemError: AST constructor recursion depth mismatch" when another thread parses at
     # the same moment (a CI run failed so in tests/test_features_redis.py, a server thread of an
     # earlier test beside it). Importing it here, before any test starts a thread, parses it once.
+    # Its import also points PROMETHEUS_MULTIPROC_DIR at a temp folder, and prometheus_client picks
+    # multiprocess values for every metric when that variable is set at its own import: so
+    # prometheus_client comes first, and the variable goes back to what it was.
+    import prometheus_client  # noqa: F401
+
+    before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     import feast  # noqa: F401
+
+    if before is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = before
 
 
 @pytest.hookimpl(tryfirst=True)

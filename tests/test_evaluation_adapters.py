@@ -80,7 +80,7 @@ def test_an_adapter_whose_registered_bytes_differ_is_not_evaluated(shared_mlflow
                                                                    tmp_path: Path) -> None:
     client, done, df = trained
     client.set_model_version_tag(NAME, done.model_version, TAG_ADAPTER_SHA, "f" * 64)
-    with pytest.raises(ValueError, match="refusing to evaluate other bytes than were registered"):
+    with pytest.raises(ValueError, match="refusing to use other bytes than were registered"):
         evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS,
                          adapter_base=tiny)
     # Without a prepared base at hand, the merged copy is what gets evaluated (and says so).

@@ -131,6 +131,10 @@ def adapter_target(tracking_uri: str, ref: ModelRef, base: Path | None, local_hi
 
 def verified_copy(tracking_uri: str | None, uri: str, sha256: str | None, dest: Path, label: str, tag: str,
                    local_hint: Path | None = None) -> Path:
+    """`dest` holding the artifact at `uri`, whose folder digest must be `sha256` (the version's `tag`):
+    downloaded into a staging folder and moved into place only once verified, so evaluation and
+    serving never read bytes other than those registered. `local_hint`/`dest` are reused when
+    their digest already matches."""
     import mlflow.artifacts
 
     if local_hint is not None and Path(local_hint).is_dir() and sha256:
@@ -149,7 +153,7 @@ def verified_copy(tracking_uri: str | None, uri: str, sha256: str | None, dest: 
         if sha256 and got != sha256:
             raise ValueError(
                 f"{label}: downloaded files hash to {got[:12]}, but the version is "
-                f"tagged {tag}={sha256[:12]}; refusing to evaluate other bytes than were registered"
+                f"tagged {tag}={sha256[:12]}; refusing to use other bytes than were registered"
             )
         if dest.exists():
             shutil.rmtree(dest)
