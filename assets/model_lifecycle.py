@@ -303,7 +303,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         # attempt (which first closes the runs dead attempts left RUNNING) trains again.
         retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
         description=(f"LoRA fine-tune of {spec.base_model} for {spec.name} ({spec.task}): one MLflow run in "
-                     f"`{spec.experiment}`, adapter and merged safetensors model as artifacts, signed, and a new "
+                     f"`{spec.experiment}`, the LoRA adapter (safetensors) as its artifact, signed, and a new "
                      f"version of the registered model `{spec.name}` tagged with its lineage."),
     )
     def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, mlflow: MLflowResource,
@@ -353,13 +353,12 @@ def model_chain(spec: ModelSpec) -> ModelChain:
             "model_version_link": dg.MetadataValue.url(tracked.model_version_url),
             "training_set_sha256": dataset_hash,
             "base_model_sha256": prepared.folder_sha256,
-            "merged_sha256": result.merged_sha256,
+            "adapter_sha256": result.adapter_sha256,
             "final_train_loss": dg.MetadataValue.float(result.final_loss),
             "eval_loss": dg.MetadataValue.float(result.eval_loss) if result.eval_loss is not None else None,
             "train_examples": result.train_examples,
             "tokens_per_second": dg.MetadataValue.float(round(result.tokens_per_second, 1)),
             "device": result.device,
-            "merged_path": dg.MetadataValue.path(str(result.merged_dir)),
             "adapter_path": dg.MetadataValue.path(str(result.adapter_dir)),
             "hyperparameters": dg.MetadataValue.json(params.model_dump()),
             "signature_sha256": signed.signature_sha256,
@@ -368,7 +367,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
             "signing_key_label": signed.key_label,
             "code_version": lineage.code_version,
             "owner": spec.owner,
-        }, data_version=dg.DataVersion(result.merged_sha256))
+        }, data_version=dg.DataVersion(result.adapter_sha256))
 
     # ---- evaluation and its blocking gate ----------------------------------------------------
     @dg.asset(
@@ -404,7 +403,6 @@ def model_chain(spec: ModelSpec) -> ModelChain:
             raise dg.Failure(f"{FINE_TUNED.to_user_string()} has no materialization naming a model version; "
                              "materialize it first or set model_version in the run config")
         same = str(meta.get("model_version")) == str(version)
-        hint = meta.get("merged_path") if same else None
         adapter_hint = meta.get("adapter_path") if same else None
         # The prepared base: a version's adapter is evaluated over it, as an adapter server serves it.
         adapter_base = _base_folder(context)
@@ -413,7 +411,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         try:
             outcome = evaluate_version(
                 mlflow.client, mlflow.uri, spec.name, str(version), training_set, settings, thresholds,
-                base_folder=base_folder, adapter_base=adapter_base, candidate_hint=hint, adapter_hint=adapter_hint,
+                base_folder=base_folder, adapter_base=adapter_base, adapter_hint=adapter_hint,
                 dagster_run_id=context.run_id, progress=context.log.info,
                 prompt_format=fmt, policy=policy,
             )

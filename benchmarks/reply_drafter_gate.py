@@ -85,7 +85,7 @@ def main() -> None:
         result = fine_tune(base, df, spec.fine_tune, Path(tmp) / "ft", fmt=fmt)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cand_eval = evaluate_model(result.merged_dir, inputs, settings)
+        cand_eval = evaluate_model(result.adapter_dir, inputs, settings, base=base)
         cand_s = time.perf_counter() - t0
     decision = decide(thresholds, headline(cand_eval), headline(base_eval))
     b, c = headline(base_eval), headline(cand_eval)

@@ -1,6 +1,6 @@
 """A fine-tuned version is evaluated as its LoRA adapter over the base model it was trained on
 (issue 14: eval loads base + adapter), against a real MLflow server with a real tracked fine-tune
-of the tiny model: the same answers as its merged copy, the report names the adapter and the base,
+of the tiny model: the same answers as a merged copy made here, the report names the adapter and the base,
 promotion refuses a report whose adapter or base is not the version's, and an adapter whose bytes in
 the registry are not the registered ones is never evaluated."""
 
@@ -49,8 +49,22 @@ def trained(shared_mlflow: str, tiny: Path, tmp_path: Path, state_dir: Path, mon
     return client, done, df
 
 
-def test_a_version_is_evaluated_as_its_adapter_over_its_base_with_the_merged_copys_answers(
-        shared_mlflow: str, tiny: Path, trained) -> None:
+def _merged_copy(adapter: Path, base: Path, dest: Path) -> Path:
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).merge_and_unload()
+    model.save_pretrained(dest, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (adapter / name).is_file():
+            shutil.copy2(adapter / name, dest / name)
+    return dest
+
+
+def test_a_version_is_evaluated_as_its_adapter_over_its_base_with_a_merged_copys_answers(
+        shared_mlflow: str, tiny: Path, trained, tmp_path: Path) -> None:
     client, done, df = trained
     outcome = evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS,
                                adapter_base=tiny, dagster_run_id="test-run")
@@ -59,8 +73,10 @@ def test_a_version_is_evaluated_as_its_adapter_over_its_base_with_the_merged_cop
     assert model["evaluated"] == "adapter"
     assert model["model_sha256"] == tags[TAG_ADAPTER_SHA] == done.result.adapter_sha256
     assert model["base_model_sha256"] == tags[TAG_BASE_SHA] == compute_manifest(tiny).folder_sha256
-    # The adapter over the base answers as the merged copy does (the merge is the same arithmetic).
-    merged = evaluate_model(done.result.merged_dir, prepare_inputs(df, TEST_SETTINGS), TEST_SETTINGS)
+    # The adapter over the base answers as a merged copy does (the merge is the same arithmetic); the
+    # platform writes none, so the test merges one.
+    merged = evaluate_model(_merged_copy(done.result.adapter_dir, tiny, tmp_path / "merged"),
+                            prepare_inputs(df, TEST_SETTINGS), TEST_SETTINGS)
     candidate = outcome.report["results"]["candidate"]
     for part in ("test", "golden"):
         assert {k: v for k, v in candidate[part].items() if "second" not in k} == \
@@ -83,7 +99,21 @@ def test_an_adapter_whose_registered_bytes_differ_is_not_evaluated(shared_mlflow
     with pytest.raises(ValueError, match="refusing to use other bytes than were registered"):
         evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS,
                          adapter_base=tiny)
-    # Without a prepared base at hand, the merged copy is what gets evaluated (and says so).
-    merged = evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS)
-    assert "evaluated" not in merged.report["model"]
-    assert merged.report["model"]["model_sha256"] == done.result.merged_sha256
+    # Without the prepared base at hand there is nothing to evaluate (no merged copy exists): a
+    # clear error naming the base, and no report.
+    with pytest.raises(ValueError, match="is a LoRA adapter over base model .* not prepared here"):
+        evaluate_version(client, shared_mlflow, NAME, done.model_version, df, TEST_SETTINGS, TEST_THRESHOLDS)
+    assert "aiplat.eval.run_id" not in client.get_model_version(NAME, done.model_version).tags
+
+
+def test_a_champion_that_is_an_adapter_has_no_whole_model_copy_to_serve(shared_mlflow: str, trained,
+                                                                        tmp_path: Path) -> None:
+    from aiplat.serving.champion import ModelResolutionError, MlflowAliasSource
+
+    client, done, _ = trained
+    run_artifacts = {a.path for a in client.list_artifacts(done.run_id)}
+    assert run_artifacts == {"adapter"}  # no merged copy was made or uploaded
+    client.set_registered_model_alias(NAME, "champion", done.model_version)
+    with pytest.raises(ModelResolutionError, match="is a LoRA adapter over base model .* served on its base model's"):
+        MlflowAliasSource(client, NAME, download_root=tmp_path / "served", tracking_uri=shared_mlflow).resolve()
+    assert not (tmp_path / "served").exists()

@@ -86,10 +86,7 @@ def upstream_assets(models: dict[str, Path]) -> list:
     @dg.asset(key=[P, "fine_tuned_model"], deps=[base_model])
     def fine_tuned_model(config: CandidateConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
         version = register(mlflow.client, NAME, models[config.which])
-        return dg.MaterializeResult(metadata={
-            "registered_model": NAME, "model_version": version,
-            "merged_path": dg.MetadataValue.path(str(models[config.which])),
-        })
+        return dg.MaterializeResult(metadata={"registered_model": NAME, "model_version": version})
 
     @dg.asset(key=[P, "training_set"])
     def training_set() -> pd.DataFrame:

@@ -106,14 +106,20 @@ def readme_commands() -> list[str]:
 
 
 @pytest.fixture
-def newcomer(tmp_path, monkeypatch):
-    """The local runtime as `make dev` leaves it, on private ports and a private state folder."""
+def newcomer(tmp_path, monkeypatch, smollm_base: Path):
+    """The local runtime as `make dev` leaves it, on private ports and a private state folder: the
+    vLLM venv and the base model the bootstrap prepared are there (a copy of the session's
+    converted SmolLM2, its manifest included, so the base_model asset finds it up to date instead
+    of converting the GGUF package again: tests/test_training.py converts it for real)."""
+    import shutil
+
     from aiplat.stack import down, up
 
     env = built_vllm_env()
     state = tmp_path / "state"
     (state / "venvs").mkdir(parents=True)
     (state / "venvs" / "vllm").symlink_to(env.path)
+    shutil.copytree(smollm_base, state / "models" / "base" / smollm_base.name)
     home = tmp_path / "dagster_home"
     settings = {
         "AIPLAT_STATE_DIR": str(state), "AIPLAT_ENV": "local", "DAGSTER_HOME": str(home),

@@ -95,9 +95,9 @@ def test_a_promotion_approves_the_versions_adapter_too_and_nothing_else(signed_f
     for folder in (signed_folder, adapter):
         got = verify_for_serving(folder, both, serving_keys(), model=ENDPOINT, version="2")
         assert got.model_digest == verify_model(folder, dev_key_pair().public_key)
-    merged_only = attest(dev_approval_key_pair(), model_digest=digest, **common)
+    model_only = attest(dev_approval_key_pair(), model_digest=digest, **common)
     with pytest.raises(ApprovalError, match="is not the approved one"):
-        verify_for_serving(adapter, merged_only, serving_keys(), model=ENDPOINT, version="2")
+        verify_for_serving(adapter, model_only, serving_keys(), model=ENDPOINT, version="2")
     other = shutil.copytree(adapter, tmp_path / "other-adapter")
     (other / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
     sign_model(other, dev_key_pair())

@@ -67,9 +67,9 @@ def world(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         _materialize(instance, "redacted_tickets", findings_after_redaction=0, content_hash="redacted-v1")
         _materialize(instance, "kb_index", collection="kb_v1")  # feeds other models, not this one
         _materialize(instance, f"{P}/training_set", content_hash="ts-v1", feature_service="triage_v1")
-        _materialize(instance, f"{P}/fine_tuned_model", registered_model=MODEL, model_version="1", merged_sha256="m1")
+        _materialize(instance, f"{P}/fine_tuned_model", registered_model=MODEL, model_version="1", adapter_sha256="a1")
         _materialize(instance, "raw_tickets", sha256="raw-after-v1")  # landed later: not v1's lineage
-        _materialize(instance, f"{P}/fine_tuned_model", registered_model=MODEL, model_version="2", merged_sha256="m2")
+        _materialize(instance, f"{P}/fine_tuned_model", registered_model=MODEL, model_version="2", adapter_sha256="a2")
         _materialize(instance, f"{P}/eval_report", registered_model=MODEL, model_version="1", report_sha256="e1" * 32)
         _materialize(instance, f"{P}/champion", registered_model=MODEL, champion_version="1", status="promoted")
         _materialize(instance, f"{P}/served_endpoint", registered_model=MODEL, model_version="1", deployed_by="alice")
@@ -92,7 +92,7 @@ def test_audit_prints_the_chain_of_one_version(world: str) -> None:
         by_asset.setdefault(step["asset"], []).append(step["metadata"])
     assert by_asset["raw_tickets"] == [{"sha256": "raw-before-v1"}]
     assert by_asset[f"{P}/training_set"][0]["feature_service"] == "triage_v1"
-    assert [m["merged_sha256"] for m in by_asset[f"{P}/fine_tuned_model"]] == ["m1"]
+    assert [m["adapter_sha256"] for m in by_asset[f"{P}/fine_tuned_model"]] == ["a1"]
     assert by_asset[f"{P}/eval_report"][0]["report_sha256"] == "e1" * 32
     assert by_asset[f"{P}/served_endpoint"][0]["deployed_by"] == "alice"
     # Its real upstream in the asset graph: no KB asset feeds the triage model (it did print them).

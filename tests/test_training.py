@@ -39,23 +39,25 @@ def first_run(tiny_model: Path, data: pd.DataFrame, tmp_path_factory: pytest.Tem
     return fine_tune(tiny_model, data, tiny_params(), tmp_path_factory.mktemp("run1"))
 
 
-def test_fine_tune_writes_safetensors_adapter_and_merged_model(first_run) -> None:
-    for folder in (first_run.adapter_dir, first_run.merged_dir):
-        assert pickle_files(folder) == []
-        assert (folder / "tokenizer.json").is_file() and (folder / "chat_template.jinja").is_file()
-        assert read_manifest(folder)["folder_sha256"] == compute_manifest(folder).folder_sha256
-    assert (first_run.adapter_dir / "adapter_model.safetensors").is_file()
-    assert (first_run.merged_dir / "model.safetensors").is_file()
+def test_fine_tune_writes_only_the_safetensors_adapter(first_run, tmp_path_factory) -> None:
+    folder = first_run.adapter_dir
+    assert pickle_files(folder) == []
+    assert (folder / "tokenizer.json").is_file() and (folder / "chat_template.jinja").is_file()
+    assert read_manifest(folder)["folder_sha256"] == compute_manifest(folder).folder_sha256 == first_run.adapter_sha256
+    assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
+    # No merged copy: the run folder holds the adapter and nothing of the base model's size.
+    assert [p.name for p in folder.parent.iterdir()] == ["adapter"]
     assert len(first_run.losses) == 12 and first_run.eval_loss is not None
     assert first_run.device == "cpu" and first_run.tokens > 0
 
 
-def test_merged_model_loads_and_generates(first_run) -> None:
+def test_the_adapter_over_its_base_loads_and_generates(first_run, tiny_model: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(first_run.merged_dir)
-    model = AutoModelForCausalLM.from_pretrained(first_run.merged_dir)
+    from aiplat.evaluation.generate import load
+
+    loaded = load(first_run.adapter_dir, base=tiny_model)
+    tok, model = loaded.tokenizer, loaded.model
     text = tok.apply_chat_template(prompts.messages({"subject": "x", "message": "y"}, []), add_generation_prompt=True,
                                    tokenize=False)
     ids = tok(text, return_tensors="pt", add_special_tokens=False)
@@ -166,8 +168,8 @@ def test_local_model_copies_are_pruned_to_the_newest_but_never_the_protected(tmp
     runs = []
     for i in range(5):
         run = parent / f"run{i}"
-        (run / "merged").mkdir(parents=True)
-        (run / "merged" / "model.safetensors").write_bytes(b"x" * (100 + i))
+        (run / "adapter").mkdir(parents=True)
+        (run / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * (100 + i))
         os.utime(run, (1_000_000 + i, 1_000_000 + i))  # run4 newest
         runs.append(run)
     pruned = prune_folders(parent, keep=2, protect=(runs[0],))  # the oldest is the run in progress

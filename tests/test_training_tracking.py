@@ -119,7 +119,8 @@ def test_materialization_registers_a_version_with_lineage(mlflow_server: str, ma
         assert tags["aiplat.training_set_sha256"] == expected_hash
         assert tags["aiplat.base_model_sha256"] == meta["base_model_sha256"]
         assert tags["aiplat.code_version"] and tags["aiplat.git_commit"]
-    assert mv.tags["aiplat.merged_sha256"] == meta["merged_sha256"]
+    assert mv.tags["aiplat.adapter_sha256"] == meta["adapter_sha256"]
+    assert "aiplat.merged_sha256" not in mv.tags and "aiplat.merged_artifact" not in mv.tags  # no merged copy
     assert meta["mlflow_run"].startswith(mlflow_server) and meta["mlflow_run_id"] in meta["mlflow_run"]
 
 
@@ -134,17 +135,16 @@ def test_run_has_params_step_metrics_system_metrics_and_artifacts(mlflow_server:
     assert [m.step for m in history] == list(range(1, TINY_PARAMS["steps"] + 1))
     assert history[-1].value == pytest.approx(meta["final_train_loss"])
     assert any(k.startswith("system/cpu") for k in run.data.metrics)
-    model_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
-    adapter_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
-    assert {"model.safetensors", "tokenizer.json", "config.json"} <= model_files
-    assert "adapter_model.safetensors" in adapter_files
-    assert not [f for f in model_files | adapter_files if f.endswith((".bin", ".pt", ".pkl"))]
+    # The run's artifact is the adapter, a few MB; no merged copy of the base model is uploaded.
+    assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id)} == {"adapter"}
+    adapter = client.list_artifacts(run.info.run_id, "adapter")
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= {Path(a.path).name for a in adapter}
+    assert not [a for a in adapter if a.path.endswith((".bin", ".pt", ".pkl"))]
 
 
 def test_registered_model_is_signed_and_owned(mlflow_server: str, materialized, tmp_path: Path, state_dir: Path) -> None:
     import mlflow.artifacts
 
-    from aiplat.evaluation.registry import model_folder, model_version
     from aiplat.security import signing
 
     _, meta = materialized
@@ -156,24 +156,24 @@ def test_registered_model_is_signed_and_owned(mlflow_server: str, materialized, 
     registered = client.get_registered_model("triage-tiny")
     assert registered.tags["owner_team"] == "team:ml" and registered.tags["aiplat.task"] == "classification"
     assert client.get_experiment_by_name("triage-tiny-fine-tuning") is not None
-    model_files = {Path(a.path).name for a in client.list_artifacts(mv.run_id, "model")}
-    assert signing.SIGNATURE_NAME in model_files
-    # What the registry holds verifies under the key that signed it, and is exactly this version.
-    assert mv.source == mv.tags["aiplat.adapter_artifact"]  # the version is its adapter ...
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.tags["aiplat.merged_artifact"],  # ... merged beside
-                                                      dst_path=str(tmp_path / "dl"), tracking_uri=mlflow_server))
-    state = Path(meta["merged_path"]).parents[4]  # <state>/models/fine_tuned/<name>/<run>/merged
+    adapter_files = {Path(a.path).name for a in client.list_artifacts(mv.run_id, "adapter")}
+    assert signing.SIGNATURE_NAME in adapter_files
+    # What the registry holds verifies under the key that signed it, and is exactly this version:
+    # the version is its LoRA adapter (what a shared multi-adapter server loads).
+    assert mv.source == mv.tags["aiplat.adapter_artifact"]
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "dl"),
+                                                      tracking_uri=mlflow_server))
+    state = Path(meta["adapter_path"]).parents[4]  # <state>/models/fine_tuned/<name>/<run>/adapter
     public = state / "security" / "dev-signing-key" / "public.pem"
     assert signing.check_against_version(client, "triage-tiny", meta["model_version"], folder, public) == \
-        meta["signature_model_digest"]
-    # The version's LoRA adapter (what a shared multi-adapter server loads) is signed with the same key.
-    adapter = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.tags["aiplat.adapter_artifact"],
-                                                       dst_path=str(tmp_path / "dl-adapter"), tracking_uri=mlflow_server))
-    assert signing.verify_model(adapter, public) == mv.tags[signing.TAG_ADAPTER_DIGEST] != meta["signature_model_digest"]
-    # model.sig in the folder does not change the merged hash evaluation checks downloads against.
-    assert model_folder(mlflow_server, model_version(client, "triage-tiny", meta["model_version"])).is_dir()
-    (folder / "model.safetensors").write_bytes(b"\0" + (folder / "model.safetensors").read_bytes()[1:])
-    with pytest.raises(signing.SignatureError, match="changed since signing: model.safetensors"):
+        meta["signature_model_digest"] == mv.tags[signing.TAG_ADAPTER_DIGEST]
+    assert signing.check_against_version(client, "triage-tiny", meta["model_version"], folder, public, adapter=True)
+    # model.sig in the folder does not change the adapter hash evaluation and serving check downloads against.
+    from aiplat.models.manifest import compute_manifest
+
+    assert compute_manifest(folder).folder_sha256 == mv.tags["aiplat.adapter_sha256"]
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" + (folder / "adapter_model.safetensors").read_bytes()[1:])
+    with pytest.raises(signing.SignatureError, match="changed since signing: adapter_model.safetensors"):
         signing.verify_model(folder, public)
 
 

@@ -128,7 +128,7 @@ def evaluate_version(
 
 def _target(tracking_uri: str, ref, adapter_base: Path | None, hint: Path | None = None,
             adapter_hint: Path | None = None) -> EvalTarget:
-    """The version's adapter over `adapter_base` when it has one, else its merged copy (`base` None)."""
+    """The version's adapter over `adapter_base` when it has one, else its whole-model folder (`base` None)."""
     adapter = adapter_target(tracking_uri, ref, adapter_base, adapter_hint)
     return adapter or EvalTarget(model_folder(tracking_uri, ref, hint))
 

@@ -25,12 +25,13 @@ REPORT_ARTIFACT_DIR = "eval_report"
 CHAMPION = "champion"
 PREVIOUS = "previous"
 
+# The folder digest of a version registered as a whole-model folder (a base model, or a version from
+# before fine-tunes registered adapters; the tag's name is from then).
 TAG_MODEL_SHA = "aiplat.merged_sha256"
 # A fine-tune's LoRA adapter and the base model it applies to (aiplat.training.tracking sets them).
 TAG_ADAPTER_SHA = "aiplat.adapter_sha256"
 TAG_ADAPTER_ARTIFACT = "aiplat.adapter_artifact"
 TAG_BASE_SHA = "aiplat.base_model_sha256"
-TAG_MERGED_ARTIFACT = "aiplat.merged_artifact"  # the merged copy of a version whose source is its adapter
 TAG_EVAL_RUN = "aiplat.eval.run_id"
 TAG_EVAL_SHA = "aiplat.eval.report_sha256"
 TAG_EVAL_PASSED = "aiplat.eval.passed"
@@ -92,15 +93,10 @@ def model_cache_dir() -> Path:
     return local_paths().models / "eval-cache"
 
 
-def merged_source(source: str, tags: dict) -> str:
-    """Where a version's whole-model (merged) folder is: its tag when the version is an adapter,
-    else its source (versions registered as merged folders)."""
-    return tags.get(TAG_MERGED_ARTIFACT) or source
-
-
 def model_folder(tracking_uri: str, ref: ModelRef, local_hint: Path | None = None) -> Path:
-    """A local folder holding exactly this version's merged files (verified against its sha256 tag)."""
-    return verified_copy(tracking_uri, merged_source(ref.source, ref.tags), ref.sha256, model_cache_dir() / ref.name / ref.version,
+    """A local folder holding exactly the files of a version registered as a whole-model folder
+    (verified against its sha256 tag)."""
+    return verified_copy(tracking_uri, ref.source, ref.sha256, model_cache_dir() / ref.name / ref.version,
                           f"{ref.name} version {ref.version}", TAG_MODEL_SHA, local_hint)
 
 
@@ -115,11 +111,17 @@ class EvalTarget:
 
 def adapter_target(tracking_uri: str, ref: ModelRef, base: Path | None, local_hint: Path | None = None) -> EvalTarget | None:
     """The version's LoRA adapter (downloaded, verified against its sha256 tag) over `base`, when the
-    version registered one and `base` holds exactly the base model it was trained on; else None (a
-    version from before adapters, or no prepared base here: the caller evaluates the merged copy)."""
+    version registered one; None for a version registered as a whole-model folder (a base model, or
+    one registered from before adapters), which the caller evaluates as that folder. A fine-tune's
+    version is only its adapter: without `base` holding exactly the base model it was trained on
+    there is nothing to evaluate, and ValueError says so."""
     sha, uri, base_sha = (ref.tags.get(TAG_ADAPTER_SHA), ref.tags.get(TAG_ADAPTER_ARTIFACT), ref.tags.get(TAG_BASE_SHA))
-    if not (sha and uri and base_sha) or base is None or not Path(base).is_dir():
+    if not (sha and uri and base_sha):
         return None
+    if base is None or not Path(base).is_dir():
+        raise ValueError(f"{ref.name} version {ref.version} is a LoRA adapter over base model {base_sha[:12]}, and "
+                         f"that base is not prepared here ({base or 'no base folder given'}); prepare it "
+                         "(the spec's base_model: aiplat.models.base) and evaluate again")
     got = compute_manifest(Path(base)).folder_sha256
     if got != base_sha:
         raise ValueError(f"{ref.name} version {ref.version} was trained on base model {base_sha[:12]}, but {base} "

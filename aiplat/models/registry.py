@@ -10,7 +10,7 @@ LINEAGE_TAGS = (
     "aiplat.training_set_sha256",
     "aiplat.base_model_sha256",
     "aiplat.base_model_source",
-    "aiplat.merged_sha256",
+    "aiplat.adapter_sha256",
     "aiplat.run_url",
 )
 

@@ -1,6 +1,6 @@
 """Local working copies of model versions, pruned to the newest few.
 
-Every fine-tune leaves its adapter and merged folder (about 540 MB for SmolLM2-135M) under
+Every fine-tune leaves its adapter folder (a few MB for SmolLM2-135M; older runs also a 540 MB merged copy) under
 <state>/models/fine_tuned/<model>/<run id>, and evaluation keeps downloaded versions under
 <state>/models/eval-cache/<model>/<version>. MLflow holds every registered version's artifacts, so
 these are caches: a pruned folder is downloaded again (and verified against its hash) when needed.

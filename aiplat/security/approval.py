@@ -82,8 +82,9 @@ def attest(keys: KeyPair, *, model: str, version: str, model_digest: str, eval_r
            policy_sha256: str, approver: str, approver_team: str, requested_by: str = "",
            dagster_run_id: str = "", adapter_digest: str = "") -> str:
     """The signed attestation (DSSE envelope JSON text) that `model` `version` with these bytes was
-    approved: the model's signed digest, and its LoRA adapter's when it has one (a second subject,
-    so a shared multi-adapter server may load exactly that adapter as this version)."""
+    approved: the model's signed digest, and its LoRA adapter's when that is other bytes (a second
+    subject, so a shared multi-adapter server may load exactly that adapter as this version; a
+    fine-tune's version is its adapter, one subject)."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -95,7 +96,7 @@ def attest(keys: KeyPair, *, model: str, version: str, model_digest: str, eval_r
         "_type": STATEMENT_TYPE,
         "subject": [{"name": f"{model}/v{version}", "digest": {"sha256": model_digest}},
                     *([{"name": f"{model}/v{version}/adapter", "digest": {"sha256": adapter_digest}}]
-                      if adapter_digest else [])],
+                      if adapter_digest and adapter_digest != model_digest else [])],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "model": model, "version": str(version), "eval_report_sha256": eval_report_sha256,

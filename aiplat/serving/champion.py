@@ -1,9 +1,9 @@
 """Where the model an endpoint serves comes from: a folder, or the MLflow registry's `champion`.
 
 Deploys take a `ModelSource` so that tests and the CLI can pass a folder directly, and the
-serving asset resolves the registry alias. A fine-tuned version's `source` is its LoRA adapter; a
-whole-model server loads its merged copy, the run artifact tagged `aiplat.merged_artifact`
-(aiplat.training.tracking logs it as `model`; older versions have it as their source).
+serving asset resolves the registry alias. A fine-tuned version's `source` is its LoRA adapter
+(`MlflowAdapterSource`: served on its base model's shared server); no merged copy exists. A
+whole-model server loads a version registered as a whole-model folder (a base model).
 """
 
 from __future__ import annotations
@@ -91,9 +91,16 @@ class MlflowAliasSource:
         root = self.download_root or local_paths().models / "served"
         dest = root / self.model_name / f"v{mv.version}"
         if not (dest / "config.json").is_file():
-            from aiplat.evaluation.registry import merged_source
+            from aiplat.evaluation.registry import TAG_ADAPTER_ARTIFACT, TAG_BASE_SHA
 
-            self._download(merged_source(mv.source, dict(mv.tags or {})), dest)
+            tags = dict(mv.tags or {})
+            if tags.get(TAG_ADAPTER_ARTIFACT):
+                # No merged copy exists: a fine-tune is served as its adapter, on its base's server.
+                raise ModelResolutionError(
+                    f"{self.model_name} version {mv.version} is a LoRA adapter over base model "
+                    f"{tags.get(TAG_BASE_SHA, '?')[:12]}, not a whole model: it is served on its base model's "
+                    f"server (served_endpoint with the spec's base_model, or `aiplat adapters deploy`)")
+            self._download(mv.source, dest)
         check_model_folder(dest)
         from aiplat.security.approval import APPROVAL_TAG
 

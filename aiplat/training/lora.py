@@ -1,4 +1,7 @@
-"""LoRA fine-tune of a causal LM on the triage task; writes the adapter and a merged model folder.
+"""LoRA fine-tune of a causal LM on the triage task; writes the LoRA adapter (safetensors) only.
+
+The adapter is the unit the platform registers, evaluates (over its base, aiplat.evaluation) and
+serves (on its base model's shared server, aiplat.serving.adapters): no merged copy is written.
 
 A plain torch loop rather than transformers.Trainer: fewer moving parts, every step reported to
 the caller (who logs it to MLflow), and reproducible with a seed. Loss is computed on the answer
@@ -67,7 +70,6 @@ class StepMetrics:
 @dataclass
 class FineTuneResult:
     adapter_dir: Path
-    merged_dir: Path
     losses: list[float]
     eval_loss: float | None
     train_examples: int
@@ -76,7 +78,6 @@ class FineTuneResult:
     train_seconds: float
     device: str
     trainable_parameters: int
-    merged_sha256: str
     adapter_sha256: str
     history: list[StepMetrics] = field(default_factory=list)
 
@@ -181,7 +182,7 @@ def fine_tune(
     on_step: Callable[[StepMetrics], None] | None = None,
     fmt: prompts.PromptFormat | None = None,
 ) -> FineTuneResult:
-    """Train LoRA on the `train` rows, evaluate on `validation`, save adapter/ and merged/ in out_dir."""
+    """Train LoRA on the `train` rows, evaluate on `validation`, save the adapter in out_dir/adapter."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -233,22 +234,15 @@ def fine_tune(
         train_seconds = time.perf_counter() - started
         eval_loss = evaluate_loss(model, val, tokenizer.pad_token_id, params.batch_size, device)
 
-        adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
+        adapter_dir = out_dir / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
         tokenizer.save_pretrained(adapter_dir)
-        merged = model.merge_and_unload()
-        merged.save_pretrained(merged_dir, safe_serialization=True)
-        tokenizer.save_pretrained(merged_dir)
-        for folder in (adapter_dir, merged_dir):
-            assert_no_pickles(folder)
-        extra = {"source": str(base_dir), "seed": params.seed}
-        merged_manifest = write_manifest(merged_dir, extra=extra)
-        adapter_manifest = write_manifest(adapter_dir, extra=extra)
+        assert_no_pickles(adapter_dir)
+        adapter_manifest = write_manifest(adapter_dir, extra={"source": str(base_dir), "seed": params.seed})
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
     return FineTuneResult(
         adapter_dir=adapter_dir,
-        merged_dir=merged_dir,
         losses=losses,
         eval_loss=eval_loss,
         train_examples=len(train),
@@ -257,7 +251,6 @@ def fine_tune(
         train_seconds=train_seconds,
         device=device,
         trainable_parameters=trainable,
-        merged_sha256=merged_manifest.folder_sha256,
         adapter_sha256=adapter_manifest.folder_sha256,
         history=history,
     )

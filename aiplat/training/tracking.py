@@ -1,8 +1,10 @@
 """One tracked fine-tune: an MLflow run with lineage tags, params, per-step and system metrics,
 artifacts, and, only after all of that succeeded, a new registered model version.
 
-The merged folder is signed (aiplat.security.signing) before it is uploaded, so `model.sig` lies
-beside the weights in the artifact store, and the signature's digest is tagged on the version.
+The version is the fine-tune's LoRA adapter over the tagged base model: no merged copy is made.
+The adapter folder is signed (aiplat.security.signing) before it is uploaded, so `model.sig` lies
+beside the weights in the artifact store, and the signature's digest is tagged on the version (as
+the version's model signature and as its adapter's: they are the same bytes).
 
 Failure rules: MLflow unreachable -> MlflowUnavailableError before any training. A failure after
 the run was created marks the run FAILED and deletes any model version this call created, so the
@@ -28,8 +30,7 @@ from aiplat.training.orphans import process_tags
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT = "model"  # merged safetensors folder
-ADAPTER_ARTIFACT = "adapter"
+ADAPTER_ARTIFACT = "adapter"  # the LoRA adapter folder (safetensors), the version's source
 
 
 class MlflowUnavailableError(RuntimeError):
@@ -215,7 +216,6 @@ def tracked_fine_tune(
     monitor = None
     created_version: str | None = None
     signed: SignedModel | None = None
-    signed_adapter: SignedModel | None = None  # the LoRA adapter, signed with the same key
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _flat_params(params, training_set).items()])
         if system_metrics_interval_s:
@@ -249,18 +249,16 @@ def tracked_fine_tune(
         if result.eval_loss is not None:
             final["eval_loss"] = result.eval_loss
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, params.steps) for k, v in final.items()])
-        client.set_tag(run_id, "aiplat.merged_sha256", result.merged_sha256)
+        client.set_tag(run_id, "aiplat.adapter_sha256", result.adapter_sha256)
         client.set_tag(run_id, "aiplat.device", result.device)
 
         if signing_keys is not None:
             stage = "signing the model"
-            signed = sign_model(result.merged_dir, signing_keys)
-            signed_adapter = sign_model(result.adapter_dir, signing_keys)
+            signed = sign_model(result.adapter_dir, signing_keys)
             client.set_tag(run_id, "aiplat.signature.sha256", signed.signature_sha256)
 
         stage = "uploading artifacts"
         client.log_artifacts(run_id, str(result.adapter_dir), ADAPTER_ARTIFACT)
-        client.log_artifacts(run_id, str(result.merged_dir), MODEL_ARTIFACT)
         if monitor is not None:
             _finish_system_metrics(monitor)
             monitor = None
@@ -278,16 +276,14 @@ def tracked_fine_tune(
             **lineage.tags(),
             "mlflow.run_id": run_id,
             "aiplat.run_url": url,
-            "aiplat.merged_sha256": result.merged_sha256,
             "aiplat.adapter_sha256": result.adapter_sha256,
             "aiplat.adapter_artifact": f"{artifact_uri}/{ADAPTER_ARTIFACT}",
-            "aiplat.merged_artifact": f"{artifact_uri}/{MODEL_ARTIFACT}",
             "aiplat.final_train_loss": f"{result.final_loss:.6f}",
         }
         mv = client.create_model_version(
             model_name,
             # The version is its LoRA adapter over the tagged base model (what an adapter server
-            # loads and evaluation judges); the merged copy is an artifact beside it.
+            # loads and evaluation judges).
             source=f"{artifact_uri}/{ADAPTER_ARTIFACT}",
             run_id=run_id,
             tags=version_tags,
@@ -295,7 +291,7 @@ def tracked_fine_tune(
         )
         created_version = str(mv.version)
         if signed is not None:
-            tag_model_version(client, model_name, created_version, signed, adapter=signed_adapter)
+            tag_model_version(client, model_name, created_version, signed, adapter=signed)
         _wait_ready(client, model_name, created_version)
         client.set_terminated(run_id, "FINISHED")
     except BaseException as e:
