@@ -12,8 +12,10 @@ import pandas as pd
 from aiplat.pii.dataset import findings_frame, redact_frame, residuals, scan_columns
 from aiplat.pii.engine import PiiScanError
 from aiplat.provenance import code_version, frame_hash
+from aiplat.scale.ray_cluster import LoggedProgress
 from assets.intake import BATCHES, raw_asset_key
 from resources.presidio import PresidioResource
+from resources.ray import RayResource
 
 OWNER = "team:platform"
 CHECK_NAME = "no_residual_pii"
@@ -58,9 +60,10 @@ def _build_pii_stage(dataset_name: str) -> dg.AssetsDefinition:
         ],
         op_tags={"aiplat/stage": "pii"},
     )
-    def redact(context: dg.AssetExecutionContext, raw: pd.DataFrame, presidio: PresidioResource):
+    def redact(context: dg.AssetExecutionContext, raw: pd.DataFrame, presidio: PresidioResource, ray: RayResource):
         config = presidio.config_for(dataset_name)
-        scanner = presidio.scanner(dataset_name)
+        progress = LoggedProgress(context.log.info, f"{dataset_name} batch {context.partition_key}: PII scan")
+        scanner = presidio.scanner(dataset_name, ray.cluster(), progress)
         ids = raw[config.id_field].tolist() if len(raw) else []
         lines = raw["_line"].tolist() if len(raw) else []  # errors name lines: an id may itself hold PII
         try:
@@ -79,6 +82,7 @@ def _build_pii_stage(dataset_name: str) -> dg.AssetsDefinition:
             "upstream_raw_hash": frame_hash(raw),
             "scanner_config": config.fingerprint(),
             "ner_model": f"{config.nlp.engine}:{config.nlp.model_name}",
+            **{k: dg.MetadataValue.url(v) if k == "ray_dashboard" else v for k, v in progress.metadata().items()},
         }
         findings = findings_frame(ids, scan, extra={"_batch": raw["_batch"].tolist() if len(raw) else [],
                                                     "_line": raw["_line"].tolist() if len(raw) else []})

@@ -19,6 +19,7 @@ from resources.milvus import MilvusResource
 from resources.mlflow import MLflowResource
 from resources.operations import OperationsResource
 from resources.presidio import local_presidio, prod_presidio
+from resources.ray import RayResource
 from resources.signing import ModelSigningResource
 from resources.vllm import LocalVllmResource, ProdVllmResource
 from resources.landing_zone import LocalLandingZone, S3LandingZone
@@ -35,6 +36,7 @@ def local_resources() -> dict[str, Any]:
         "landing_zone": LocalLandingZone(base_dir=str(paths.landing)),
         "feast": feast_resource_for("local"),
         "presidio": local_presidio(),
+        "ray": RayResource.local(),
         "milvus": MilvusResource.local(),
         "mlflow": MLflowResource.local(),
         "vllm": LocalVllmResource(),
@@ -54,6 +56,7 @@ def prod_resources() -> dict[str, Any]:
         ),
         "feast": feast_resource_for("prod"),
         "presidio": prod_presidio(),
+        "ray": RayResource.prod(),
         "milvus": MilvusResource.prod(),
         "mlflow": MLflowResource.prod(),
         "vllm": ProdVllmResource.from_env(),

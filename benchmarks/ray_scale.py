@@ -1,0 +1,68 @@
+"""Ray scale-out of the PII scan: throughput on Ray with 1 and 2 workers vs the single-process path.
+
+All three scan the same demo tickets (every text field) with the same configuration, in this
+process's session, and must find exactly the same findings. The Ray figures include what a Dagster
+step pays per scan (the Ray Data pipeline and its actors loading spaCy), not the one-time start of
+the local Ray instance, which is timed on its own. Usage:
+
+    .venv/bin/python benchmarks/ray_scale.py [--records 3000] [--batch-size 64]
+
+Prints records/s for each path, the ratios against the single process, and Ray's overhead at one
+worker (1 - ray1/single; goal <= 10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=21)
+    args = parser.parse_args()
+
+    from aiplat.demo_data import generate_corpus
+    from aiplat.pii.config import dataset_config
+    from aiplat.pii.engine import Scanner
+    from aiplat.scale.ray_cluster import RayCluster
+
+    config = dataset_config("tickets")
+    tickets = [r.record for r in generate_corpus(seed=args.seed, tickets=args.records, kb=0).of("tickets")][: args.records]
+    texts = [r[f] for r in tickets for f in config.text_fields if isinstance(r.get(f), str)]
+    n = len(tickets)
+    print(f"{n} records ({len(texts)} texts), model {config.nlp.model_name}, {os.cpu_count()} CPUs", flush=True)
+
+    single = Scanner(config, workers=1, batch_size=args.batch_size)
+    single.scan(texts[:20])  # the model loaded and warm
+    t = time.perf_counter()
+    reference = single.scan(texts)
+    single_s = time.perf_counter() - t
+    print(f"single process            : {n / single_s:8.1f} records/s ({single_s:.1f} s)", flush=True)
+
+    cluster = RayCluster()
+    t = time.perf_counter()
+    where = cluster.connect()
+    print(f"Ray start ({where.describe()}): {time.perf_counter() - t:.1f} s (once per process)", flush=True)
+    rates = {}
+    for workers in (1, 2):
+        scanner = Scanner(config, workers=workers, batch_size=args.batch_size, min_parallel=1, cluster=cluster)
+        t = time.perf_counter()
+        found = scanner.scan(texts)
+        seconds = time.perf_counter() - t
+        rates[workers] = n / seconds
+        same = found == reference
+        print(f"Ray, {workers} worker{'s' if workers > 1 else ' '}            : {rates[workers]:8.1f} records/s "
+              f"({seconds:.1f} s; {rates[workers] * single_s / n:.2f}x single; findings identical: {same})", flush=True)
+        if not same:
+            raise SystemExit("findings on Ray differ from the single-process path")
+    single_rate = n / single_s
+    print(f"ratios vs single process: 1 worker {rates[1] / single_rate:.2f}x, 2 workers {rates[2] / single_rate:.2f}x; "
+          f"Ray's overhead at 1 worker {1 - rates[1] / single_rate:.0%} (goal <= 10%)")
+
+
+if __name__ == "__main__":
+    main()
