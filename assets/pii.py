@@ -82,7 +82,7 @@ def _build_pii_stage(dataset_name: str) -> dg.AssetsDefinition:
             "upstream_raw_hash": frame_hash(raw),
             "scanner_config": config.fingerprint(),
             "ner_model": f"{config.nlp.engine}:{config.nlp.model_name}",
-            **{k: dg.MetadataValue.url(v) if k == "ray_dashboard" else v for k, v in progress.metadata().items()},
+            **progress.metadata(url=dg.MetadataValue.url),
         }
         findings = findings_frame(ids, scan, extra={"_batch": raw["_batch"].tolist() if len(raw) else [],
                                                     "_line": raw["_line"].tolist() if len(raw) else []})

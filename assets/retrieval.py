@@ -11,11 +11,13 @@ from aiplat.retrieval.diff import key_set_sha256
 from aiplat.retrieval.guard import GUARD_CHECK, evaluate_guard, guard_passed_in_run, plan_deletions
 from aiplat.retrieval.index import build_index, embed_chunks
 from aiplat.retrieval.queries import QUERY_SET
+from aiplat.scale.ray_cluster import LoggedProgress
 from aiplat.retrieval.recall import collection_recall
 from aiplat.security.access import PLATFORM_TEAM
 from resources.embeddings import EmbeddingResource
 from resources.milvus import MilvusResource
 from resources.operations import OperationsResource
+from resources.ray import RayResource
 
 GROUP = "retrieval"
 OWNERS = [PLATFORM_TEAM]
@@ -63,10 +65,12 @@ def kb_chunks(
     "same model reuse that vector; only new or changed chunks are embedded.",
 )
 def kb_embeddings(
-    context: dg.AssetExecutionContext, kb_chunks: pd.DataFrame, embeddings: EmbeddingResource, milvus: MilvusResource
+    context: dg.AssetExecutionContext, kb_chunks: pd.DataFrame, embeddings: EmbeddingResource, milvus: MilvusResource,
+    ray: RayResource,
 ) -> dg.Output[pd.DataFrame]:
     embedder = embeddings.embedder
-    embedded, stats = embed_chunks(kb_chunks, embedder, milvus.store)
+    progress = LoggedProgress(context.log.info, "embedding new or changed chunks")
+    embedded, stats = embed_chunks(kb_chunks, embedder, milvus.store, encode=embeddings.encoder(ray.cluster(), progress))
     context.log.info(f"embedded {stats['embedded']} new/changed chunks, reused {stats['reused']}")
     return dg.Output(
         embedded,
@@ -78,6 +82,7 @@ def kb_embeddings(
             "model_id": embedder.model_id,
             "model_fingerprint": embedder.fingerprint,
             "chunk_set_sha256": key_set_sha256(embedded["chunk_id"]),
+            **progress.metadata(url=dg.MetadataValue.url),
         },
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 
 class EmbeddingResource(dg.ConfigurableResource):
@@ -20,6 +20,9 @@ class EmbeddingResource(dg.ConfigurableResource):
     model_name: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str = "cpu"
+    workers: int = Field(default=2, ge=1, description="Ray actors embedding a large set of chunks")
+    ray_min_texts: int = Field(default=2000, ge=1, description="Texts from which embedding runs on Ray: below it, "
+                               "starting Ray and loading the model in each actor costs more than it saves")
 
     _embedder: Any = PrivateAttr(default=None)
 
@@ -30,6 +33,20 @@ class EmbeddingResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._embedder = self.load()
+
+    def encoder(self, cluster: Any, progress: Any = None) -> Any:
+        """encode(texts) -> vectors: in this process, or on `cluster` (aiplat.scale.ray_cluster.RayCluster)
+        with `workers` actors once there are `ray_min_texts` texts."""
+        from aiplat.retrieval.embedding import encode_on_ray
+
+        embedder = self.embedder
+
+        def encode(texts: list[str]) -> Any:
+            if self.workers > 1 and len(texts) >= self.ray_min_texts:
+                return encode_on_ray(embedder, texts, cluster, self.workers, progress)
+            return embedder.encode(texts)
+
+        return encode
 
     @property
     def embedder(self) -> Any:

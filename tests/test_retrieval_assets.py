@@ -7,12 +7,14 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
 from aiplat.retrieval.sample_kb import edit_articles, sample_kb_articles
 from assets.retrieval import kb_index_recall, retrieval_assets
 from resources.embeddings import EmbeddingResource
+from resources.ray import RayResource
 from resources.milvus import MilvusResource
 from sensors.reindex import REDACTED_KB, kb_reindex_job, kb_reindex_sensor
 
@@ -63,6 +65,7 @@ def _resources(server, tmp_path: Path, tag: str | None = None, **milvus_override
         "milvus": MilvusResource(uri=server.uri, alias=f"kb_{tag}", collection_prefix=f"kbc_{tag}",
                                  backup_uri=str(tmp_path / "backups"), retry_attempts=2, **milvus_overrides),
         "embeddings": EmbeddingResource(),
+        "ray": RayResource(),
         "io_manager": ParquetIOManager(root=str(tmp_path / "lake")),
     }
 
@@ -106,6 +109,38 @@ def test_assets_build_then_incrementally_update_the_index(milvus_server, tmp_pat
 
 
 @pytest.mark.slow
+def test_embedding_on_ray_gives_the_single_process_vectors_and_the_same_index(milvus_server, tmp_path, state_dir):
+    """The same snapshot embedded in this process and as a Ray Data pipeline of 2 actors (threshold
+    1 text): the same chunks, vectors equal to float32 rounding (a vector depends on which texts share
+    its batch by ~1e-7, in one process too), the same nearest chunk for every evaluation query."""
+    from aiplat.scale.ray_cluster import shutdown
+
+    articles = sample_kb_articles(30)
+    runs = {}
+    try:
+        for name, embeddings in {"single": EmbeddingResource(workers=1),
+                                 "ray": EmbeddingResource(workers=2, ray_min_texts=1)}.items():
+            resources = {**_resources(milvus_server, tmp_path / name), "embeddings": embeddings}
+            result = dg.materialize([_source(_snapshot(articles, "b1")), *retrieval_assets], resources=resources,
+                                    selection=dg.AssetSelection.assets("kb_embeddings", "kb_chunks", REDACTED_KB))
+            assert result.success
+            runs[name] = (_meta(result, "kb_embeddings"), pd.read_parquet(tmp_path / name / "lake" / "kb_embeddings.parquet"))
+    finally:
+        shutdown()  # the private Ray instance does not outlive the test
+    (m1, e1), (m2, e2) = runs["single"], runs["ray"]
+    assert m1["ran_on"].startswith("this process") and m2["ran_on"].startswith("a private local Ray instance")
+    assert m2["embedded"] == m1["embedded"] == len(e1) > 30
+    assert e1["chunk_id"].tolist() == e2["chunk_id"].tolist()
+    v1, v2 = np.stack(e1["vector"].to_numpy()), np.stack(e2["vector"].to_numpy())
+    assert v1.dtype == v2.dtype == np.float32 and np.abs(v1 - v2).max() < 1e-6
+    from aiplat.retrieval.embedding import load_embedder
+    from aiplat.retrieval.queries import QUERY_SET
+
+    queries = load_embedder().encode(list(QUERY_SET))
+    assert ((queries @ v1.T).argmax(axis=1) == (queries @ v2.T).argmax(axis=1)).all()
+
+
+@pytest.mark.slow
 def test_failing_recall_check_blocks_the_backup(milvus_server, tmp_path, state_dir):
     # Build once with a good index, then serve a coarse IVF through the same alias by asking for
     # a recall threshold the build itself does not enforce: the check must fail and block.
@@ -128,7 +163,7 @@ def test_sensor_requests_one_run_per_new_redacted_kb_materialization():
     instance = dg.DagsterInstance.ephemeral()
     source = _source(_snapshot(sample_kb_articles(2), "b1"))
     defs = dg.Definitions(assets=[source, *retrieval_assets], jobs=[kb_reindex_job], sensors=[kb_reindex_sensor],
-                          resources={"milvus": MilvusResource(), "embeddings": EmbeddingResource()})
+                          resources={"milvus": MilvusResource(), "embeddings": EmbeddingResource(), "ray": RayResource()})
 
     ctx = dg.build_sensor_context(instance=instance, definitions=defs)
     assert not kb_reindex_sensor.evaluate_tick(ctx).run_requests  # nothing landed yet

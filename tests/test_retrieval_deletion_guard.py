@@ -21,6 +21,7 @@ from aiplat.retrieval.sample_kb import sample_kb_articles
 from aiplat.security.audit_log import AuditLog
 from assets.retrieval import kb_index_deletion_guard, kb_index_recall, retrieval_assets
 from resources.embeddings import EmbeddingResource
+from resources.ray import RayResource
 from resources.milvus import MilvusResource
 from resources.operations import OperationsResource
 from tests.test_retrieval_assets import ParquetIOManager, _snapshot, _source
@@ -40,6 +41,7 @@ def setup(milvus_server, tmp_path, state_dir):
     resources = {
         "milvus": milvus,
         "embeddings": EmbeddingResource(),
+        "ray": RayResource(),
         "io_manager": ParquetIOManager(root=str(tmp_path / "lake")),
         "operations": OperationsResource(audit_log_path=str(tmp_path / "audit.jsonl")),
     }

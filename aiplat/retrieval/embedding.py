@@ -92,3 +92,31 @@ def load_embedder(
 
 def describe(embedder: Embedder) -> str:
     return json.dumps({"model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim})
+
+
+class EncodeBatches:
+    """A Ray Data transform: one embedding model per actor, loaded once from the same folder (its
+    fingerprint checked); each batch of texts encoded, each vector as JSON (float32 values are exact
+    in JSON's doubles, so the vectors come back bit for bit)."""
+
+    def __init__(self, path: str, name: str, batch_size: int, fingerprint: str) -> None:
+        self.embedder = load_embedder(path, name=name, batch_size=batch_size)
+        if self.embedder.fingerprint != fingerprint:
+            raise ValueError(f"the embedding model at {path} on this Ray node is not the driver's "
+                             f"({self.embedder.fingerprint[:12]} != {fingerprint[:12]})")
+
+    def __call__(self, batch: dict) -> dict:
+        vectors = self.embedder.encode(list(batch["item"]))
+        return {"out": [json.dumps(v.tolist()) for v in vectors]}
+
+
+def encode_on_ray(embedder: Embedder, texts: list[str], cluster, workers: int, progress=None) -> np.ndarray:
+    """`embedder.encode(texts)` as a Ray Data pipeline of `workers` actors (aiplat.scale.ray_cluster)."""
+    from aiplat.scale.ray_cluster import ordered_map
+
+    if not texts:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    out = ordered_map(cluster, texts, EncodeBatches,
+                      (str(embedder.path.resolve()), embedder.name, embedder.batch_size, embedder.fingerprint),
+                      workers=workers, batch_size=embedder.batch_size, progress=progress)
+    return np.asarray(out, dtype=np.float32)

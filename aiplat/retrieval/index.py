@@ -25,10 +25,12 @@ def embed_chunks(
     embedder: Embedder,
     store: IndexStore | None = None,
     progress: Callable[[int], None] | None = None,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Vectors for every chunk. Vectors of chunk ids already in a collection made by the same
     model are read back from Milvus instead of being computed again: only new or changed chunks
-    pay for the model."""
+    pay for the model. `encode` computes them (default: `embedder.encode` in this process; the
+    asset passes one that runs large sets on Ray, resources.embeddings)."""
     reused = pd.DataFrame({"chunk_id": [], "vector": []})
     if store is not None and len(chunks):
         source = reuse_source(store, embedder)
@@ -36,7 +38,7 @@ def embed_chunks(
             reused = store.fetch(source, chunks["chunk_id"].tolist(), ["chunk_id", "vector"])
     known = dict(zip(reused["chunk_id"], reused["vector"]))
     todo = chunks[~chunks["chunk_id"].isin(known)]
-    fresh = embedder.encode(todo["text"].tolist()) if len(todo) else np.zeros((0, embedder.dim), np.float32)
+    fresh = (encode or embedder.encode)(todo["text"].tolist()) if len(todo) else np.zeros((0, embedder.dim), np.float32)
     if progress:
         progress(len(todo))
     known.update(zip(todo["chunk_id"], list(fresh)))

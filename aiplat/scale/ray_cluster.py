@@ -105,12 +105,13 @@ class LoggedProgress:
             self._tenth = tenth
             self.say(f"{self.what}: {done}/{total} done")
 
-    def metadata(self) -> dict:
-        """{"ran_on": ...} and the dashboard's URL when there is one (values, for Dagster metadata)."""
+    def metadata(self, url: Callable[[str], object] = str) -> dict:
+        """{"ran_on": ...} and, when there is one, the dashboard's URL (as `url` makes it: a Dagster
+        step passes dg.MetadataValue.url, so the UI links it)."""
         where = current() if self.maps else None
         if where is None:
             return {"ran_on": "this process (below the Ray threshold)"}
-        return {"ran_on": where.describe(), **({"ray_dashboard": where.dashboard_url} if where.dashboard_url else {})}
+        return {"ran_on": where.describe(), **({"ray_dashboard": url(where.dashboard_url)} if where.dashboard_url else {})}
 
 
 def shutdown() -> None:
