@@ -62,7 +62,8 @@ def prod_resources() -> dict[str, Any]:
         "vllm": ProdVllmResource.from_env(),
         "operations": OperationsResource.prod(),
         "model_signing": ModelSigningResource.prod(),
-        "embeddings": EmbeddingResource(),
+        # Large embedding sets on the KubeRay cluster: 8 one-CPU actors (two of its 4-CPU workers).
+        "embeddings": EmbeddingResource(workers=8),
     } | _lake(LakeIOManager(base_uri=dg.EnvVar("AIPLAT_LAKE_URI"), s3_region=dg.EnvVar("AWS_REGION")))
 
 

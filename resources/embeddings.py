@@ -20,7 +20,9 @@ class EmbeddingResource(dg.ConfigurableResource):
     model_name: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str = "cpu"
-    workers: int = Field(default=2, ge=1, description="Ray actors embedding a large set of chunks")
+    # 1 = this process. On the 2-core laptop one process with torch's 2 threads out-embeds Ray's actors
+    # (benchmarks/ray_scale.py: 2 actors 0.59x); Ray pays where the cluster has more cores than a process.
+    workers: int = Field(default=1, ge=1, description="Ray actors embedding a large set of chunks (1: no Ray)")
     ray_min_texts: int = Field(default=2000, ge=1, description="Texts from which embedding runs on Ray: below it, "
                                "starting Ray and loading the model in each actor costs more than it saves")
 

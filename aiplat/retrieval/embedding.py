@@ -116,7 +116,12 @@ def encode_on_ray(embedder: Embedder, texts: list[str], cluster, workers: int, p
 
     if not texts:
         return np.zeros((0, embedder.dim), dtype=np.float32)
-    out = ordered_map(cluster, texts, EncodeBatches,
+    # Longest first, as sentence-transformers orders one call's texts: a batch of similar lengths
+    # pads little (in input order the Ray batches padded to their longest text and ran at half speed).
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = ordered_map(cluster, [texts[i] for i in order], EncodeBatches,
                       (str(embedder.path.resolve()), embedder.name, embedder.batch_size, embedder.fingerprint),
                       workers=workers, batch_size=embedder.batch_size, progress=progress)
-    return np.asarray(out, dtype=np.float32)
+    vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    vectors[order] = np.asarray(out, dtype=np.float32)
+    return vectors
