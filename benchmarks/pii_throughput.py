@@ -62,7 +62,7 @@ def main() -> None:
                                    ("ceiling", ceiling_s))}
     print(f"naive AnalyzerEngine.analyze loop : {rate['naive']:8.1f} records/s")
     print(f"platform, 1 process (nlp.pipe)    : {rate['batched']:8.1f} records/s  ({rate['batched'] / rate['naive']:.2f}x naive)")
-    print(f"platform, {args.workers} worker processes      : {rate['platform']:8.1f} records/s  "
+    print(f"platform, {args.workers} Ray workers           : {rate['platform']:8.1f} records/s  "
           f"({rate['platform'] / rate['naive']:.2f}x naive, {rate['platform'] / rate['ceiling']:.2f}x ceiling)")
     print(f"bare spaCy nlp.pipe, NER only     : {rate['ceiling']:8.1f} records/s  ({ents} entities; the ceiling)")
     same = platform == naive and batched == naive
