@@ -153,6 +153,14 @@ def test_findings_on_ray_equal_the_naive_loop(config) -> None:
     assert len(seen) > 2 and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_an_unreachable_ray_cluster_fails_the_scan_at_once_and_names_the_address(config) -> None:
+    from aiplat.scale.ray_cluster import RayCluster
+
+    texts = ["Call Ann Lee about the invoice"] * 3
+    with pytest.raises(PiiScanError, match=r"cannot reach the Ray cluster at ray://127.0.0.1:9: .*nothing answers"):
+        Scanner(config, workers=2, min_parallel=1, cluster=RayCluster(address="ray://127.0.0.1:9")).scan(texts)
+
+
 @pytest.mark.slow
 def test_a_failing_ray_batch_fails_the_whole_scan_without_echoing_text(config) -> None:
     texts = [f"Call Ann Lee on 0{i}7700 900 123 about the invoice" for i in range(30)]

@@ -54,16 +54,21 @@ class RayCluster:
     dashboard_url: str = ""  # where people follow the jobs (prod: the KubeRay dashboard's URL)
 
     def connect(self) -> RayConnection:
-        """Join (or start) the cluster once per process; later calls reuse the connection."""
+        """Join (or start) the cluster once per process; later calls reuse the connection. A
+        process joins one cluster at a time: asked for another, it leaves the one it is in."""
         global _CONNECTED
         import ray
 
         with _LOCK:
             if _CONNECTED is not None and ray.is_initialized():
-                return _CONNECTED
+                if _CONNECTED.address == (self.address or "local"):
+                    return _CONNECTED
+                ray.shutdown()
+                _CONNECTED = None
             started = time.perf_counter()
             common = {"log_to_driver": False, "configure_logging": False, "namespace": "aiplat"}
             if self.address:
+                _reachable(self.address)
                 context = ray.init(address=self.address, **common)
                 private = False
             else:
@@ -77,6 +82,18 @@ class RayCluster:
             _CONNECTED = RayConnection(self.address or "local", dashboard, private, cpus)
             log.info("joined %s in %.1f s", _CONNECTED.describe(), time.perf_counter() - started)
             return _CONNECTED
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """ConnectionError unless something accepts connections at `address` ("ray://host:port" or
+    "host:port"): ray.init retries an unreachable head without end, and a step must not hang."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"nothing answers at {address} ({e})") from None
 
 
 def current() -> RayConnection | None:
@@ -133,7 +150,11 @@ def ordered_map(cluster: RayCluster, items: Sequence[str], transform: type, args
 
     if not items:
         return []
-    cluster.connect()
+    try:
+        cluster.connect()
+    except Exception as e:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, ...
+        raise RayMapError(f"cannot reach the Ray cluster at {cluster.address or 'a private local instance'}: "
+                          f"{_cause(e)}") from None
     ray.data.DataContext.get_current().enable_progress_bars = False  # progress goes to `progress`
     rows = [{"index": i, "item": item} for i, item in enumerate(items)]
     blocks = max(1, min(len(rows), workers * 4))  # several blocks per actor keep every actor busy
