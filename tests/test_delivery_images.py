@@ -18,6 +18,7 @@ from kubernetes_validate.utils import all_versions
 from packaging.requirements import Requirement
 
 from aiplat.config import project_root
+from tests import k8s_schemas
 
 ROOT = project_root()
 IMAGES_DIR = ROOT / "deploy" / "images"
@@ -223,7 +224,7 @@ def test_overlay_renders_the_whole_base(rendered) -> None:
 def test_rendered_overlay_is_valid_kubernetes(rendered, version: str) -> None:
     _env, docs = rendered
     for doc in docs:
-        kubernetes_validate.validate(doc, version, strict=True)
+        k8s_schemas.validate(doc, version)  # the RayCluster against KubeRay's CRD schema
 
 
 def test_prod_keeps_more_capacity_than_dev() -> None:

@@ -6,8 +6,6 @@ and the prod runtime's Ray settings come from the environment."""
 from __future__ import annotations
 
 import copy
-import gzip
-import json
 
 import jsonschema
 import kubernetes_validate
@@ -16,35 +14,15 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from aiplat.config import project_root
+from tests import k8s_schemas
 
 RAY = project_root() / "deploy" / "ray"
 K8S_VERSIONS = sorted({v for v in all_versions() if tuple(map(int, v.split(".")[:2])) >= (1, 30)})
 
 
-def _strict(schema: dict) -> dict:
-    """The CRD's structural schema with unknown fields rejected (the API server would prune them
-    silently: a misspelt field would vanish without an error)."""
-    out = copy.deepcopy(schema)
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-                node.setdefault("additionalProperties", False)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def crd_schema() -> dict:
-    vendored = json.loads(gzip.decompress((RAY / "crds" / "ray.io_rayclusters.v1.schema.json.gz").read_bytes()))
-    assert vendored["source"].startswith("github.com/ray-project/kuberay")
-    return _strict(vendored["openAPIV3Schema"])
+    return k8s_schemas.crd_schema("ray.io/v1", "RayCluster")
 
 
 @pytest.fixture(scope="module")
