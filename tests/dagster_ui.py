@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from aiplat.config import child_env, project_root
+from aiplat.config import child_env, default_signals, project_root
 from aiplat.net import free_port, wait_for_port
 
 REPO = {"repositoryLocationName": "ai_platform", "repositoryName": "__repository__"}
@@ -69,7 +69,9 @@ class DagsterDev:
         self.proc = subprocess.Popen(
             [str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
             cwd=project_root(), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            # A CI launcher's ignored SIGINT/SIGTERM would pass to `dagster dev` and its daemon and
+            # webserver, which then sit out its shutdown: the CI run's teardown waited 62 s for the kill.
+            start_new_session=True, preexec_fn=default_signals,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from aiplat.config import default_signals
 from aiplat.evaluation.settings import EvalSettings, GateThresholds
 from aiplat.models.manifest import write_manifest
 from aiplat.models.tiny import build_tiny_llama
@@ -76,7 +77,8 @@ def mlflow_server(root: Path, accounts_state: Path | None = None) -> Iterator[st
 
         extra_argv, extra_env = server_args(root, accounts_state)
         argv, env = [*argv, *extra_argv], {**env, **extra_env}
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                            preexec_fn=default_signals)  # stops on SIGTERM under any launcher
     try:
         if not wait_for_port("127.0.0.1", port, timeout=120):
             raise RuntimeError(f"mlflow server did not open port {port}: {(root / 'server.log').read_text()[-2000:]}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from aiplat.config import project_root
+from aiplat.config import default_signals, project_root
 from aiplat.intake.batches import batch_key
 from aiplat.net import free_port, wait_for_port
 from aiplat.provenance import sha256_bytes
@@ -43,6 +43,7 @@ def webserver(tmp_path_factory):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=default_signals,  # stops on SIGTERM under any launcher
     )
     try:
         if not wait_for_port("127.0.0.1", port, timeout=180):
