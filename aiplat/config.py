@@ -88,6 +88,8 @@ class LocalPorts:
     mlflow: int = 5000
     milvus: int = 19530
     gateway: int = 4000
+    ray: int = 6390  # the Ray head's GCS (not 6379: Redis's)
+    ray_dashboard: int = 8265
 
 
 def _port(name: str, default: int) -> int:
@@ -111,6 +113,8 @@ def local_ports() -> LocalPorts:
         mlflow=_port("AIPLAT_MLFLOW_PORT", defaults.mlflow),
         milvus=_port("AIPLAT_MILVUS_PORT", defaults.milvus),
         gateway=_port("AIPLAT_GATEWAY_PORT", defaults.gateway),
+        ray=_port("AIPLAT_RAY_PORT", defaults.ray),
+        ray_dashboard=_port("AIPLAT_RAY_DASHBOARD_PORT", defaults.ray_dashboard),
     )
 
 

@@ -32,12 +32,14 @@ from pathlib import Path
 import psutil
 
 from aiplat.config import child_env, default_signals, local_paths, local_ports
-from aiplat.net import port_open
+from aiplat.net import free_port, port_open
 
 HOST = "127.0.0.1"
 SERVICES = ("mlflow", "milvus", "gateway")
+RAY = "ray"  # opt-in (`aiplat stack up ray`): without it a large Ray call starts a private instance
 VLLM = "vllm"
-ALL = (*SERVICES, VLLM)
+ALL = (*SERVICES, RAY, VLLM)
+DEFAULT = (*SERVICES, VLLM)  # what `aiplat stack up` starts
 VLLM_STAMP = "aiplat-stamp.txt"
 VLLM_SETUP = "scripts/setup_vllm_env.sh"
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -75,6 +77,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     passthrough: tuple[str, ...] = ()  # parent variables the service needs beyond aiplat.config's allow-list
     start_timeout: float = 120.0
+    before_start: Callable[[], object] | None = None  # what must exist before its first start (a key)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,49 @@ def _milvus_health(service: Service) -> str | None:
     return None
 
 
+def _ray_health(service: Service) -> str | None:
+    if not port_open(HOST, service.port):
+        return f"nothing listens on {HOST}:{service.port}"
+    try:
+        with urllib.request.urlopen(f"{service.url}/api/gcs_healthz", timeout=2) as response:
+            return None if response.status == 200 else f"the dashboard's GCS health answered {response.status}"
+    except (urllib.error.URLError, OSError) as e:
+        return f"the dashboard's GCS health check failed: {getattr(e, 'reason', e)}"
+
+
+def ray_auth_token_path() -> Path:
+    return local_paths().root / "security" / "ray-auth-token"
+
+
+def ray_auth_token() -> Path:
+    """The local Ray head's authentication token (made before the head first starts, mode 600): only
+    a process that can read the state folder can join the head and run code on it."""
+    import secrets
+
+    path = ray_auth_token_path()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def ray_client_env() -> dict[str, str]:
+    """What a Ray driver or the head needs to use the token (Ray reads these variables only)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_auth_token_path())}
+
+
+def _ray_temp_dir() -> Path:
+    # Ray's sockets live under its temp dir, and a Unix socket path has at most 107 bytes: a short
+    # folder per state folder, not one inside it.
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(local_paths().root.resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"aiplat-ray-{digest}"
+
+
 def services() -> dict[str, Service]:
     """The local services, with paths and ports from aiplat.config as they are right now."""
     from aiplat.security.mlflow_auth import server_args
@@ -220,6 +266,29 @@ def services() -> dict[str, Service]:
             url=f"http://{HOST}:{ports.gateway}",
             health=_http_health,
             start_timeout=60.0,
+        ),
+        RAY: Service(
+            name=RAY,
+            port=ports.ray,
+            port_env="AIPLAT_RAY_PORT",
+            # --block keeps the head in the foreground: its process group is what `down` stops.
+            # Ray's other listeners: the client server and the dashboard agent on free ports (two
+            # heads on one machine must not collide), the rest on ports Ray picks.
+            argv=(
+                _console_script("ray"), "start", "--head", "--block", "--disable-usage-stats",
+                "--node-ip-address", HOST, "--port", str(ports.ray), "--num-cpus", str(os.cpu_count() or 1),
+                "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(ports.ray_dashboard),
+                "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+                "--temp-dir", str(_ray_temp_dir()),
+            ),
+            workdir=paths.root / "ray",
+            pid_file=paths.run / "ray.pid",
+            log_file=paths.logs / "ray.log",
+            url=f"http://{HOST}:{ports.ray_dashboard}",
+            health=_ray_health,
+            env=ray_client_env(),
+            before_start=ray_auth_token,
+            start_timeout=180.0,
         ),
     }
 
@@ -457,6 +526,8 @@ def _launch(service: Service) -> tuple[subprocess.Popen, int]:
     """Start the service in its own session; returns the process and where its log begins."""
     for folder in (service.workdir, service.pid_file.parent, service.log_file.parent):
         folder.mkdir(parents=True, exist_ok=True)
+    if service.before_start is not None:
+        service.before_start()
     env = child_env(service.env, passthrough=service.passthrough)
     with service.log_file.open("ab") as log:
         log.write(f"\n=== aiplat stack: starting {service.name} at {datetime.now(timezone.utc).isoformat()} ===\n".encode())
@@ -517,14 +588,14 @@ def _exclusive() -> Iterator[None]:
 
 
 def up(names: Iterable[str] | None = None, *, timeout: float | None = None, progress: Progress | None = None) -> list[ServiceStatus]:
-    """Start the named services (all by default) and wait until each is healthy.
+    """Start the named services (by default all but the opt-in Ray head) and wait until each is healthy.
 
     Checks everything first and starts nothing when a port is taken by a foreign process or
     the vLLM environment is missing. Services already running are left as they are. If one
     fails to become healthy, the ones this call started are stopped again and StackError
     carries each service's result.
     """
-    chosen = _select(names)
+    chosen = _select(names, DEFAULT)
     with _exclusive():
         return _up(chosen, timeout, progress)
 

@@ -1,4 +1,5 @@
-"""`aiplat stack up|down|status`: the local runtime (MLflow, Milvus Lite, the gateway, the vLLM environment)."""
+"""`aiplat stack up|down|status`: the local runtime (MLflow, Milvus Lite, the gateway, the vLLM
+environment, and on request a Ray head with its dashboard)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,11 @@ def cli() -> None:
 @_names
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for each service to be healthy.")
 def up(services: tuple[str, ...], timeout: float | None) -> None:
-    """Start SERVICES (default: all) and wait until they are healthy; running ones are left alone."""
+    """Start SERVICES (default: all but ray) and wait until they are healthy; running ones are left alone.
+
+    `aiplat stack up ray` starts a Ray head (dashboard on AIPLAT_RAY_DASHBOARD_PORT, 8265): large
+    PII scans and embedding sets then run on it and link its dashboard, instead of a private Ray
+    instance per step."""
     _run("starting the local stack:", lambda p: stack.up(services or None, timeout=timeout, progress=p))
 
 

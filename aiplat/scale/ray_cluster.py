@@ -1,9 +1,10 @@
 """Ray for the heavy data stages: where the platform's Ray cluster is, and ordered batch maps on it.
 
 One code path for both runtimes. A `RayCluster` with an `address` joins that cluster (prod: the
-KubeRay head's client address, `ray://<head-svc>:10001`, from AIPLAT_RAY_ADDRESS); without one, a
-private local Ray instance starts in this process on the first heavy call (127.0.0.1 only, no
-configuration, no network; Ray's own token authentication on) and stops when the process ends.
+KubeRay head's client address, `ray://<head-svc>:10001`, from AIPLAT_RAY_ADDRESS); without one, it
+joins the head `aiplat stack up ray` runs (its token from the state folder, its dashboard linked),
+else a private local Ray instance starts in this process on the first heavy call (127.0.0.1 only,
+no configuration, no network; Ray's own token authentication on) and stops when the process ends.
 A Dagster step that never reaches a parallel path never starts Ray.
 
 `ordered_map` runs a stateful transform over a list with Ray Data (`map_batches` on a pool of
@@ -47,7 +48,8 @@ class RayConnection:
 
 @dataclass(frozen=True)
 class RayCluster:
-    """Which Ray cluster heavy stages run on: `address` ("" = a private local instance)."""
+    """Which Ray cluster heavy stages run on: `address`; "" = the local head `aiplat stack up ray`
+    runs, else a private local instance."""
 
     address: str = ""
     num_cpus: int | None = None  # of a private instance; default: this machine's CPUs
@@ -57,31 +59,63 @@ class RayCluster:
         """Join (or start) the cluster once per process; later calls reuse the connection. A
         process joins one cluster at a time: asked for another, it leaves the one it is in."""
         global _CONNECTED
-        import ray
-
         with _LOCK:
+            head = None if self.address else stack_head()
+            target = self.address or (head[0] if head else "local")
+            if head:  # the head `aiplat stack up ray` runs: the state folder's token lets this process in
+                _use_token(head)
+            import ray
+
             if _CONNECTED is not None and ray.is_initialized():
-                if _CONNECTED.address == (self.address or "local"):
+                if _CONNECTED.address == target:
                     return _CONNECTED
                 ray.shutdown()
                 _CONNECTED = None
             started = time.perf_counter()
             common = {"log_to_driver": False, "configure_logging": False, "namespace": "aiplat"}
-            if self.address:
-                _reachable(self.address)
-                context = ray.init(address=self.address, **common)
-                private = False
+            if target != "local":
+                _reachable(target)
+                context = ray.init(address=target, **common)
             else:
                 # address="local": a new instance even where `ray start` left a cluster address file
                 # (a bare ray.init() would join that one).
                 context = ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1,
                                    include_dashboard=False, _node_ip_address="127.0.0.1", **common)
-                private = True
             cpus = float(ray.cluster_resources().get("CPU", 0))
-            dashboard = self.dashboard_url or (f"http://{context.dashboard_url}" if context.dashboard_url else "")
-            _CONNECTED = RayConnection(self.address or "local", dashboard, private, cpus)
+            dashboard = self.dashboard_url or (head[1] if head else "") or (
+                f"http://{context.dashboard_url}" if context.dashboard_url else "")
+            _CONNECTED = RayConnection(target, dashboard, target == "local", cpus)
             log.info("joined %s in %.1f s", _CONNECTED.describe(), time.perf_counter() - started)
             return _CONNECTED
+
+
+def stack_head() -> tuple[str, str] | None:
+    """(address, dashboard URL) of the Ray head `aiplat stack up ray` runs for this state folder,
+    when it is up and healthy (the local runtime only); else None."""
+    from aiplat.config import runtime
+
+    if runtime() != "local":
+        return None
+    from aiplat import stack
+
+    [status] = stack.status([stack.RAY])
+    return (f"127.0.0.1:{status.port}", status.url or "") if status.state == "running" else None
+
+
+def _use_token(head: tuple[str, str]) -> None:
+    """Ray reads its authentication settings from the environment only (RAY_AUTH_MODE,
+    RAY_AUTH_TOKEN_PATH): set them for this process, and have an already imported Ray read them
+    again (what Ray's own `_enable_token_auth` does)."""
+    import sys
+
+    from aiplat.stack import ray_client_env
+
+    os.environ.update(ray_client_env())
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _reachable(address: str, timeout: float = 10.0) -> None:
@@ -146,15 +180,15 @@ def ordered_map(cluster: RayCluster, items: Sequence[str], transform: type, args
                 batch_size: int, progress: Progress | None = None) -> list:
     """`transform(*args)` called on batches {"item": [...]} by `workers` Ray actors; each returns
     {"out": [JSON text per item]}. The decoded outputs in the order of `items`."""
-    import ray.data
-
     if not items:
         return []
     try:
-        cluster.connect()
+        cluster.connect()  # before Ray's import: joining the stack's head sets Ray's auth variables
     except Exception as e:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, ...
-        raise RayMapError(f"cannot reach the Ray cluster at {cluster.address or 'a private local instance'}: "
+        raise RayMapError(f"cannot reach the Ray cluster at {cluster.address or 'the local Ray'}: "
                           f"{_cause(e)}") from None
+    import ray.data
+
     ray.data.DataContext.get_current().enable_progress_bars = False  # progress goes to `progress`
     rows = [{"index": i, "item": item} for i, item in enumerate(items)]
     blocks = max(1, min(len(rows), workers * 4))  # several blocks per actor keep every actor busy
