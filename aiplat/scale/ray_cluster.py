@@ -63,7 +63,7 @@ class RayCluster:
             head = None if self.address else stack_head()
             target = self.address or (head[0] if head else "local")
             if head:  # the head `aiplat stack up ray` runs: the state folder's token lets this process in
-                _use_token(head)
+                _use_token()
             import ray
 
             if _CONNECTED is not None and ray.is_initialized():
@@ -102,7 +102,7 @@ def stack_head() -> tuple[str, str] | None:
     return (f"127.0.0.1:{status.port}", status.url or "") if status.state == "running" else None
 
 
-def _use_token(head: tuple[str, str]) -> None:
+def _use_token() -> None:
     """Ray reads its authentication settings from the environment only (RAY_AUTH_MODE,
     RAY_AUTH_TOKEN_PATH): set them for this process, and have an already imported Ray read them
     again (what Ray's own `_enable_token_auth` does)."""
