@@ -77,7 +77,9 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     passthrough: tuple[str, ...] = ()  # parent variables the service needs beyond aiplat.config's allow-list
     start_timeout: float = 120.0
-    before_start: Callable[[], object] | None = None  # what must exist before its first start (a key)
+    # Run at launch only (never when the table is read for status or down): makes what must exist
+    # before a start (a key) and returns arguments that can only be chosen then (free ports).
+    before_start: Callable[[], tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,13 @@ def ray_auth_token() -> Path:
     return path
 
 
+def _before_ray_start() -> tuple[str, ...]:
+    """The head's token, and free ports for Ray's client server and dashboard agent (two heads on
+    one machine must not collide), chosen at launch."""
+    ray_auth_token()
+    return ("--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()))
+
+
 def ray_client_env() -> dict[str, str]:
     """What a Ray driver or the head needs to use the token (Ray reads these variables only)."""
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_auth_token_path())}
@@ -272,13 +281,12 @@ def services() -> dict[str, Service]:
             port=ports.ray,
             port_env="AIPLAT_RAY_PORT",
             # --block keeps the head in the foreground: its process group is what `down` stops.
-            # Ray's other listeners: the client server and the dashboard agent on free ports (two
-            # heads on one machine must not collide), the rest on ports Ray picks.
+            # Ray's other listeners: the client server and the dashboard agent on free ports chosen
+            # at launch (_before_ray_start), the rest on ports Ray picks.
             argv=(
                 _console_script("ray"), "start", "--head", "--block", "--disable-usage-stats",
                 "--node-ip-address", HOST, "--port", str(ports.ray), "--num-cpus", str(os.cpu_count() or 1),
                 "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(ports.ray_dashboard),
-                "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
                 "--temp-dir", str(_ray_temp_dir()),
             ),
             workdir=paths.root / "ray",
@@ -287,7 +295,7 @@ def services() -> dict[str, Service]:
             url=f"http://{HOST}:{ports.ray_dashboard}",
             health=_ray_health,
             env=ray_client_env(),
-            before_start=ray_auth_token,
+            before_start=_before_ray_start,
             start_timeout=180.0,
         ),
     }
@@ -346,7 +354,7 @@ def _read_pid(service: Service) -> _PidRecord | None:
         return _PidRecord(0, 0.0, service.port, "")
 
 
-def _write_pid(service: Service, proc: subprocess.Popen) -> None:
+def _write_pid(service: Service, proc: subprocess.Popen, argv: tuple[str, ...]) -> None:
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
@@ -356,7 +364,7 @@ def _write_pid(service: Service, proc: subprocess.Popen) -> None:
         "create_time": create_time,
         "port": service.port,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "argv": list(service.argv),
+        "argv": list(argv),
     }
     tmp = service.pid_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2))
@@ -526,15 +534,14 @@ def _launch(service: Service) -> tuple[subprocess.Popen, int]:
     """Start the service in its own session; returns the process and where its log begins."""
     for folder in (service.workdir, service.pid_file.parent, service.log_file.parent):
         folder.mkdir(parents=True, exist_ok=True)
-    if service.before_start is not None:
-        service.before_start()
+    argv = (*service.argv, *(service.before_start() if service.before_start is not None else ()))
     env = child_env(service.env, passthrough=service.passthrough)
     with service.log_file.open("ab") as log:
         log.write(f"\n=== aiplat stack: starting {service.name} at {datetime.now(timezone.utc).isoformat()} ===\n".encode())
         log.flush()
         offset = log.tell()
         proc = subprocess.Popen(
-            service.argv,
+            argv,
             cwd=service.workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -544,7 +551,7 @@ def _launch(service: Service) -> tuple[subprocess.Popen, int]:
             preexec_fn=default_signals,
         )
     _CHILDREN[proc.pid] = proc
-    _write_pid(service, proc)
+    _write_pid(service, proc, argv)
     return proc, offset
 
 

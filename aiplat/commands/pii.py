@@ -47,7 +47,8 @@ def _write_atomically(path: Path, lines: list[str]) -> None:
               help="Use the platform's configuration of this dataset (allow lists, identifier columns).")
 @click.option("--findings", "findings_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Findings file (default: OUTPUT with .findings.jsonl).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Ray actors scanning each chunk of 4096 records (with more than 1: on the runtime's Ray cluster, "
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray actors scanning each chunk of 4096 records (with more than 1: on the runtime's Ray cluster, "
               "locally a private Ray instance).")
 @click.option("--model", default=None, help="spaCy NER model package (default: the offline small model).")
 def scan(input_path: Path, output: Path, fields: tuple[str, ...], dataset: str | None, findings_path: Path | None,

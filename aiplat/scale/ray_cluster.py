@@ -62,15 +62,17 @@ class RayCluster:
         with _LOCK:
             head = None if self.address else stack_head()
             target = self.address or (head[0] if head else "local")
+            if _CONNECTED is not None:
+                import ray
+
+                if ray.is_initialized() and _CONNECTED.address == target:
+                    return _CONNECTED
+                ray.shutdown()
+                _CONNECTED = None
             if head:  # the head `aiplat stack up ray` runs: the state folder's token lets this process in
                 _use_token()
             import ray
 
-            if _CONNECTED is not None and ray.is_initialized():
-                if _CONNECTED.address == target:
-                    return _CONNECTED
-                ray.shutdown()
-                _CONNECTED = None
             started = time.perf_counter()
             common = {"log_to_driver": False, "configure_logging": False, "namespace": "aiplat"}
             if target != "local":
