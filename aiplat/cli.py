@@ -19,7 +19,7 @@ COMMAND_MODULES: dict[str, str] = {
     "index": "aiplat.commands.index",
     "features": "aiplat.commands.features",
     "endpoints": "aiplat.commands.endpoints",
-    "adapters": "aiplat.commands.adapters",
+    "adapters": "aiplat.commands.endpoints",  # the name these commands had before every endpoint was an adapter
     "chat": "aiplat.commands.chat",
     "gateway": "aiplat.commands.gateway",
     "promote": "aiplat.commands.promote",

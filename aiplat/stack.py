@@ -266,8 +266,8 @@ def services() -> dict[str, Service]:
             name="gateway",
             port=ports.gateway,
             port_env="AIPLAT_GATEWAY_PORT",
-            # Routes by the endpoint registry and appends to the request log, both found through
-            # AIPLAT_STATE_DIR, which the service inherits.
+            # Routes by the adapter routes the serving backend writes (serving/adapter-routes.json) and
+            # appends to the request log, both found through AIPLAT_STATE_DIR, which the service inherits.
             argv=(sys.executable, "-m", "aiplat.cli", "gateway", "serve", "--host", HOST, "--port", str(ports.gateway)),
             workdir=paths.root / "operations",
             pid_file=paths.run / "gateway.pid",

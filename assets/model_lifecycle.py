@@ -3,6 +3,7 @@ chain, generated, never hand-written:
 
   <model>/training_set -> <model>/fine_tuned_model -> <model>/eval_report (+ blocking eval_gate)
   -> <model>/champion -> <model>/served_endpoint -> <model>/endpoint_load_test, <model>/live_quality
+  (classification models also <model>/predictions: batch inference per landed ticket batch)
 
 with asset keys prefixed by the model, `owners` = its team and `group_name` = the model; plus its
 fine-tuning job, promotion job and sensor, and live-quality schedule. A grounded model's training
@@ -176,13 +177,8 @@ class PromotionConfig(dg.Config):
 
 
 class ServedEndpointConfig(dg.Config):
-    model_folder: Optional[str] = Field(
-        default=None, description="Serve this signed and approved safetensors folder instead of the registry's "
-        "`champion` (drills); it must be the exact bytes a promotion approved as model_version")
-    model_version: Optional[str] = Field(default=None, description="Registered version model_folder holds")
-    attestation_file: Optional[str] = Field(
-        default=None, description="model_folder's promotion attestation; unset = the one recorded on the MLflow version")
-    load_sample: list[str] = Field(default_factory=list, description="Prompts the canary replays a share of")
+    load_sample: list[str] = Field(default_factory=list, description="Prompts the canary sends through the gateway; "
+                                   "empty = the built-in load sample")
 
 
 class LoadTestConfig(dg.Config):
@@ -522,9 +518,10 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         owners=owners,
         kinds={"vllm", "kubernetes"},
         deps=[CHAMPION, *grounding],
-        description=(f"The OpenAI-compatible vLLM endpoint `{spec.endpoint}` serving the `{spec.name}` version behind "
-                     "the `champion` alias, rolled out through a canary; a failing canary leaves the live endpoint "
-                     "untouched and the alias returns to `previous`."
+        description=(f"The OpenAI-compatible endpoint `{spec.endpoint}`: the LoRA adapter of the `{spec.name}` version "
+                     f"behind the `champion` alias on the shared vLLM server of {spec.base_model}, rolled out through "
+                     "a canary measured at the gateway; a failing canary leaves the live route untouched and the "
+                     "alias returns to `previous`."
                      + (" Its prompts carry KB passages retrieved from kb_index at request time." if spec.grounded else "")),
     )
     def served_endpoint(context: dg.AssetExecutionContext, config: ServedEndpointConfig, vllm: VllmResource,
@@ -533,8 +530,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         from assets.serving import serve_champion
 
         return serve_champion(context, spec.name, spec.endpoint, spec.owner, owners_of(spec), tuple(config.load_sample),
-                              vllm, mlflow, model_signing, operations, config.model_folder, config.model_version,
-                              config.attestation_file, base=spec.base_model)
+                              spec.base_model, vllm, mlflow, model_signing, operations)
 
     @dg.asset(
         key=key("endpoint_load_test"),
@@ -585,6 +581,13 @@ def model_chain(spec: ModelSpec) -> ModelChain:
                     live_quality]
     chain.checks = [eval_gate]
     chain.jobs, chain.sensors, chain.schedules = _automation(spec, FINE_TUNED, EVAL_REPORT, CHAMPION, SERVED, LIVE_QUALITY)
+    if spec.task == "classification":
+        from assets.predictions import build_predictions
+
+        predictions, predictions_job, predictions_sensor = build_predictions(spec, SERVED)
+        chain.assets.append(predictions)
+        chain.jobs.append(predictions_job)
+        chain.sensors.append(predictions_sensor)
     return chain
 
 

@@ -53,7 +53,9 @@ def build_operations_assets(served: list[dg.AssetKey]) -> list[dg.AssetsDefiniti
 
         metadata: dict = {}
         errors: list[str] = []
-        servers = vllm.live_servers()  # prod: none here; Prometheus scrapes the pods (operations.prometheus_url)
+        # One server per base model; vLLM counts its adapters' traffic under the base model, so the
+        # per-endpoint figures are the request log's below. Prod: none here; Prometheus scrapes the pods.
+        servers = vllm.live_servers()
         for endpoint, live in servers:
             try:
                 per_model = server_metrics(scrape(live.url, operations.scrape_timeout_s))
@@ -184,7 +186,7 @@ def golden_live_quality(context: dg.AssetExecutionContext, spec, fmt, config, vl
     from aiplat.evaluation.golden import GoldenSetError, load_golden
     from aiplat.operations.quality import ask_golden, baseline_from_readings, judge, score
     from aiplat.operations.textfile import write_live_quality
-    from aiplat.serving.manager import EndpointNotFound
+    from aiplat.serving.backend import EndpointNotFound
 
     name, endpoint = spec.name, spec.endpoint
     try:
@@ -291,29 +293,21 @@ def _roll_back(context: dg.AssetExecutionContext, spec, version: str, champion: 
     from aiplat.security.access import AccessDenied, current_identity
     from aiplat.security.signing import SignatureError
     from aiplat.serving.adapters import AdapterError
-    from aiplat.serving.champion import (
-        PREVIOUS,
-        MlflowAdapterSource,
-        MlflowAliasSource,
-        ModelResolutionError,
-        restore_previous_alias,
-    )
+    from aiplat.serving.champion import PREVIOUS, MlflowAdapterSource, ModelResolutionError, restore_previous_alias
     from aiplat.serving.control import Caller, Change, controlled
-    from aiplat.serving.manager import EndpointNotFound
+    from aiplat.serving.backend import EndpointNotFound
     from aiplat.serving.server import ServerStartError
 
     name, endpoint = spec.name, spec.endpoint
     why = "live quality regression"
     caller = Caller(current_identity(context.run.tags), operations.audit_log(), {spec.name: spec.owner},
                     {"trigger": why, "dagster_run_id": context.run_id})
-    previous = lambda: MlflowAliasSource(mlflow.client, name, PREVIOUS, tracking_uri=mlflow.uri).resolve()  # noqa: E731
     previous_adapter = lambda: MlflowAdapterSource(mlflow.client, name, spec.base_model, PREVIOUS,  # noqa: E731
                                                    tracking_uri=mlflow.uri,
                                                    store_prefix=vllm.adapter_store_prefix()).resolve()
 
     def act():
-        serving = vllm.roll_back(endpoint, model_signing.serving_keys(), registry_previous=previous,
-                                 adapter_previous=previous_adapter)
+        serving = vllm.roll_back(endpoint, model_signing.serving_keys(), adapter_previous=previous_adapter)
         alias = restore_previous_alias(mlflow.client, name) if champion == version else "champion alias not involved"
         return serving, alias
 
@@ -338,7 +332,7 @@ def grounded_live_quality(context: dg.AssetExecutionContext, spec, fmt, config, 
     from aiplat.evaluation.gate import alert_line, emit_alert
     from aiplat.operations.draft_quality import ask_drafts, judge_drafts
     from aiplat.retrieval.grounding import add_passages
-    from aiplat.serving.manager import EndpointNotFound
+    from aiplat.serving.backend import EndpointNotFound
     from aiplat.training.data import normalize_columns
 
     try:

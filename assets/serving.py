@@ -1,14 +1,15 @@
 """Serving, shared by every model's chain (assets/model_lifecycle.py builds the assets): the
-champion as an OpenAI-compatible vLLM endpoint, and its load test.
+champion's LoRA adapter as an OpenAI-compatible endpoint on its base model's shared vLLM server,
+and its load test.
 
 Thin: aiplat.serving does the work (the CLI and the tests call the same functions). A new
-champion goes out through a canary; a failing canary leaves the live endpoint untouched, moves
-the `champion` alias back to `previous`, and fails the run with the reason.
+champion goes out through a canary measured at the gateway; a failing canary leaves the live
+route untouched, moves the `champion` alias back to `previous`, and fails the run with the reason.
 
-Before anything starts: the caller must be the model's owner team or the platform team
-(aiplat.security.access; the decision goes to the audit log), and the model folder must verify
-against its build signature (aiplat.security.signing) and a promotion attestation approving those
-bytes as that version (aiplat.security.approval); any refusal leaves the live endpoint as it is.
+Before anything loads: the caller must be the model's owner team or the platform team
+(aiplat.security.access; the decision goes to the audit log), and the adapter must verify against
+its build signature (aiplat.security.signing) and a promotion attestation approving those bytes as
+that version (aiplat.security.approval); any refusal leaves the live endpoint as it is.
 """
 
 from collections.abc import Mapping
@@ -34,22 +35,6 @@ def _rollback(mlflow: MLflowResource, model_name: str):
     return rollback
 
 
-def _server_metadata(result) -> dict:
-    live = result.live
-    return {
-        "endpoint": result.endpoint,
-        "endpoint_url": dg.MetadataValue.url(live.url),
-        "model_version": live.model_version,
-        "served_model_name": live.served_model_name,
-        "model_path": live.model_path,
-        "start_time": live.started_at,
-        "health": live.health,
-        "action": result.action,
-        "log_file": dg.MetadataValue.path(live.log_file) if live.log_file else "",
-        "pid": live.pid,
-    }
-
-
 def serve_champion(
     context: dg.AssetExecutionContext,
     name: str,
@@ -57,117 +42,32 @@ def serve_champion(
     owner: str,
     owners: Mapping[str, str],
     load_sample: tuple[str, ...],
+    base: str,
     vllm: VllmResource,
     mlflow: MLflowResource,
     model_signing: ModelSigningResource,
     operations: OperationsResource,
-    model_folder: str | None = None,
-    folder_version: str | None = None,
-    attestation_file: str | None = None,
-    base: str = "",
 ) -> dg.MaterializeResult:
-    """Roll the registered model `name`'s champion (or an approved `model_folder`: drills) out to `endpoint`.
-
-    A champion that registered a LoRA adapter over `base` goes onto the base model's shared server
-    (aiplat.serving.adapter_rollout, canary measured through the gateway); a version without one, or
-    a whole-model folder, gets a server of its own (aiplat.serving.rollout)."""
-    from pathlib import Path
-
+    """The registered model `name`'s champion, a LoRA adapter over `base`, onto the base model's shared
+    server as `endpoint`, through the control sequence (aiplat.serving.adapter_rollout.deploy_adapter:
+    the owner check, the adapter's signature, the one recorded on its MLflow version and its promotion
+    attestation, then the load and the gateway-measured canary, each decision audited)."""
     from mlflow.exceptions import MlflowException
 
-    if not model_folder and base:
-        from aiplat.serving.champion import MlflowAdapterSource, ModelResolutionError
-
-        try:
-            adapter = MlflowAdapterSource(mlflow.client, name, base, tracking_uri=mlflow.uri,
-                                          store_prefix=vllm.adapter_store_prefix()).resolve()
-        except (ModelResolutionError, ValueError, OSError, MlflowException) as e:
-            raise dg.Failure(f"no model to serve: {e}") from e
-        if adapter is not None:
-            return _serve_adapter(context, name, endpoint, owner, owners, load_sample, adapter, vllm, mlflow,
-                                  model_signing, operations)
-
-    from aiplat.security.access import AccessDenied, current_identity, owner_team
-    from aiplat.security.approval import registry_attestation, verify_for_serving
-    from aiplat.security.signing import SignatureError, check_against_version
-    from aiplat.serving.champion import FolderSource, MlflowAliasSource, ModelResolutionError
-    from aiplat.serving.rollout import RolloutFailed
-
-    try:
-        if model_folder:
-            version = folder_version or "folder"
-            attestation = (Path(attestation_file).read_text() if attestation_file
-                           else registry_attestation(mlflow.client, name, version))
-            source = FolderSource(model_folder, version, name, attestation)
-            rollback = None
-        else:
-            source = MlflowAliasSource(mlflow.client, name, tracking_uri=mlflow.uri)
-            rollback = _rollback(mlflow, name)
-        model = source.resolve()
-    except (ModelResolutionError, ValueError, OSError, MlflowException) as e:
-        raise dg.Failure(f"no model to serve: {e}") from e
-
-    from aiplat.serving.control import Caller, Change, controlled
-
-    identity = current_identity(context.run.tags)
-    caller = Caller(identity, operations.audit_log(), owners, {"dagster_run_id": context.run_id})
-    keys = model_signing.serving_keys()
-
-    def verify() -> None:
-        if not model_folder:
-            # Also the exact signature recorded on this MLflow version, not just any signed folder.
-            check_against_version(mlflow.client, name, model.version, model.path, keys.signature)
-        verify_for_serving(model.path, model.attestation, keys, model=name, version=model.version)
-
-    context.log.info(f"rolling out {model.uri or model.path} (version {model.version}) to endpoint {endpoint}")
-    try:
-        result = controlled(
-            caller, Change("deploy", name, model.version, endpoint, done="deployed"),
-            act=lambda: vllm.roll_out(endpoint, model, rollback, tuple(load_sample), keys=keys), verify=verify,
-            details=lambda r: {"action": r.action, "url": r.live.url})
-    except AccessDenied as e:
-        raise dg.Failure(description=str(e), metadata={"candidate_version": model.version,
-                                                       "owner_team": owner_team(name, owners) or ""}) from e
-    except SignatureError as e:  # ApprovalError included: signed is not approved
-        raise dg.Failure(description=f"refusing to deploy {name} version {model.version}: {e}; "
-                         f"endpoint {endpoint!r} is unchanged",
-                         metadata={"candidate_version": model.version}) from e
-    except RolloutFailed as e:
-        verdict = e.verdict
-        metadata = {"candidate_version": model.version}
-        if verdict is not None:
-            metadata.update({"live_version": verdict.live_version, "reasons": dg.MetadataValue.json(verdict.reasons),
-                             "canary": dg.MetadataValue.json(verdict.to_dict()), "rollback": verdict.rollback})
-        raise dg.Failure(description=str(e), metadata=metadata) from e
-
-    metadata = _server_metadata(result)
-    metadata.update({"model_uri": model.uri, "registered_model": name, "deployed_by": identity.actor,
-                     "deployed_by_team": identity.team or "", "code_version": code_version(), "owner": owner})
-    if result.verdict is not None:
-        v = result.verdict
-        metadata.update({
-            "canary_prompts": v.prompts,
-            "canary_agreement": dg.MetadataValue.float(v.agreement),
-            "canary_candidate_p95_ms": dg.MetadataValue.float(v.candidate.p95_ms),
-            "canary_live_p95_ms": dg.MetadataValue.float(v.live.p95_ms),
-            "canary_candidate_error_rate": dg.MetadataValue.float(v.candidate.error_rate),
-            "previous_version": v.live_version,
-        })
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(f"{result.live.model_version}@{result.live.url}"))
-
-
-def _serve_adapter(context: dg.AssetExecutionContext, name: str, endpoint: str, owner: str, owners: Mapping[str, str],
-                   load_sample: tuple[str, ...], adapter, vllm: VllmResource, mlflow: MLflowResource,
-                   model_signing: ModelSigningResource, operations: OperationsResource) -> dg.MaterializeResult:
-    """The champion's adapter onto its base model's shared server, through the control sequence
-    (the adapter signature recorded on its MLflow version checked too)."""
     from aiplat.security.access import AccessDenied, current_identity, owner_team
     from aiplat.security.signing import SignatureError
     from aiplat.serving.adapter_rollout import AdapterRolloutFailed, deploy_adapter
     from aiplat.serving.adapters import AdapterError, adapter_version
+    from aiplat.serving.champion import MlflowAdapterSource, ModelResolutionError
     from aiplat.serving.control import Caller
     from aiplat.serving.loadtest import DEFAULT_LOAD_SAMPLE
     from aiplat.serving.server import ServerStartError
+
+    try:
+        adapter = MlflowAdapterSource(mlflow.client, name, base, tracking_uri=mlflow.uri,
+                                      store_prefix=vllm.adapter_store_prefix()).resolve()
+    except (ModelResolutionError, ValueError, OSError, MlflowException) as e:
+        raise dg.Failure(f"no model to serve: {e}") from e
 
     identity = current_identity(context.run.tags)
     caller = Caller(identity, operations.audit_log(), owners, {"dagster_run_id": context.run_id})

@@ -1,10 +1,11 @@
 """What the metering gateway adds to a request: the same chat completions sent straight to an
-upstream and through the gateway (registry lookup, labels, forwarding, one request-log line), in
-interleaved rounds in this one process.
+upstream and through the gateway (adapter-route lookup in a routes file, labels, forwarding, one
+request-log line), in interleaved rounds in this one process.
 
 The default upstream answers at once (an OpenAI-shaped app in the same process), so the difference
 is the gateway's own cost; `--upstream URL --served-model NAME` measures in front of a real server
-(e.g. a vLLM endpoint from `aiplat endpoints list`), where generation dominates.
+(e.g. a local base-model vLLM server, NAME one of its adapters `<model>@<version>` or the base
+model), where generation dominates.
 
 `--compare litellm mlflow` also measures, in front of the same instant upstream and interleaved in
 the same rounds, LiteLLM's proxy (`litellm --config`, from the venv given by --litellm-python,
@@ -45,9 +46,8 @@ from aiplat.net import free_port, wait_for_port  # noqa: E402
 from aiplat.operations.cost import CostRates  # noqa: E402
 from aiplat.operations.requests import RequestLog  # noqa: E402
 from aiplat.serving.budgets import InProcessLedger  # noqa: E402
+from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes  # noqa: E402
 from aiplat.serving.gateway import GatewaySettings, build_app  # noqa: E402
-from aiplat.serving.gateway_routing import RegistryResolver  # noqa: E402
-from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord  # noqa: E402
 
 ENDPOINT = "bench"
 
@@ -186,18 +186,16 @@ def main() -> None:
     else:
         upstream, _ = serve(instant_upstream())
         served = "bench-served"
-    registry = EndpointRegistry(work / "endpoints.json")
-    live = ServerRecord(url=upstream, port=0, pid=0, create_time=0.0, model_version="1", model_path="-",
-                        served_model_name=served, started_at="-", log_file="", pid_file="", health="ready", checked_at="-")
-    registry.update(ENDPOINT, lambda _: EndpointRecord(name=ENDPOINT, live=live))
+    routes = AdapterRoutes(work / "adapter-routes.json")  # read at every request, as in production
+    routes.set(ENDPOINT, upstream, {served: 100.0})
     log = RequestLog(work / "requests.jsonl")
     ledger = InProcessLedger(CostRates(), {"team:ml": 1e9})  # enforced, never reached: measures reserve/settle
     gateway, _ = serve(build_app(GatewaySettings(
-        resolver=RegistryResolver(registry), request_log=log, trust_team_header=False, ledger=ledger,
+        resolver=AdapterRouteResolver(routes), request_log=log, trust_team_header=False, ledger=ledger,
         api_key_teams={hashlib.sha256(BENCH_KEY.encode()).hexdigest(): "team:ml"})))
     # The same gateway without fsync per request-log line: what durability costs on this disk.
     unsynced, _ = serve(build_app(GatewaySettings(
-        resolver=RegistryResolver(registry), request_log=RequestLog(work / "unsynced.jsonl", fsync=False),
+        resolver=AdapterRouteResolver(routes), request_log=RequestLog(work / "unsynced.jsonl", fsync=False),
         trust_team_header=False, ledger=InProcessLedger(CostRates(), {"team:ml": 1e9}),
         api_key_teams={hashlib.sha256(BENCH_KEY.encode()).hexdigest(): "team:ml"})))
     auth = {"Authorization": f"Bearer {BENCH_KEY}", "X-AIPLAT-Feature": "benchmark"}

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiplat.operations.requests import RequestLog  # noqa: E402
 from aiplat.pii.guardrails import GuardrailPolicies, GuardrailPolicy, Guardrails  # noqa: E402
 from aiplat.pii.redact import Pseudonymizer  # noqa: E402
+from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes  # noqa: E402
 from aiplat.serving.gateway import GatewaySettings, build_app  # noqa: E402
-from aiplat.serving.gateway_routing import RegistryResolver  # noqa: E402
-from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord  # noqa: E402
 from benchmarks.gateway import serve  # noqa: E402
 
 ENDPOINT = "bench"
@@ -99,17 +98,15 @@ def main() -> None:
     else:
         upstream, _ = serve(instant_upstream())
         served = "bench-served"
-    registry = EndpointRegistry(work / "endpoints.json")
-    live = ServerRecord(url=upstream, port=0, pid=0, create_time=0.0, model_version="1", model_path="-",
-                        served_model_name=served, started_at="-", log_file="", pid_file="", health="ready", checked_at="-")
-    registry.update(ENDPOINT, lambda _: EndpointRecord(name=ENDPOINT, live=live))
-    plain, _ = serve(build_app(GatewaySettings(resolver=RegistryResolver(registry),
+    routes = AdapterRoutes(work / "adapter-routes.json")
+    routes.set(ENDPOINT, upstream, {served: 100.0})
+    plain, _ = serve(build_app(GatewaySettings(resolver=AdapterRouteResolver(routes),
                                                request_log=RequestLog(work / "plain.jsonl"))))
     guard = Guardrails(GuardrailPolicies(default=GuardrailPolicy(prompt="mask", response=args.response)),
                        Pseudonymizer("benchmark-key-not-a-secret-0123"))
     guard.warm_up()
     guarded_log = RequestLog(work / "guarded.jsonl")
-    guarded, _ = serve(build_app(GatewaySettings(resolver=RegistryResolver(registry), request_log=guarded_log,
+    guarded, _ = serve(build_app(GatewaySettings(resolver=AdapterRouteResolver(routes), request_log=guarded_log,
                                                  guardrails=guard)))
     run(plain, 20, 1)
     run(guarded, 20, 1)  # warm both

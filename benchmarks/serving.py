@@ -43,7 +43,7 @@ PROMPTS = [
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    from aiplat.serving.canary import percentile
+    from aiplat.evaluation.metrics import percentile
 
     return {f"p{q}": round(percentile(values, q), 1) for q in (50, 95, 99)}
 
@@ -116,9 +116,7 @@ def main() -> None:
     model_dir = args.model_folder
     with tempfile.TemporaryDirectory(prefix="aiplat-bench-serving-") as tmp:
         os.environ["AIPLAT_STATE_DIR"] = tmp  # private registry, logs and PID files
-        from aiplat.serving.champion import FolderSource
-        from aiplat.serving.manager import EndpointManager
-        from aiplat.serving.server import ServerSettings
+        from aiplat.serving.server import ServerSettings, start_server, stop_server
 
         if model_dir is None:
             from aiplat.models.base import base_models_dir, prepare_base_model
@@ -129,17 +127,17 @@ def main() -> None:
         levels = {1: PROMPTS[: args.requests_c1], 8: (PROMPTS * 4)[: args.requests_c8]}
         results: dict = {"model": str(model_dir), "output_len": args.output_len, "vllm": {}, "transformers": {}}
 
-        manager = EndpointManager(ServerSettings(python=str(python), enforce_eager=args.enforce_eager,
-                                                 max_num_seqs=8, start_timeout_s=900), progress=print)
+        settings = ServerSettings(python=str(python), enforce_eager=args.enforce_eager, max_num_seqs=8,
+                                  start_timeout_s=900)
         t0 = time.perf_counter()
-        live = manager.deploy("bench", FolderSource(model_dir, "bench").resolve()).live
+        live = start_server("bench", Path(model_dir), "base", "bench", settings, print)
         results["vllm_start_s"] = round(time.perf_counter() - t0, 1)
         try:
             for c, prompts in levels.items():
                 results["vllm"][c] = bench_vllm(live.url, live.served_model_name, prompts, c, args.output_len)
                 print(f"vllm         c={c}: {results['vllm'][c]}")
         finally:
-            manager.stop_all()
+            stop_server(live)
         for c, prompts in levels.items():
             results["transformers"][c] = bench_transformers(model_dir, prompts, c, args.output_len)
             print(f"transformers c={c}: {results['transformers'][c]}")

@@ -10,11 +10,17 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from assets.intake import BATCHES
 
 
+INGEST_GROUPS = ("intake", "pii")  # what a landed batch must go through before anything reads it
+
+
 def _keys_partitioned_by(assets: Iterable[dg.AssetsDefinition], partitions: dg.PartitionsDefinition) -> list[dg.AssetKey]:
+    """The intake and redaction assets of one dataset's batches; a model's per-batch predictions wait
+    for its served endpoint and run from their own sensor, never as part of ingest."""
     keys = []
     for asset in assets:
         for key in asset.keys:
-            if asset.specs_by_key[key].partitions_def == partitions:
+            spec = asset.specs_by_key[key]
+            if spec.partitions_def == partitions and spec.group_name in INGEST_GROUPS:
                 keys.append(key)
     return keys
 

@@ -22,7 +22,7 @@ COMMANDS: dict[str, list[str]] = {
     "rollback": ["rollback", "ticket-triage"],
     # deploy authorizes and audits through the runtime's resources before anything starts
     "endpoints": ["endpoints", "deploy", "ticket-triage", "{folder}", "--version", "1"],
-    "adapters": ["adapters", "status"],
+    "adapters": ["adapters", "list"],  # the name `endpoints` had while both kinds of serving existed
     "chat": ["chat", "ticket-triage", "hello"],
     "index": ["index", "status"],
     "features": ["features", "get", "--service", "customer_profile_v1", "--entity", "customer_id=c1"],

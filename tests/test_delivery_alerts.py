@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aiplat.config import project_root
 from aiplat.operations.alert_rules import AlertSettings, render_rules, settings_from, to_yaml
 from aiplat.operations.textfile import write_live_quality
+from aiplat.serving.k8s_adapters import AdapterServerSpec
 from resources.operations import OperationsResource
 
 OBS = project_root() / "deploy" / "observability"
@@ -61,6 +62,35 @@ def test_every_alert_has_a_unit_test() -> None:
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
     tested = {t["alertname"] for case in yaml.safe_load(RULE_TESTS.read_text())["tests"] for t in case.get("alert_rule_test", [])}
     assert alerts == tested, alerts ^ tested
+
+
+def _rules() -> dict[str, dict]:
+    return {r.get("alert") or r["record"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+
+
+def test_vllm_rules_group_by_base_server_and_endpoint_figures_come_from_the_gateway() -> None:
+    """Every model version is an adapter on its base model's shared server, and vLLM counts adapter
+    traffic under the base model: vLLM's series are grouped by the scrape config's `base_model`
+    label; what is per endpoint reads the gateway's series."""
+    for rule in _rules().values():
+        if "vllm:" in rule["expr"]:
+            assert "base_model" in rule["expr"] and "endpoint" not in rule["expr"], rule
+        if "by (endpoint)" in rule["expr"]:
+            assert "aiplat_gateway_" in rule["expr"], rule
+    config = yaml.safe_load((OBS / "prometheus.yml").read_text())
+    vllm = next(job for job in config["scrape_configs"] if job["job_name"] == "vllm")
+    assert {r.get("target_label") for r in vllm["relabel_configs"]} >= {"base_model"}
+
+
+def test_gpu_saturation_watches_the_adapter_servers_pods() -> None:
+    """Pods of a Deployment are named <Deployment>-<ReplicaSet hash>-<suffix>; the Deployment is
+    AdapterServerSpec.name. A fine-tune's pod saturating its GPU is not an inference problem."""
+    import re
+
+    (regex,) = re.findall(r'pod=~"([^"]+)"', _rules()["GpuSaturated"]["expr"])
+    spec = AdapterServerSpec(base_name="smollm2-135m-instruct", base_uri="s3://m/base/smollm2-135m-instruct/")
+    assert re.fullmatch(regex, f"{spec.name}-7d9f8c6b5-x2k4p")
+    assert not re.fullmatch(regex, "dagster-run-3f2a1b-fine-tune-x7k2p")
 
 
 def test_a_bigger_budget_silences_the_burn_alert(tmp_path: Path) -> None:

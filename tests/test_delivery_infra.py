@@ -55,11 +55,11 @@ def test_inference_gpus_are_on_demand_and_always_there(deployed) -> None:
     group = mocks.of("aws:eks/nodeGroup:NodeGroup")[f"aiplat-{settings.environment}-inference"]
     assert group["capacityType"] == "ON_DEMAND" and group["amiType"].endswith("NVIDIA")
     assert group["scalingConfig"]["minSize"] >= 1
-    # What the vLLM Deployments (aiplat.serving.k8s) select and tolerate.
-    from aiplat.serving.k8s import EndpointSpec
+    # What the vLLM Deployments (one per base model, aiplat.serving.k8s_adapters) select and tolerate.
+    from aiplat.serving.k8s_adapters import AdapterServerSpec, deployment
 
-    spec = EndpointSpec(endpoint="e", model_version="1", model_uri="s3://m", served_model_name="e")
-    assert spec.node_selector.items() <= group["labels"].items()
+    pod = deployment(AdapterServerSpec(base_name="b", base_uri="s3://m/base/b/"))["spec"]["template"]["spec"]
+    assert pod["nodeSelector"].items() <= group["labels"].items()
     assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
     assert group["labels"]["aiplat.io/priority-class"] == "inference"
 
@@ -100,15 +100,15 @@ def test_each_workload_lands_on_its_own_node_group(deployed) -> None:
     from dagster_k8s.job import UserDefinedDagsterK8sConfig
     from kubernetes.client import ApiClient
 
-    from aiplat.serving.k8s import EndpointSpec, render_endpoint
+    from aiplat.serving.k8s_adapters import AdapterServerSpec
+    from aiplat.serving.k8s_adapters import deployment as server_deployment
     from resources.kubernetes import GpuPlacement
 
     settings, mocks = deployed
     groups = {n.rsplit("-", 1)[-1]: g for n, g in mocks.of("aws:eks/nodeGroup:NodeGroup").items()}
     training_pod = UserDefinedDagsterK8sConfig.from_dict(GpuPlacement().k8s_config()).pod_spec_config
     training_pod = {"nodeSelector": training_pod["node_selector"], "tolerations": training_pod["tolerations"]}
-    [deployment, *_] = render_endpoint(EndpointSpec(endpoint="e", model_version="1", model_uri="s3://m",
-                                                    served_model_name="e"))
+    deployment = server_deployment(AdapterServerSpec(base_name="b", base_uri="s3://m/base/b/"))
     inference_pod = ApiClient().sanitize_for_serialization(deployment)["spec"]["template"]["spec"]
     assert [n for n, g in groups.items() if _matches(training_pod, g)] == ["training"]
     assert [n for n, g in groups.items() if _matches(inference_pod, g)] == ["inference"]

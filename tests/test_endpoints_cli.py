@@ -1,11 +1,12 @@
-"""`aiplat endpoints deploy` and `rollback` guard like the `served_endpoint` asset: the caller must be
-the model's owner team or the platform team, and the folder must verify against its signature, both
-before any vLLM process starts; every decision is in the runtime's audit log (prod: the PostgreSQL table at AIPLAT_AUDIT_DATABASE_URL).
+"""`aiplat endpoints deploy`, `rollback` and `stop` guard like the `served_endpoint` asset: the caller
+must be the model's owner team or the platform team, and the adapter must verify against its
+signature, both before the serving backend is asked; every decision is in the runtime's audit log
+(prod: the PostgreSQL table at AIPLAT_AUDIT_DATABASE_URL).
 
-No vLLM is needed: every case here is refused before a server would start, and a check that let
-a folder through would try to start one, leaving a PID file and a log under the state dir and
-changing the registry (the assertions catch that). The allowed paths, which do start servers, are
-in tests/test_serving_live.py.
+No vLLM is needed: every case here is refused before a server would start, and a check that let an
+adapter through would reach the backend, leaving a PID file and a log under the state dir or
+changing the routes (the assertions catch that). The allowed paths, which do load adapters on a
+real server, are in tests/test_serving_adapters_live.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ from tests.audit_helpers import private_audit_database
 from tests.identity_helpers import act_as
 from aiplat.security.approval import dev_approval_key_pair
 from aiplat.security.signing import dev_key_pair
-from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
-from tests.test_serving_signature import ENDPOINT, _nothing_started, _tamper, registry, signed_folder  # noqa: F401
+from aiplat.serving.adapter_routes import AdapterRoutes
+from tests.test_serving_signature import (  # noqa: F401 - fixtures
+    BASE,
+    ENDPOINT,
+    _nothing_started,
+    _tamper,
+    routes,
+    signed_adapter,
+)
 
 pytestmark = pytest.mark.usefixtures("no_mlflow")
 
@@ -39,21 +47,25 @@ def _deploy(folder: Path, *extra: str):
     return CliRunner().invoke(cli, ["endpoints", "deploy", ENDPOINT, str(folder), "--version", "2", *extra])
 
 
+def _rollback(folder: Path):
+    return CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT, str(folder), "--version", "1"])
+
+
 def _events(log: AuditLog | None = None) -> list[tuple[str, str | None]]:
     return [(e["event"], e.get("decision")) for e in (log or AuditLog()).entries()]
 
 
-@pytest.mark.parametrize("how", ["flipped byte", "added file", "missing shard"])
-def test_deploy_refuses_a_tampered_folder_and_the_live_endpoint_stays(
-        state_dir: Path, signed_folder: Path, registry: EndpointRegistry, how: str,
+@pytest.mark.parametrize("how", ["flipped byte", "added file", "missing file", "unsigned"])
+def test_deploy_refuses_a_tampered_adapter_and_the_live_endpoint_stays(
+        state_dir: Path, signed_adapter: Path, routes: AdapterRoutes, how: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     act_as(monkeypatch, "platform")
-    expected = _tamper(signed_folder, how)
-    before = registry.path.read_bytes()
-    result = _deploy(signed_folder)
+    expected = _tamper(signed_adapter, how)
+    before = routes.path.read_bytes()
+    result = _deploy(signed_adapter)
     assert result.exit_code == 1, result.output
     assert expected in result.output and f"endpoint {ENDPOINT!r} is unchanged" in result.output
-    assert registry.path.read_bytes() == before
+    assert routes.path.read_bytes() == before
     _nothing_started(state_dir)
     entries = list(AuditLog().entries())
     assert _events() == [("access", "allowed"), ("deploy refused: signature", None)]
@@ -62,22 +74,10 @@ def test_deploy_refuses_a_tampered_folder_and_the_live_endpoint_stays(
     AuditLog().verify()
 
 
-def test_deploy_refuses_an_unsigned_folder(state_dir: Path, tmp_path: Path, registry: EndpointRegistry,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    act_as(monkeypatch, "ml")
-    folder = tmp_path / "unsigned"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    result = _deploy(folder)
-    assert result.exit_code == 1 and "is not signed: model.sig is missing" in result.output
-    assert _events() == [("access", "allowed"), ("deploy refused: signature", None)]
-    _nothing_started(state_dir)
-
-
 @pytest.mark.parametrize("team, reason", [("search", "team:search is neither the owner (team:ml) nor team:platform"),
                                           ("", "no credential")])
-def test_deploy_refuses_a_team_that_does_not_own_the_model(state_dir: Path, signed_folder: Path,
-                                                           registry: EndpointRegistry, team: str, reason: str,
+def test_deploy_refuses_a_team_that_does_not_own_the_model(state_dir: Path, signed_adapter: Path,
+                                                           routes: AdapterRoutes, team: str, reason: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     if team:
         act_as(monkeypatch, team, "eve")
@@ -85,12 +85,12 @@ def test_deploy_refuses_a_team_that_does_not_own_the_model(state_dir: Path, sign
         monkeypatch.delenv("AIPLAT_TOKEN", raising=False)
         monkeypatch.setenv("AIPLAT_TEAM", "team:ml")
         monkeypatch.setenv("AIPLAT_ACTOR", "eve")
-    before = registry.path.read_bytes()
-    result = _deploy(signed_folder)  # intact: only the team stops it
+    before = routes.path.read_bytes()
+    result = _deploy(signed_adapter)  # intact: only the team stops it
     assert result.exit_code == 1
     assert f"({'team:' + team if team else 'no team'}) may not deploy ticket-triage version 2" in result.output
     assert "access denied: " in result.output and reason in result.output
-    assert registry.path.read_bytes() == before
+    assert routes.path.read_bytes() == before
     _nothing_started(state_dir)
     (entry,) = AuditLog().entries()
     assert entry["decision"] == "refused" and entry["action"] == "deploy" and (entry["actor"] == "eve") == bool(team)
@@ -98,51 +98,46 @@ def test_deploy_refuses_a_team_that_does_not_own_the_model(state_dir: Path, sign
     assert entry["identity_source"] == ("credential" if team else "none")
 
 
-def test_model_name_decides_the_owner(state_dir: Path, signed_folder: Path, registry: EndpointRegistry,
+def test_model_name_decides_the_owner(state_dir: Path, signed_adapter: Path, routes: AdapterRoutes,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The owner team of ticket-triage may not deploy it under a model name nobody owns: such a
     model is the platform team's alone."""
     act_as(monkeypatch, "ml")
-    result = _deploy(signed_folder, "--model-name", "unowned-model")
+    result = _deploy(signed_adapter, "--model-name", "unowned-model", "--base", BASE)
     assert result.exit_code == 1 and "may not deploy unowned-model version 2" in result.output
     (entry,) = AuditLog().entries()
     assert entry["model"] == "unowned-model" and entry["owner_team"] is None
 
 
 @pytest.fixture
-def switched(registry: EndpointRegistry, signed_folder: Path) -> EndpointRegistry:
-    """The endpoint switched from version 1 (the signed folder) to version 2: rollback returns to 1."""
-    def change(entry: EndpointRecord) -> EndpointRecord:
-        live = ServerRecord(**{**entry.live.__dict__, "model_version": "2", "model_path": "/models/v2"})
-        event = {"at": "t", "event": "switched", "version": "2", "url": live.url, "model_path": "/models/v2",
-                 "previous_version": "1", "previous_path": str(signed_folder), "reason": "canary passed"}
-        return EndpointRecord(entry.name, live, history=[event])
-
-    registry.update(ENDPOINT, change)
-    return registry
+def switched(routes: AdapterRoutes) -> AdapterRoutes:
+    """The endpoint switched from version 1 (the signed adapter) to version 2: rollback returns to 1."""
+    routes.set(ENDPOINT, "http://127.0.0.1:9", {f"{ENDPOINT}@2": 100.0})
+    return routes
 
 
 @pytest.mark.parametrize("how", ["flipped byte", "added file"])
-def test_rollback_refuses_a_tampered_previous_folder(state_dir: Path, signed_folder: Path, switched: EndpointRegistry,
-                                                     how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rollback_refuses_a_tampered_previous_adapter(state_dir: Path, signed_adapter: Path, switched: AdapterRoutes,
+                                                      how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     act_as(monkeypatch, "ml")
-    expected = _tamper(signed_folder, how)
+    expected = _tamper(signed_adapter, how)
     before = switched.path.read_bytes()
-    result = CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT])
+    result = _rollback(signed_adapter)
     assert result.exit_code == 1, result.output
     assert expected in result.output and f"endpoint {ENDPOINT!r} is unchanged" in result.output
-    assert switched.path.read_bytes() == before and switched.get(ENDPOINT).live.model_version == "2"
+    assert switched.path.read_bytes() == before and switched.get(ENDPOINT).split == ((f"{ENDPOINT}@2", 100.0),)
     _nothing_started(state_dir)
     entries = list(AuditLog().entries())
     assert _events() == [("access", "allowed"), ("rollback refused: signature", None)]
     assert entries[0]["action"] == "rollback" and entries[0]["version"] == "1" and entries[0]["reason"] == "owner team"
 
 
-def test_rollback_refuses_a_team_that_does_not_own_the_model(state_dir: Path, switched: EndpointRegistry,
+def test_rollback_refuses_a_team_that_does_not_own_the_model(state_dir: Path, signed_adapter: Path,
+                                                             switched: AdapterRoutes,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     act_as(monkeypatch, "search")
     before = switched.path.read_bytes()
-    result = CliRunner().invoke(cli, ["endpoints", "rollback", ENDPOINT])
+    result = _rollback(signed_adapter)
     assert result.exit_code == 1 and "may not rollback ticket-triage version 1" in result.output
     assert switched.path.read_bytes() == before
     _nothing_started(state_dir)
@@ -170,6 +165,10 @@ def prod_env(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p
         "AIPLAT_APPROVAL_PUBLIC_KEY": str(dev_approval_key_pair().public_key),
         "MLFLOW_TRACKING_URI": uri,
         "AIPLAT_ACCOUNTS_FILE": str(prod / "accounts.json"),  # the store a Secret would mount
+        # The serving backend's settings (never reached: every case is refused before it acts).
+        "AIPLAT_VLLM_GATEWAY_URL": "http://127.0.0.1:9", "AIPLAT_VLLM_API_KEY": "prod-vllm-key-of-the-endpoints-tests",
+        "AIPLAT_MODEL_STORE_PREFIX": "s3://aiplat-models", "AIPLAT_SERVING_MANIFESTS_DIR": str(prod / "manifests"),
+        "AIPLAT_VLLM_IMAGE": "registry.example/aiplat-vllm-serving:test",
     }
     with private_audit_database(postgres_url) as db:
         env["AIPLAT_AUDIT_DATABASE_URL"] = db.writer_dsn
@@ -185,11 +184,10 @@ def _prod_log(prod_env: dict[str, str]) -> PostgresAuditLog:
 
 
 def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_the_spec(
-        state_dir: Path, prod_env: dict[str, str], signed_folder: Path, registry: EndpointRegistry,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        state_dir: Path, prod_env: dict[str, str], signed_adapter: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     act_as(monkeypatch, "ml")  # the spec's owner, whatever the MLflow tag says
-    expected = _tamper(signed_folder, "flipped byte")
-    result = _deploy(signed_folder)
+    expected = _tamper(signed_adapter, "flipped byte")
+    result = _deploy(signed_adapter)
     assert result.exit_code == 1 and expected in result.output, result.output
     prod_log = _prod_log(prod_env)
     assert _events(prod_log) == [("access", "allowed"), ("deploy refused: signature", None)]
@@ -199,10 +197,10 @@ def test_prod_deploy_audits_to_the_prod_log_with_the_owner_from_the_spec(
     _nothing_started(state_dir)
 
 
-def test_prod_refusal_by_team_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
-                                                   registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prod_refusal_by_team_goes_to_the_prod_log(state_dir: Path, prod_env: dict[str, str], signed_adapter: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     act_as(monkeypatch, "search")  # the team the edited MLflow tag names: it grants nothing
-    result = _deploy(signed_folder)
+    result = _deploy(signed_adapter)
     assert result.exit_code == 1 and "team:search is neither the owner (team:ml)" in result.output
     assert _events(_prod_log(prod_env)) == [("access", "refused")]
     assert not (state_dir / "audit").exists()
@@ -221,11 +219,11 @@ def test_prod_cost_report_reads_the_prod_request_log(state_dir: Path, prod_env: 
 @pytest.mark.parametrize("command", [["endpoints", "deploy", ENDPOINT, "{folder}", "--version", "2"],
                                      ["cost", "report"]])
 def test_prod_without_the_audit_log_setting_names_the_variable(state_dir: Path, prod_env: dict[str, str],
-                                                               signed_folder: Path, command: list[str],
+                                                               signed_adapter: Path, command: list[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIPLAT_AUDIT_DATABASE_URL")
     act_as(monkeypatch, "platform")
-    result = CliRunner().invoke(cli, [c.format(folder=signed_folder) for c in command])
+    result = CliRunner().invoke(cli, [c.format(folder=signed_adapter) for c in command])
     assert result.exit_code == 1
     assert "AIPLAT_ENV=prod: resource 'operations' needs AIPLAT_AUDIT_DATABASE_URL set in the environment" \
         in result.output, \
@@ -234,15 +232,15 @@ def test_prod_without_the_audit_log_setting_names_the_variable(state_dir: Path, 
 
 
 @pytest.mark.parametrize("variable", ["AIPLAT_SIGNING_PUBLIC_KEY", "AIPLAT_APPROVAL_PUBLIC_KEY"])
-def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env: dict[str, str], signed_folder: Path,
-                                                      registry: EndpointRegistry, monkeypatch: pytest.MonkeyPatch,
+def test_prod_without_a_public_key_names_the_variable(state_dir: Path, prod_env: dict[str, str], signed_adapter: Path,
+                                                      routes: AdapterRoutes, monkeypatch: pytest.MonkeyPatch,
                                                       variable: str) -> None:
     monkeypatch.delenv(variable)
     act_as(monkeypatch, "platform")
-    before = registry.path.read_bytes()
-    result = _deploy(signed_folder)
+    before = routes.path.read_bytes()
+    result = _deploy(signed_adapter)
     assert result.exit_code == 1 and f"resource 'model_signing' needs {variable}" in result.output
-    assert registry.path.read_bytes() == before
+    assert routes.path.read_bytes() == before
     _nothing_started(state_dir)
     assert list(_prod_log(prod_env).entries()) == []  # settings are checked before any decision is logged
 
@@ -258,7 +256,7 @@ def test_prod_promote_refusal_goes_to_the_prod_log(state_dir: Path, prod_env: di
     assert not (state_dir / "audit").exists()
 
 
-def test_stop_is_refused_to_a_team_that_does_not_own_the_model_and_audited(state_dir: Path, switched: EndpointRegistry,
+def test_stop_is_refused_to_a_team_that_does_not_own_the_model_and_audited(state_dir: Path, switched: AdapterRoutes,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: any caller could stop an endpoint, unaudited, and its next deploy skipped the canary."""
     act_as(monkeypatch, "search")
@@ -269,12 +267,12 @@ def test_stop_is_refused_to_a_team_that_does_not_own_the_model_and_audited(state
     assert _events() == [("access", "refused")]
 
 
-def test_stop_by_the_owner_team_removes_the_endpoint_and_is_audited(state_dir: Path, switched: EndpointRegistry,
+def test_stop_by_the_owner_team_removes_the_endpoint_and_is_audited(state_dir: Path, switched: AdapterRoutes,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     act_as(monkeypatch, "ml", "ops-alice")
     result = CliRunner().invoke(cli, ["endpoints", "stop", ENDPOINT])
     assert result.exit_code == 0, result.output
     assert ENDPOINT not in switched.all()
-    assert _events() == [("access", "allowed"), ("endpoint stopped", None)]
+    assert _events() == [("access", "allowed"), ("adapter endpoint stopped", None)]
     stopped = list(AuditLog().entries())[-1]
     assert stopped["actor"] == "ops-alice" and stopped["team"] == "team:ml" and stopped["version"] == "2"

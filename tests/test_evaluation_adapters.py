@@ -106,14 +106,22 @@ def test_an_adapter_whose_registered_bytes_differ_is_not_evaluated(shared_mlflow
     assert "aiplat.eval.run_id" not in client.get_model_version(NAME, done.model_version).tags
 
 
-def test_a_champion_that_is_an_adapter_has_no_whole_model_copy_to_serve(shared_mlflow: str, trained,
-                                                                        tmp_path: Path) -> None:
-    from aiplat.serving.champion import ModelResolutionError, MlflowAliasSource
+def test_a_champion_is_served_as_its_adapter_and_nothing_else_was_made(shared_mlflow: str, trained,
+                                                                         tmp_path: Path) -> None:
+    """The run uploaded only the adapter, and what serving resolves for the champion is that adapter,
+    downloaded and checked against the version's adapter digest, over the base the spec names."""
+    from aiplat.evaluation.registry import TAG_ADAPTER_SHA
+    from aiplat.models.manifest import compute_manifest
+    from aiplat.serving.champion import MlflowAdapterSource
 
     client, done, _ = trained
     run_artifacts = {a.path for a in client.list_artifacts(done.run_id)}
     assert run_artifacts == {"adapter"}  # no merged copy was made or uploaded
     client.set_registered_model_alias(NAME, "champion", done.model_version)
-    with pytest.raises(ModelResolutionError, match="is a LoRA adapter over base model .* served on its base model's"):
-        MlflowAliasSource(client, NAME, download_root=tmp_path / "served", tracking_uri=shared_mlflow).resolve()
-    assert not (tmp_path / "served").exists()
+    adapter = MlflowAdapterSource(client, NAME, "tiny-base", download_root=tmp_path / "served",
+                                  tracking_uri=shared_mlflow).resolve()
+    assert (adapter.model, adapter.version, adapter.base) == (NAME, str(done.model_version), "tiny-base")
+    folder = Path(adapter.folder)
+    assert (folder / "adapter_config.json").is_file() and not (folder / "config.json").exists()
+    tags = client.get_model_version(NAME, done.model_version).tags
+    assert compute_manifest(folder).folder_sha256 == tags[TAG_ADAPTER_SHA]

@@ -14,6 +14,7 @@ import pytest
 
 from aiplat.net import free_port, wait_for_port
 from aiplat.operations.requests import RequestLog
+from aiplat.serving.adapter_routes import AdapterRoutes
 from tests.fault_drills import child_env, report, start_child
 from tests.test_gateway import _stand_in_vllm, serve
 
@@ -28,8 +29,10 @@ def _chat(url: str, **kw) -> httpx.Response:
 
 def _gateway(tmp_path: Path, state_dir: Path, upstream: str, log: Path, pause: str | None = None):
     port = free_port()
+    routes = AdapterRoutes(tmp_path / "adapter-routes.json")
+    routes.set("ticket-triage", upstream, {"ticket-triage@1": 100.0})
     child = start_child(tmp_path / "drill", child_env(state_dir, state_dir / "dagster_home"), pause=pause,
-                        cli=["gateway", "serve", "--port", str(port), "--upstream-template", f"{upstream}/{{endpoint}}",
+                        cli=["gateway", "serve", "--port", str(port), "--adapter-routes", str(routes.path),
                              "--request-log", str(log), "--no-require-attribution"])
     assert wait_for_port("127.0.0.1", port, timeout=120), child.tail()
     return child, f"http://127.0.0.1:{port}"

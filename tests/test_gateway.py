@@ -3,8 +3,10 @@
 The upstream of the routing, label, streaming and record tests is a tiny OpenAI-shaped Starlette
 app that stands in for vLLM: it answers in vLLM's shapes (usage on non-streamed answers, a final
 usage-only chunk when `stream_options.include_usage` is set) and keeps what it received, so the
-tests can see what the gateway forwards. In front of a real vLLM server (plain and streamed, with the
-server's own usage counts) it runs in tests/test_serving_live.py, which already has one up.
+tests can see what the gateway forwards. Endpoints are routed the way the serving backend routes
+them: an adapter route in a real adapter-routes file (aiplat.serving.adapter_routes), so `model` is
+rewritten to the adapter version drawn and the request log records that version. In front of a real
+vLLM server with real adapters it runs in tests/test_serving_adapters_live.py, which has one up.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -35,11 +38,12 @@ from starlette.routing import Route
 from aiplat.config import project_root
 from aiplat.net import free_port
 from aiplat.operations.requests import RequestLog
+from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
 from aiplat.serving.gateway import GatewaySettings, build_app
-from aiplat.serving.gateway_routing import RegistryResolver, TemplateResolver, load_api_key_teams
-from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
+from aiplat.serving.gateway_routing import load_api_key_teams
 
 ENDPOINT = "ticket-triage"
+LIVE = "ticket-triage@3"  # the adapter version the endpoint's route sends traffic to
 CLIENT_KEY = "sk-client-4f1d9c0e-never-in-a-log"
 UPSTREAM_KEY = "upstream-token-7d2a-never-in-a-log"
 
@@ -94,7 +98,7 @@ def _stand_in_vllm(seen: list[dict]) -> Starlette:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    paths = ["/v1/chat/completions", "/v1/completions", "/{route}/v1/chat/completions", "/{route}/v1/completions"]
+    paths = ["/v1/chat/completions", "/v1/completions"]
     return Starlette(routes=[Route(p, answer, methods=["POST"]) for p in paths])
 
 
@@ -105,27 +109,22 @@ def upstream() -> Iterator[dict]:
         yield {"url": url, "seen": seen}
 
 
-def _server(url: str, version: str, served: str) -> ServerRecord:
-    return ServerRecord(url=url, port=int(url.rsplit(":", 1)[1]), pid=0, create_time=0.0, model_version=version,
-                        model_path="/m", served_model_name=served, started_at="t", log_file="l", pid_file="p")
-
-
-def _deploy(registry: EndpointRegistry, url: str, version: str = "3", served: str = "triage-served",
-            name: str = ENDPOINT) -> None:
-    registry.update(name, lambda _old: EndpointRecord(name=name, live=_server(url, version, served)))
+def _deploy(routes: AdapterRoutes, url: str, adapter: str = LIVE, name: str = ENDPOINT) -> None:
+    """Route `name` wholly to `adapter` on the server at `url`, as the serving backend does once it is loaded."""
+    routes.set(name, url, {adapter: 100.0})
 
 
 @pytest.fixture
 def world(tmp_path: Path, upstream: dict) -> dict:
-    registry = EndpointRegistry(tmp_path / "endpoints.json")
-    _deploy(registry, upstream["url"])
+    routes = AdapterRoutes(tmp_path / "adapter-routes.json")
+    _deploy(routes, upstream["url"])
     upstream["seen"].clear()
-    return {"registry": registry, "log_path": tmp_path / "requests.jsonl", "upstream": upstream, "tmp": tmp_path}
+    return {"routes": routes, "log_path": tmp_path / "requests.jsonl", "upstream": upstream, "tmp": tmp_path}
 
 
 @contextmanager
 def gateway(world: dict, **options) -> Iterator[str]:
-    settings = GatewaySettings(resolver=options.pop("resolver", None) or RegistryResolver(world["registry"]),
+    settings = GatewaySettings(resolver=options.pop("resolver", None) or AdapterRouteResolver(world["routes"]),
                                request_log=RequestLog(world["log_path"]), **options)
     with serve(build_app(settings)) as url:
         yield url
@@ -153,11 +152,12 @@ def test_header_labels_are_recorded_and_the_model_is_rewritten(world: dict) -> N
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "Paris is the capital."
     [forwarded] = world["upstream"]["seen"]
-    assert forwarded["body"]["model"] == "triage-served" and forwarded["path"] == "/v1/chat/completions"
+    # The shared base server is asked for the adapter version the route names, at its own /v1.
+    assert forwarded["body"]["model"] == LIVE and forwarded["path"] == "/v1/chat/completions"
     assert "authorization" not in forwarded["headers"], "the client's key must not travel upstream"
     [record] = _records(world)
     assert (record.endpoint, record.model, record.team, record.feature, record.status) == \
-        (ENDPOINT, "3", "team:ml", "triage-ui", 200)
+        (ENDPOINT, LIVE, "team:ml", "triage-ui", 200)
     assert (record.prompt_tokens, record.completion_tokens) == (6, 5) and record.latency_ms > 0
     text = world["log_path"].read_text()
     assert CLIENT_KEY not in text and "Bearer" not in text and "uthorization" not in text
@@ -202,14 +202,17 @@ def test_unattributed_is_recorded_locally_and_refused_when_attribution_is_requir
     assert (second.prompt_tokens, second.completion_tokens) == (0, 0)
 
 
-def test_unknown_endpoint_is_a_404_listing_the_known_ones(world: dict) -> None:
+def test_an_endpoint_without_a_route_is_a_404_listing_the_routed_ones(world: dict) -> None:
+    _deploy(world["routes"], world["upstream"]["url"], adapter="kb-search@1", name="kb-search")
     with gateway(world) as url:
         missing = _chat(url, {"X-AIPLAT-Team": "ml"}, model="no-such-endpoint")
         listed = httpx.get(f"{url}/v1/models", timeout=10).json()
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert missing.status_code == 404
-    assert "no-such-endpoint" in missing.json()["error"]["message"] and ENDPOINT in missing.json()["error"]["message"]
-    assert [m["id"] for m in listed["data"]] == [ENDPOINT]
+    assert missing.json()["error"] == {
+        "message": "no live endpoint named 'no-such-endpoint' (endpoints: kb-search, ticket-triage)",
+        "type": "invalid_request_error", "param": None, "code": "model_not_found"}
+    assert [m["id"] for m in listed["data"]] == ["kb-search", ENDPOINT]
     assert _records(world) == [] and world["upstream"]["seen"] == []
     assert 'aiplat_gateway_requests_total{endpoint="unknown",feature="unattributed",status="404",team="team:ml"} 1.0' in metrics
 
@@ -224,7 +227,7 @@ def test_bad_labels_and_bodies_are_clear_400s(world: dict) -> None:
 
 
 def test_upstream_down_is_a_502_and_recorded(world: dict) -> None:
-    _deploy(world["registry"], f"http://127.0.0.1:{free_port()}")  # a real closed port: nothing listens
+    _deploy(world["routes"], f"http://127.0.0.1:{free_port()}")  # a real closed port: nothing listens
     with gateway(world) as url:
         answer = _chat(url, {"X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "triage-ui"})
     assert answer.status_code == 502
@@ -233,14 +236,20 @@ def test_upstream_down_is_a_502_and_recorded(world: dict) -> None:
     assert (record.status, record.team, record.prompt_tokens) == (502, "team:ml", 0)
 
 
-def test_a_canary_switch_is_followed_at_the_next_request(world: dict) -> None:
+def test_a_canary_split_and_a_switch_are_followed_at_the_next_request(world: dict) -> None:
     headers = {"X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "triage-ui"}
-    with gateway(world) as url:
+    resolver = AdapterRouteResolver(world["routes"], rng=random.Random(7))  # seeded: the same draws every run
+    with gateway(world, resolver=resolver) as url:
         assert _chat(url, headers).status_code == 200
-        _deploy(world["registry"], world["upstream"]["url"], version="4", served="triage-v4")
+        world["routes"].set(ENDPOINT, world["upstream"]["url"], {LIVE: 50.0, "ticket-triage@4": 50.0})
+        assert all(_chat(url, headers).status_code == 200 for _ in range(20))
+        _deploy(world["routes"], world["upstream"]["url"], adapter="ticket-triage@4")  # promoted
         assert _chat(url, headers).status_code == 200
-    assert [s["body"]["model"] for s in world["upstream"]["seen"]] == ["triage-served", "triage-v4"]
-    assert [r.model for r in _records(world)] == ["3", "4"]
+    sent = [s["body"]["model"] for s in world["upstream"]["seen"]]
+    # Each request's record names the version it was really sent to: the per-version figures rely on it.
+    assert [r.model for r in _records(world)] == sent
+    assert sent[0] == LIVE and sent[-1] == "ticket-triage@4"
+    assert set(sent[1:-1]) == {LIVE, "ticket-triage@4"}
 
 
 def _stream(url: str, body: dict, path: str = "/v1/chat/completions") -> list[str]:
@@ -304,19 +313,48 @@ def test_the_cost_report_attributes_gateway_traffic_to_team_and_feature(world: d
                                                      ("status", "200"), ("team", "team:search"))] == 1
 
 
-def test_prod_routing_by_template_sends_the_configured_key_only(world: dict) -> None:
-    resolver = TemplateResolver(f"{world['upstream']['url']}/{{endpoint}}")
-    with gateway(world, resolver=resolver, upstream_api_key=UPSTREAM_KEY, require_attribution=True) as url:
+def test_the_configured_upstream_key_is_sent_and_a_request_cannot_steer_the_url(world: dict) -> None:
+    with gateway(world, upstream_api_key=UPSTREAM_KEY, require_attribution=True) as url:
         answer = _chat(url, {"X-AIPLAT-Team": "ml", "X-AIPLAT-Feature": "triage-ui",
                              "Authorization": f"Bearer {CLIENT_KEY}"})
         escape = _chat(url, {"X-AIPLAT-Team": "ml"}, model="../admin")
     assert answer.status_code == 200 and escape.status_code == 404
+    # The URL is the route's, never built from the request's `model`.
     [forwarded] = world["upstream"]["seen"]
-    assert forwarded["path"] == f"/{ENDPOINT}/v1/chat/completions" and forwarded["body"]["model"] == ENDPOINT
+    assert forwarded["path"] == "/v1/chat/completions" and forwarded["body"]["model"] == LIVE
     assert forwarded["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
     [record] = _records(world)
-    assert (record.model, record.team) == (ENDPOINT, "team:ml")
+    assert (record.model, record.team) == (LIVE, "team:ml")
     assert UPSTREAM_KEY not in world["log_path"].read_text() and CLIENT_KEY not in world["log_path"].read_text()
+
+
+def test_a_broken_routes_file_is_a_503_until_it_is_fixed(world: dict) -> None:
+    good = world["routes"].path.read_text()
+    with gateway(world) as url:
+        world["routes"].path.write_text(good[: len(good) // 2])  # as a hand edit cut short would leave it
+        broken = _chat(url, {"X-AIPLAT-Team": "ml"})
+        listing = httpx.get(f"{url}/v1/models", timeout=10)
+        world["routes"].path.write_text(good)
+        fixed = _chat(url, {"X-AIPLAT-Team": "ml"})
+    assert (broken.status_code, listing.status_code, fixed.status_code) == (503, 503, 200)
+    assert broken.json()["error"]["code"] == "routes_unreadable"
+    assert str(world["tmp"]) not in broken.text, "the answer does not show where the routes live"
+    assert len(world["upstream"]["seen"]) == 1  # the broken file was never taken for "no such endpoint"
+
+
+def test_prod_serve_without_the_routes_file_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiplat.cli import cli
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({hashlib.sha256(CLIENT_KEY.encode()).hexdigest(): "team:ml"}))
+    monkeypatch.setenv("AIPLAT_ENV", "prod")
+    monkeypatch.setenv("AIPLAT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("AIPLAT_GATEWAY_ADAPTER_ROUTES", raising=False)
+    result = CliRunner().invoke(cli, ["gateway", "serve", "--port", str(free_port()), "--api-key-teams", str(keys),
+                                      "--request-log", str(tmp_path / "requests.jsonl")])
+    assert result.exit_code == 1, result.output
+    assert "AIPLAT_GATEWAY_ADAPTER_ROUTES (--adapter-routes) is not set" in result.output
+    assert not (tmp_path / "requests.jsonl").exists()  # refused before it served or wrote anything
 
 
 def test_chat_cli_goes_through_the_gateway_with_team_and_feature(world: dict, state_dir: Path,
@@ -324,8 +362,8 @@ def test_chat_cli_goes_through_the_gateway_with_team_and_feature(world: dict, st
     from aiplat.cli import cli
 
     monkeypatch.setenv("AIPLAT_TEAM", "ml")
-    world = {**world, "registry": EndpointRegistry()}  # the state folder's, which `aiplat chat` checks too
-    _deploy(world["registry"], world["upstream"]["url"])
+    world = {**world, "routes": AdapterRoutes()}  # the state folder's, which `aiplat chat` checks too
+    _deploy(world["routes"], world["upstream"]["url"])
     with gateway(world) as url:
         monkeypatch.setenv("AIPLAT_GATEWAY_PORT", url.rsplit(":", 1)[1])
         default = CliRunner().invoke(cli, ["chat", ENDPOINT, "What is the capital of France?"])
@@ -350,6 +388,8 @@ def test_the_committed_manifest_runs_the_real_command_and_validates_strictly() -
 
     path = project_root() / "deploy" / "serving" / "gateway.yaml"
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    # What `aiplat gateway render` prints today, not an older rendering.
+    assert docs == gateway_k8s.render_gateway(gateway_k8s.GatewaySpec())
     assert [d["kind"] for d in docs] == ["PersistentVolumeClaim", "Deployment", "Service"]
     for doc in docs:
         for version in sorted({v for v in all_versions() if tuple(map(int, v.split(".")[:2])) >= (1, 30)}):
@@ -360,17 +400,74 @@ def test_the_committed_manifest_runs_the_real_command_and_validates_strictly() -
     command = container["command"]
     assert command[:3] == ["aiplat", "gateway", "serve"]
     params = serve_command.make_context("serve", command[3:]).params  # the real options accept them
-    assert params["require_attribution"] is True and "{endpoint}" in params["upstream_template"]
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert params["require_attribution"] is True
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert str(params["request_log"]).startswith(mounts["request-log"] + "/")
+    assert str(params["request_log"]).startswith(mounts["request-log"]["mountPath"] + "/")
     assert volumes["request-log"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
-    assert str(params["api_key_teams"]).startswith(mounts["api-keys"] + "/")
+    assert str(params["api_key_teams"]).startswith(mounts["api-keys"]["mountPath"] + "/")
     assert volumes["api-keys"]["configMap"]["name"] == gateway_k8s.API_KEYS_CONFIGMAP
     key_env = next(e for e in container["env"] if e["name"] == "AIPLAT_VLLM_API_KEY")
     assert key_env["valueFrom"]["secretKeyRef"]["name"] == "aiplat-secrets" and "value" not in key_env
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    with pytest.raises(ValueError, match="placeholder"):
-        gateway_k8s.render_gateway(gateway_k8s.GatewaySpec(upstream_template="http://gw/fixed"))
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and pod["automountServiceAccountToken"] is False
+
+
+def test_the_gateway_pod_routes_by_the_mounted_routes_configmap_without_subpath() -> None:
+    from aiplat.commands.gateway import serve as serve_command
+    from aiplat.serving import gateway_k8s
+    from aiplat.serving.k8s_adapters import routes_configmap
+
+    rendered = routes_configmap([])  # what the Kubernetes serving backend writes
+    name, [key] = rendered["metadata"]["name"], rendered["data"]
+    deployment = next(d for d in gateway_k8s.render_gateway(gateway_k8s.GatewaySpec()) if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    params = serve_command.make_context("serve", container["command"][3:]).params
+    [volume] = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == name]
+    # Optional: the pod starts before the backend has written the ConfigMap (then no endpoint is routed).
+    assert volume["configMap"]["optional"] is True
+    assert volume["configMap"]["items"] == [{"key": key, "path": key}]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    # A subPath mount is copied once at pod start and never refreshed: the routes would go stale.
+    assert "subPath" not in mount and "subPathExpr" not in mount and mount["readOnly"] is True
+    assert str(params["adapter_routes"]) == f"{mount['mountPath']}/{key}"
+    assert "--upstream-template" not in container["command"]
+
+
+def test_a_configmap_update_as_kubelet_makes_it_is_followed_at_the_next_request(tmp_path: Path) -> None:
+    """kubelet's layout of a ConfigMap volume: each key a symlink through `..data` to a timestamped
+    folder; an update writes a new folder and swaps `..data` atomically. The resolver reads the
+    file's path at every request, so it follows the swap with no restart."""
+    import os
+
+    from aiplat.serving.adapter_routes import AdapterRoute
+    from aiplat.serving.k8s_adapters import routes_configmap
+
+    mount = tmp_path / "mount"
+    mount.mkdir()
+
+    def publish(stamp: str, adapter: str) -> None:
+        data = routes_configmap([AdapterRoute(ENDPOINT, "http://vllm-base-smollm2:8000", ((adapter, 100.0),))])["data"]
+        (mount / stamp).mkdir()
+        (mount / stamp / "adapter-routes.json").write_text(data["adapter-routes.json"])
+        os.symlink(stamp, mount / "..data_tmp")
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+    publish("..2026_01_01_00_00_00.1", LIVE)
+    os.symlink("..data/adapter-routes.json", mount / "adapter-routes.json")
+    resolver = AdapterRouteResolver(AdapterRoutes(mount / "adapter-routes.json"))
+    before = resolver.resolve(ENDPOINT)
+    publish("..2026_01_01_00_01_00.2", "ticket-triage@4")
+    after = resolver.resolve(ENDPOINT)
+    assert (before.base_url, before.served_model_name, after.served_model_name) == \
+        ("http://vllm-base-smollm2:8000", LIVE, "ticket-triage@4")
+
+
+def test_the_gateway_runs_as_one_replica() -> None:
+    from aiplat.serving import gateway_k8s
+
+    with pytest.raises(ValueError, match="exactly one replica"):
+        gateway_k8s.render_gateway(gateway_k8s.GatewaySpec(replicas=2))

@@ -2,10 +2,12 @@
 (the demo spec with `training.retrieval`) carries the prompt its training set was built with, KB
 passages retrieved now from a real Milvus Lite index with the real embedder.
 
-The exact-prompt tests forward to tests/test_gateway.py's stand-in OpenAI upstream because a real
-vLLM does not give back the messages it received, and these tests compare them field by field. The
-real vLLM test checks the same prompt another way: vLLM's own prompt-token count equals the token
-count of the training-time prompt under the model's chat template.
+Endpoints are routed as the serving backend routes them, by an adapter route in a real
+adapter-routes file. The exact-prompt tests forward to tests/test_gateway.py's stand-in OpenAI
+upstream because a real vLLM does not give back the messages it received, and these tests compare
+them field by field. The real vLLM test (a base-model server started with the runtime's LoRA
+settings) checks the same prompt another way: vLLM's own prompt-token count equals the token count
+of the training-time prompt under the model's chat template.
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ from aiplat.retrieval.retry import RetryPolicy
 from aiplat.retrieval.sample_kb import sample_kb_articles
 from aiplat.retrieval.settings import IndexSettings
 from aiplat.retrieval.store import IndexStore
+from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
 from aiplat.serving.gateway import GatewaySettings, build_app
 from aiplat.serving.gateway_grounding import PASSAGES_HEADER, Grounding, Retriever, grounded_endpoints
-from aiplat.serving.gateway_routing import RegistryResolver
-from aiplat.serving.registry import EndpointRegistry
 from aiplat.specs import load_specs
 from aiplat.training import prompts
 from aiplat.training.data import feature_columns
@@ -43,6 +44,7 @@ from tests.test_gateway import _deploy, _stand_in_vllm, serve
 SPECS = load_specs()  # the demo specs: one grounded model, one not
 [GROUNDED] = [s for s in SPECS if s.grounded]
 [PLAIN] = [s for s in SPECS if not s.grounded]
+DRAFTER, TRIAGE = f"{GROUNDED.name}@1", f"{PLAIN.name}@1"  # the adapter versions the routes name
 SETTINGS = IndexSettings(alias="kb_grounding", collection_prefix="kbc_grounding")
 QUICK = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2)
 # A redacted ticket as the training set has it (subject, message, the prompt's feature columns).
@@ -76,11 +78,11 @@ def upstream():
 
 @pytest.fixture
 def world(tmp_path: Path, upstream: dict, kb: dict) -> dict:
-    registry = EndpointRegistry(tmp_path / "endpoints.json")
-    _deploy(registry, upstream["url"], served="drafter-served", name=GROUNDED.endpoint)
-    _deploy(registry, upstream["url"], served="triage-served", name=PLAIN.endpoint)
+    routes = AdapterRoutes(tmp_path / "adapter-routes.json")
+    _deploy(routes, upstream["url"], adapter=DRAFTER, name=GROUNDED.endpoint)
+    _deploy(routes, upstream["url"], adapter=TRIAGE, name=PLAIN.endpoint)
     upstream["seen"].clear()
-    return {"registry": registry, "log": RequestLog(tmp_path / "requests.jsonl"), "seen": upstream["seen"],
+    return {"routes": routes, "log": RequestLog(tmp_path / "requests.jsonl"), "seen": upstream["seen"],
             "upstream": upstream["url"], **kb}
 
 
@@ -91,7 +93,7 @@ def _grounding(world: dict, uri: str | None = None) -> Grounding:
 
 @contextmanager
 def gateway(world: dict, grounding: Grounding | None):
-    settings = GatewaySettings(resolver=RegistryResolver(world["registry"]), request_log=world["log"],
+    settings = GatewaySettings(resolver=AdapterRouteResolver(world["routes"]), request_log=world["log"],
                                grounding=grounding)
     with serve(build_app(settings)) as url:
         yield url
@@ -127,7 +129,7 @@ def test_a_grounded_endpoint_gets_the_training_prompt_with_passages_retrieved_no
     assert forwarded_stream["body"]["messages"] == expected
     body = forwarded["body"]
     assert body["messages"] == expected  # equal to the training-time builder's, field by field
-    assert (body["model"], body["temperature"], body["max_tokens"]) == ("drafter-served", 0.0, 5)
+    assert (body["model"], body["temperature"], body["max_tokens"]) == (DRAFTER, 0.0, 5)
     system, user = body["messages"]
     assert system == {"role": "system", "content": GROUNDED.training.prompt_template}
     assert user["content"].startswith(sent + "\nknowledge base:\n- ")
@@ -152,8 +154,8 @@ def test_free_text_from_aiplat_chat_is_grounded_as_a_ticket_without_subject(worl
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from aiplat.cli import cli
 
-    world = {**world, "registry": EndpointRegistry()}  # the state folder's, which `aiplat chat` checks too
-    _deploy(world["registry"], world["upstream"], served="drafter-served", name=GROUNDED.endpoint)
+    world = {**world, "routes": AdapterRoutes()}  # the state folder's, which `aiplat chat` checks too
+    _deploy(world["routes"], world["upstream"], adapter=DRAFTER, name=GROUNDED.endpoint)
     question = "How do I print a return label?"
     expected, _ = _training_prompt(world, {"ticket_id": "x", "subject": "", "message": question})
     with gateway(world, _grounding(world)) as url:
@@ -178,7 +180,7 @@ def test_a_plain_endpoint_is_forwarded_exactly_as_without_grounding(world: dict)
     assert [a.status_code for a in answers] == [200, 200]
     without, with_ = world["seen"]
     assert json.dumps(with_["body"]) == json.dumps(without["body"])
-    assert with_["body"] == {"model": "triage-served", "messages": messages, "max_tokens": 5, "temperature": 0.3,
+    assert with_["body"] == {"model": TRIAGE, "messages": messages, "max_tokens": 5, "temperature": 0.3,
                              "stream": False}
     assert answers[0].content == answers[1].content
     assert dict(answers[0].headers).keys() == dict(answers[1].headers).keys() and PASSAGES_HEADER not in answers[1].headers
@@ -255,14 +257,16 @@ def test_a_real_vllm_gets_the_training_prompt_through_the_cli_wired_gateway(tmp_
                                                                            shared_embedder,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end on real parts: `aiplat gateway serve`'s grounding (from the demo specs, the runtime's
-    Milvus and embedder), a real vLLM serving SmolLM2 as the grounded endpoint, `aiplat chat` and the
-    official client. vLLM's own prompt-token count equals the training prompt's under the chat template."""
+    Milvus and embedder), a real vLLM base-model server started as the local serving backend starts
+    one (the runtime's settings, LoRA on), the grounded endpoint routed to the base model's served
+    name through the state folder's adapter routes, `aiplat chat` and the official client. vLLM's own
+    prompt-token count equals the training prompt's under the chat template."""
     import openai
     from transformers import AutoTokenizer
 
     from aiplat.cli import cli
     from aiplat.commands.gateway import _grounding
-    from aiplat.serving.champion import FolderSource
+    from aiplat.serving.server import start_server, stop_server
     from resources.vllm import LocalVllmResource
     from tests.conftest import built_vllm_env
 
@@ -270,7 +274,10 @@ def test_a_real_vllm_gets_the_training_prompt_through_the_cli_wired_gateway(tmp_
     monkeypatch.setenv("AIPLAT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("AIPLAT_ENV", "local")
     monkeypatch.setenv("AIPLAT_TEAM", "team:support")
-    vllm = LocalVllmResource(enforce_eager=True, dtype="float32", vllm_python=str(env.python), start_timeout_s=900)
+    settings = LocalVllmResource(enforce_eager=True, dtype="float32", vllm_python=str(env.python),
+                                 start_timeout_s=900).server_settings()
+    assert settings.lora is not None  # a base server as the backend runs it, ready for adapters
+    base = GROUNDED.base_model
     question = "How do I print a return label?"
     with MilvusLiteServer(tmp_path / "milvus") as server:
         monkeypatch.setenv("AIPLAT_MILVUS_PORT", str(server.port))  # the local runtime's Milvus, default alias
@@ -279,12 +286,15 @@ def test_a_real_vllm_gets_the_training_prompt_through_the_cli_wired_gateway(tmp_
         world = {"store": store, "embedder": shared_embedder}
         expected, _ = _training_prompt(world, {"ticket_id": "x", "subject": "", "message": question})
         store.close()
+        record = start_server(f"base-{base}", smollm_base, "base", base, settings)
         try:
-            vllm.manager.deploy(GROUNDED.endpoint, FolderSource(smollm_base, "1").resolve())
+            # No adapter is trained here: the route sends the endpoint to the base model itself.
+            _deploy(AdapterRoutes(), record.url, adapter=base, name=GROUNDED.endpoint)
             grounding = _grounding()
             assert grounding is not None and set(grounding.endpoints) == {GROUNDED.endpoint}
-            settings = GatewaySettings(resolver=RegistryResolver(), request_log=RequestLog(), grounding=grounding)
-            with serve(build_app(settings)) as url:
+            gateway_settings = GatewaySettings(resolver=AdapterRouteResolver(AdapterRoutes()), request_log=RequestLog(),
+                                               grounding=grounding)
+            with serve(build_app(gateway_settings)) as url:
                 monkeypatch.setenv("AIPLAT_GATEWAY_PORT", url.rsplit(":", 1)[1])
                 chat = CliRunner().invoke(cli, ["chat", GROUNDED.endpoint, question, "--max-tokens", "16"])
                 client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-not-logged", max_retries=0,
@@ -293,17 +303,18 @@ def test_a_real_vllm_gets_the_training_prompt_through_the_cli_wired_gateway(tmp_
                     model=GROUNDED.endpoint, max_tokens=8, temperature=0,
                     messages=[{"role": "user", "content": question}])
         finally:
-            vllm.manager.stop_all()
+            stop_server(record)
     assert chat.exit_code == 0 and chat.output.strip(), chat.output
     answer = raw.parse()
+    assert answer.model == base  # vLLM answered as the routed model
     tokenizer = AutoTokenizer.from_pretrained(smollm_base)
     text = tokenizer.apply_chat_template(expected, add_generation_prompt=True, tokenize=False)
     assert answer.usage.prompt_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = raw.headers[PASSAGES_HEADER].split(",")
     assert len(ids) == GROUNDED.training.retrieval.top_k
     records, rejected = RequestLog().read()
-    assert rejected == [] and [(r.endpoint, r.status, r.grounding) for r in records] == \
-        [(GROUNDED.endpoint, 200, "kb=" + ",".join(ids))] * 2
+    assert rejected == [] and [(r.endpoint, r.model, r.status, r.grounding) for r in records] == \
+        [(GROUNDED.endpoint, base, 200, "kb=" + ",".join(ids))] * 2
     assert records[0].prompt_tokens == answer.usage.prompt_tokens
 
 

@@ -140,7 +140,7 @@ def _chain_keys(defs: dg.Definitions, prefix: str) -> set[str]:
 
 
 CHAIN = {"training_set", "fine_tuned_model", "eval_report", "champion", "served_endpoint", "endpoint_load_test",
-         "live_quality"}
+         "live_quality", "predictions"}  # predictions: classification models (these are)
 
 
 def test_a_spec_file_adds_the_whole_chain_and_removing_it_removes_it(tmp_path, monkeypatch, state_dir):
@@ -165,6 +165,7 @@ def test_a_spec_file_adds_the_whole_chain_and_removing_it_removes_it(tmp_path, m
     assert defs.resolve_job_def("refund_risk__promotion_job")
     assert "refund_risk__promotion_sensor" in {s.name for s in defs.sensors}
     assert "refund_risk__hourly_live_quality" in {s.name for s in defs.schedules}
+    assert "refund_risk__predictions_sensor" in {s.name for s in defs.sensors}
     # the shared operations assets sit downstream of every model's endpoint
     assert dg.AssetKey(["refund_risk", "served_endpoint"]) in graph.get(dg.AssetKey("cost_report")).parent_keys
     # the other teams' chains are there, untouched
@@ -174,7 +175,8 @@ def test_a_spec_file_adds_the_whole_chain_and_removing_it_removes_it(tmp_path, m
     after = build_definitions()
     assert _chain_keys(after, "refund_risk") == set()
     assert "refund_risk__promotion_sensor" not in {s.name for s in after.sensors}
-    assert _chain_keys(after, "reply_drafter") == {f"reply_drafter/{n}" for n in CHAIN}
+    # a generation model's chain has no batch predictions
+    assert _chain_keys(after, "reply_drafter") == {f"reply_drafter/{n}" for n in CHAIN - {"predictions"}}
 
 
 def test_a_bad_spec_stops_the_definitions_with_its_file_and_field(tmp_path, monkeypatch, state_dir):

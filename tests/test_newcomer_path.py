@@ -145,7 +145,9 @@ def newcomer(tmp_path, monkeypatch, smollm_base: Path):
         ui.stop()
         from resources.vllm import LocalVllmResource
 
-        LocalVllmResource().manager.stop_all()
+        backend = LocalVllmResource().serving_backend(None)
+        for base, _ in backend.servers():
+            backend.stop_server(base)
         down(["gateway", "mlflow", "milvus"])
 
 

@@ -162,14 +162,16 @@ def _vector(*series: tuple[dict, str]) -> dict:
                                           "result": [{"metric": m, "value": [1795760000.0, v]} for m, v in series]}}
 
 
-def test_prometheus_queries_match_the_dashboard_and_group_by_endpoint() -> None:
+def test_prometheus_queries_match_the_dashboard_and_group_by_server_or_endpoint() -> None:
     from aiplat.operations.prometheus import queries
 
     by_metric = {q.metric: q.promql for q in queries("10m")}
-    assert by_metric["prom_ttft_p95_ms"] == ("histogram_quantile(0.95, sum by (le, endpoint, model_name) "
+    assert by_metric["prom_ttft_p95_ms"] == ("histogram_quantile(0.95, sum by (le, base_model, model_name) "
                                              "(rate(vllm:time_to_first_token_seconds_bucket[10m])))")
     assert "rate(vllm:generation_tokens_total[10m])" in by_metric["prom_output_tokens_per_s"]
-    assert 'status=~"[45].."' in by_metric["prom_http_error_rate"]
+    # Per endpoint only the gateway knows (vLLM counts every adapter's traffic under its base model).
+    assert 'aiplat_gateway_requests_total{status=~"[45].."}' in by_metric["prom_http_error_rate"]
+    assert "sum by (endpoint)" in by_metric["prom_http_error_rate"]
     dashboard = (Path(__file__).resolve().parents[1] / "deploy" / "observability" / "grafana-dashboard.json").read_text()
     assert "vllm:time_to_first_token_seconds_bucket" in dashboard and "vllm:generation_tokens_total" in dashboard
 
@@ -186,18 +188,18 @@ def test_prometheus_answers_become_per_endpoint_numbers_and_nan_is_dropped() -> 
     def answer(request: httpx.Request) -> httpx.Response:
         promql = request.url.params["query"]
         asked.append(promql)
-        labels = {"endpoint": "ticket-triage", "model_name": "ticket-triage"}
+        labels = {"base_model": "vllm-base-smollm2", "model_name": "smollm2"}
         if "time_to_first_token" in promql and "0.95" in promql:
             return httpx.Response(200, json=_vector((labels, "0.125")))
         if "generation_tokens_total" in promql:
-            return httpx.Response(200, json=_vector((labels, "42.5"), ({**labels, "endpoint": "faq"}, "NaN")))
-        if "http_requests_total" in promql:
+            return httpx.Response(200, json=_vector((labels, "42.5"), ({**labels, "base_model": "vllm-base-x"}, "NaN")))
+        if "aiplat_gateway_requests_total" in promql:
             return httpx.Response(200, json=_vector(({"endpoint": "ticket-triage"}, "0.02")))
         return httpx.Response(200, json=_vector())
 
     with httpx.Client(transport=httpx.MockTransport(answer)) as client:
         got = endpoint_metrics("http://prometheus:9090", "5m", client=client)
-    assert got == {"ticket-triage/ticket-triage": {"prom_ttft_p95_ms": 125.0, "prom_output_tokens_per_s": 42.5},
+    assert got == {"vllm-base-smollm2/smollm2": {"prom_ttft_p95_ms": 125.0, "prom_output_tokens_per_s": 42.5},
                    "ticket-triage": {"prom_http_error_rate": 0.02}}
     assert len(asked) == 10
 

@@ -67,7 +67,7 @@ def test_gateway_serve_in_prod_without_the_pii_key_names_it(tmp_path: Path, monk
     monkeypatch.setenv("AIPLAT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("AIPLAT_PII_HMAC_KEY", raising=False)
     result = CliRunner().invoke(cli, ["gateway", "serve", "--port", "9", "--api-key-teams", str(keys),
-                                      "--upstream-template", "http://127.0.0.1:9/{endpoint}",
+                                      "--adapter-routes", str(tmp_path / "adapter-routes.json"),
                                       "--request-log", str(tmp_path / "req.jsonl"), "--pii-policy", str(policy)])
     assert result.exit_code != 0 and "AIPLAT_PII_HMAC_KEY" in result.output, result.output
 

@@ -15,9 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aiplat.operations.requests import RequestLog
 from aiplat.pii.guardrails import GuardrailPolicies, GuardrailPolicy, Guardrails
 from aiplat.pii.redact import Pseudonymizer
+from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
 from aiplat.serving.gateway import GatewaySettings, build_app
-from aiplat.serving.gateway_routing import RegistryResolver
-from aiplat.serving.registry import EndpointRegistry
 from aiplat.synth import EMAIL_ADDRESS, PERSON
 from tests.conftest import built_vllm_env
 from tests.test_gateway import _deploy, serve
@@ -55,12 +54,13 @@ def vllm_url(tmp_path_factory):
 
 @pytest.fixture
 def world(tmp_path, vllm_url):
-    registry = EndpointRegistry(tmp_path / "endpoints.json")
+    # Three endpoints on the one server, each routed to the model it serves (no adapter needed here).
+    routes = AdapterRoutes(tmp_path / "adapter-routes.json")
     for name in ("open", "blocked", "masked"):
-        _deploy(registry, vllm_url.url, served="guard-served", name=name)
+        _deploy(routes, vllm_url.url, adapter="guard-served", name=name)
     guard = Guardrails(POLICIES, Pseudonymizer(KEY))
     guard.warm_up()
-    settings = GatewaySettings(resolver=RegistryResolver(registry), request_log=RequestLog(tmp_path / "req.jsonl"),
+    settings = GatewaySettings(resolver=AdapterRouteResolver(routes), request_log=RequestLog(tmp_path / "req.jsonl"),
                                guardrails=guard)
     with serve(build_app(settings)) as url:
         yield {"url": url, "log": RequestLog(tmp_path / "req.jsonl")}

@@ -29,9 +29,8 @@ from aiplat.operations.requests import RequestLog
 from aiplat.pii.guardrails import GuardrailPolicies, GuardrailPolicy, Guardrails, inference_config
 from aiplat.pii.redact import Pseudonymizer
 from aiplat.serving.budgets import InProcessLedger, token_cost
+from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
 from aiplat.serving.gateway import GatewaySettings, build_app
-from aiplat.serving.gateway_routing import RegistryResolver
-from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from aiplat.synth import PERSON
 from tests.test_gateway import serve
 
@@ -84,19 +83,16 @@ def guard() -> Iterator[Guardrails]:
 
 @pytest.fixture
 def world(tmp_path: Path, upstream: dict) -> dict:
-    registry = EndpointRegistry(tmp_path / "endpoints.json")
+    routes = AdapterRoutes(tmp_path / "adapter-routes.json")
     for name in ("open", "blocked"):
-        live = ServerRecord(url=upstream["url"], port=int(upstream["url"].rsplit(":", 1)[1]), pid=0, create_time=0.0,
-                            model_version="1", model_path="/m", served_model_name="served", started_at="t",
-                            log_file="l", pid_file="p")
-        registry.update(name, lambda _old, name=name, live=live: EndpointRecord(name=name, live=live))
+        routes.set(name, upstream["url"], {f"{name}@1": 100.0})
     upstream["seen"].clear()
-    return {"registry": registry, "log": RequestLog(tmp_path / "requests.jsonl"), "seen": upstream["seen"]}
+    return {"routes": routes, "log": RequestLog(tmp_path / "requests.jsonl"), "seen": upstream["seen"]}
 
 
 @contextmanager
 def gateway(world: dict, guard: Guardrails, **options) -> Iterator[str]:
-    with serve(build_app(GatewaySettings(resolver=RegistryResolver(world["registry"]), request_log=world["log"],
+    with serve(build_app(GatewaySettings(resolver=AdapterRouteResolver(world["routes"]), request_log=world["log"],
                                          guardrails=guard, **options))) as url:
         yield url
 

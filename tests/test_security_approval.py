@@ -1,9 +1,9 @@
-"""Approved is not built (issue 18 item 3): serving starts a folder only when a promotion
+"""Approved is not built (issue 18 item 3): serving loads an adapter only when a promotion
 attestation, signed with the platform's approval key, approves exactly those bytes as that version.
 
-Each attack is one test. Before the change, the first three deploys here started a server (the
-folder was signed, which was all serving checked). No vLLM is needed: every refusal happens before
-a server would start, which the registry and the state folder show (a start leaves a PID file).
+Each attack is one test. Before the change, the first deploys here reached a server (the folder
+was signed, which was all serving checked). No vLLM is needed: every refusal happens before the
+backend is asked, which the routes file and the state folder show (a start leaves a PID file).
 """
 
 from __future__ import annotations
@@ -28,22 +28,36 @@ from aiplat.security.approval import (
 )
 from aiplat.security.audit_log import AuditLog
 from aiplat.security.signing import SignatureError, dev_key_pair, sign_model, verify_model
-from aiplat.serving.champion import FolderSource, MlflowAliasSource
-from aiplat.serving.manager import EndpointManager
-from aiplat.serving.registry import EndpointRegistry
-from aiplat.serving.rollout import roll_out
-from aiplat.serving.server import ServerSettings
+from aiplat.serving.adapter_routes import AdapterRoutes
+from aiplat.serving.backend import AdapterVersion
 from tests.approval_helpers import approval, serving_keys
 from tests.test_serving_signature import (  # noqa: F401 - fixtures
+    BASE,
     ENDPOINT,
-    _deploy,
+    _backend,
+    _caller,
     _failure,
     _nothing_started,
-    registry,
-    signed_folder,
+    _serve,
+    register,
+    routes,
+    signed_adapter,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def signed_folder(state_dir: Path, tmp_path: Path) -> Path:
+    """Signed model files (what an attestation names is the folder's digest, whatever it holds)."""
+    folder = tmp_path / "ticket-triage-v2"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model-00001-of-00002.safetensors").write_bytes(os.urandom(4096))
+    (folder / "model-00002-of-00002.safetensors").write_bytes(os.urandom(2048))
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    sign_model(folder, dev_key_pair())
+    return folder
 
 
 def _other_key(tmp_path: Path):
@@ -138,20 +152,25 @@ def test_a_forged_altered_or_misapplied_attestation_is_refused(signed_folder: Pa
 # --- serving refuses what no promotion approved --------------------------------------------------
 
 
-def test_a_signed_but_never_promoted_folder_is_refused_before_any_server_starts(
-        state_dir: Path, signed_folder: Path, registry: EndpointRegistry) -> None:
-    """Before: signed was enough, and this roll_out started a server."""
-    manager = EndpointManager(ServerSettings(), registry, keys=serving_keys())
-    before = registry.path.read_bytes()
-    for model in (FolderSource(signed_folder, "2", ENDPOINT).resolve(),
-                  # an approval of the same bytes as another version does not relabel them
-                  FolderSource(signed_folder, "7", ENDPOINT, approval(signed_folder, ENDPOINT, "2")).resolve()):
+def test_a_signed_but_never_promoted_adapter_is_refused_before_the_backend_is_asked(
+        state_dir: Path, signed_adapter: Path, routes: AdapterRoutes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: signed was enough, and this deploy reached the server."""
+    from aiplat.serving.adapter_rollout import deploy_adapter
+
+    before = routes.path.read_bytes()
+    folder = str(signed_adapter)
+    for version, text in (("2", ""),
+                          # an approval of the same bytes as another version does not relabel them
+                          ("7", approval(signed_adapter, ENDPOINT, "2"))):
         with pytest.raises(ApprovalError):
-            roll_out(manager, ENDPOINT, model)
-    assert registry.path.read_bytes() == before
+            deploy_adapter(_caller(monkeypatch), _backend(serving_keys()), ENDPOINT,
+                           AdapterVersion(ENDPOINT, version, BASE, folder, text, folder=folder), serving_keys())
+    assert routes.path.read_bytes() == before
     _nothing_started(state_dir)
-    approved = FolderSource(signed_folder, "2", ENDPOINT, approval(signed_folder, ENDPOINT, "2")).resolve()
-    assert manager.verify(approved).version == "2"
+    assert verify_for_serving(signed_adapter, approval(signed_adapter, ENDPOINT, "2"), serving_keys(),
+                              model=ENDPOINT, version="2").version == "2"
+    events = [e["event"] for e in AuditLog().entries()]
+    assert events == ["access", "deploy refused: approval"] * 2
 
 
 def test_an_approved_folder_changed_afterwards_is_refused_on_its_signature(signed_folder: Path) -> None:
@@ -161,50 +180,52 @@ def test_an_approved_folder_changed_afterwards_is_refused_on_its_signature(signe
         verify_for_serving(signed_folder, text, serving_keys(), model=ENDPOINT, version="2")
 
 
-def test_a_ui_user_cannot_serve_a_signed_folder_through_the_drill_config(
-        state_dir: Path, signed_folder: Path, registry: EndpointRegistry, tmp_path: Path) -> None:
-    """Before: `served_endpoint` with run config `model_folder` served any signed folder. Now it needs
-    an approval of those bytes as that version; one made with another key (the attacker's) is refused
-    and audited, and the live endpoint stays."""
-    forged = tmp_path / "forged.json"
-    digest = verify_model(signed_folder, dev_key_pair().public_key)
-    forged.write_text(attest(_other_key(tmp_path), model=ENDPOINT, version="2", model_digest=digest,
-                             eval_report_sha256="r" * 64, policy_sha256="p" * 64, approver="eve",
-                             approver_team="team:platform"))
-    before = registry.path.read_bytes()
-    result = _deploy(signed_folder, attestation_file=forged)
-    assert not result.success
-    assert "not signed by the approval key" in _failure(result) and f"endpoint {ENDPOINT!r} is unchanged" in _failure(result)
-    assert registry.path.read_bytes() == before
+def test_a_ui_user_cannot_name_a_folder_for_served_endpoint_to_serve(state_dir: Path, signed_adapter: Path,
+                                                                      routes: AdapterRoutes, tmp_path: Path) -> None:
+    """Before: `served_endpoint` took run config `model_folder` (and an attestation file), a way for
+    anyone with the UI to put other bytes on an endpoint. Now the asset serves only what the registry's
+    champion names: such run config is refused by Dagster before the step runs."""
+    _, uri, _ = register(tmp_path, signed_adapter, ENDPOINT)
+    before = routes.path.read_bytes()
+    from resources.mlflow import MLflowResource
+    from resources.operations import OperationsResource
+    from resources.signing import ModelSigningResource
+    from resources.vllm import LocalVllmResource
+    from tests.chain_helpers import chain_asset, chain_for, op_name
+
+    import dagster as dg
+
+    chain = chain_for(ENDPOINT, base_model=BASE)
+    served = chain_asset(chain, "served_endpoint")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="model_folder"):
+        dg.materialize([served], resources={"vllm": LocalVllmResource(), "operations": OperationsResource(),
+                                            "model_signing": ModelSigningResource(),
+                                            "mlflow": MLflowResource(tracking_uri=uri)},
+                       run_config={"ops": {op_name(chain, "served_endpoint"): {"config": {
+                           "model_folder": str(signed_adapter), "model_version": "1"}}}})
+    assert routes.path.read_bytes() == before
     _nothing_started(state_dir)
-    events = [e["event"] for e in AuditLog().entries()]
-    assert events == ["access", "deploy refused: approval"]
 
 
-def test_an_alias_moved_by_hand_in_mlflow_serves_nothing(state_dir: Path, signed_folder: Path,
-                                                         registry: EndpointRegistry, tmp_path: Path) -> None:
-    """MLflow's alias API is unauthenticated: anyone can point `champion` at any version with one
-    call. The version it now names carries no promotion attestation, so serving refuses it."""
-    from aiplat.security.signing import tag_model_version
-    from tests.test_serving_signature import registered_version
-
-    client, uri, version = registered_version(tmp_path, signed_folder, ENDPOINT)
-    tag_model_version(client, ENDPOINT, version, sign_model(signed_folder, dev_key_pair()))
-    client.set_registered_model_alias(ENDPOINT, "champion", version)  # the attack: no promotion
-
-    model = MlflowAliasSource(client, ENDPOINT, download_root=tmp_path / "served", tracking_uri=uri).resolve()
-    manager = EndpointManager(ServerSettings(), registry, keys=serving_keys())
-    with pytest.raises(ApprovalError, match="was never approved"):
-        roll_out(manager, ENDPOINT, model)
+def test_an_alias_moved_by_hand_in_mlflow_serves_nothing(state_dir: Path, signed_adapter: Path,
+                                                         routes: AdapterRoutes, tmp_path: Path) -> None:
+    """MLflow's alias API is unauthenticated (without the platform's MLflow auth): anyone could point
+    `champion` at any version with one call. The version it now names carries no promotion
+    attestation, so serving refuses it, audited."""
+    client, uri, version = register(tmp_path, signed_adapter, ENDPOINT, approve=False)  # the alias set by hand
+    before = routes.path.read_bytes()
+    result = _serve(uri)
+    assert not result.success and "was never approved" in _failure(result)
     # Copying another version's attestation onto it does not help either: it names other bytes.
     client.set_model_version_tag(ENDPOINT, version, APPROVAL_TAG,
                                  attest(dev_approval_key_pair(), model=ENDPOINT, version=version, model_digest="e" * 64,
                                         eval_report_sha256="r" * 64, policy_sha256="p" * 64, approver="x",
                                         approver_team="team:ml"))
-    model = MlflowAliasSource(client, ENDPOINT, download_root=tmp_path / "served", tracking_uri=uri).resolve()
-    with pytest.raises(ApprovalError, match="is not the approved one"):
-        manager.verify(model)
+    result = _serve(uri)
+    assert not result.success and "is not the approved one" in _failure(result)
+    assert routes.path.read_bytes() == before
     _nothing_started(state_dir)
+    assert [e["event"] for e in AuditLog().entries()] == ["access", "deploy refused: approval"] * 2
 
 
 # --- the Kubernetes init container's verifier ------------------------------------------------------
@@ -233,26 +254,3 @@ def test_the_init_container_verifier_passes_approved_bytes_and_refuses_the_rest(
     (signed_folder / "extra.safetensors").write_bytes(b"\0" * 8)
     tampered = _verify_cli(signed_folder, text)
     assert tampered.returncode == 1 and "added after signing: extra.safetensors" in tampered.stderr
-
-
-def test_rendered_pods_verify_the_bytes_vllm_loads_and_answer_only_the_gateway(tmp_path: Path) -> None:
-    from aiplat.serving import k8s
-
-    spec = k8s.EndpointSpec(ENDPOINT, "4", "s3://models/ticket-triage/v4", ENDPOINT, model_name="ticket-triage",
-                            attestation='{"payloadType": "x"}')
-    pod = k8s.deployment(spec)["spec"]["template"]["spec"]
-    fetch, verify = pod["initContainers"]
-    vllm = pod["containers"][0]
-    assert fetch["command"][:3] == ["aws", "s3", "sync"] and fetch["command"][-2:] == ["s3://models/ticket-triage/v4/",
-                                                                                       f"{k8s.MODEL_DIR}/"]
-    assert verify["command"][:2] == ["aiplat-verify-model", k8s.MODEL_DIR]
-    assert verify["command"][verify["command"].index("--version") + 1] == "4"
-    assert {"name": "AIPLAT_ATTESTATION", "value": '{"payloadType": "x"}'} in verify["env"]
-    assert vllm["args"][0] == k8s.MODEL_DIR and "--load-format" not in vllm["args"]  # never the store directly
-    mounts = {m["name"]: m for m in vllm["volumeMounts"]}
-    assert mounts["model"]["readOnly"] is True and mounts["model"]["mountPath"] == k8s.MODEL_DIR
-    key = {e["name"]: e for e in vllm["env"]}["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]
-    assert key == {"name": "aiplat-secrets", "key": "AIPLAT_VLLM_API_KEY"}  # the gateway's upstream key
-    assert "Authorization" in vllm["readinessProbe"]["exec"]["command"][3]
-    with pytest.raises(ValueError, match="s3://"):
-        k8s.deployment(k8s.EndpointSpec(ENDPOINT, "4", "/mnt/models/v4", ENDPOINT))

@@ -29,10 +29,9 @@ from aiplat.net import free_port
 from aiplat.operations.cost import CostRates
 from aiplat.operations.requests import RequestLog
 from aiplat.serving.budgets import InProcessLedger
+from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
 from aiplat.serving.gateway import GatewaySettings, build_app
 from aiplat.serving.gateway_guards import RefusalLimiter
-from aiplat.serving.gateway_routing import RegistryResolver
-from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
 from tests.test_gateway import serve
 
 ENDPOINT = "ticket-triage"
@@ -67,24 +66,22 @@ def upstream() -> Iterator[dict]:
         yield {"url": url, "seen": seen}
 
 
-def _deploy(registry: EndpointRegistry, url: str) -> None:
-    live = ServerRecord(url=url, port=int(url.rsplit(":", 1)[1]), pid=0, create_time=0.0, model_version="3",
-                        model_path="/m", served_model_name="triage-served", started_at="t", log_file="l", pid_file="p")
-    registry.update(ENDPOINT, lambda _old: EndpointRecord(name=ENDPOINT, live=live))
+def _deploy(routes: AdapterRoutes, url: str) -> None:
+    routes.set(ENDPOINT, url, {f"{ENDPOINT}@3": 100.0})
 
 
 @pytest.fixture
 def world(tmp_path: Path, upstream: dict) -> dict:
-    registry = EndpointRegistry(tmp_path / "endpoints.json")
-    _deploy(registry, upstream["url"])
+    routes = AdapterRoutes(tmp_path / "adapter-routes.json")
+    _deploy(routes, upstream["url"])
     upstream["seen"].clear()
-    return {"registry": registry, "log": RequestLog(tmp_path / "logs" / "requests.jsonl"), "tmp": tmp_path,
+    return {"routes": routes, "log": RequestLog(tmp_path / "logs" / "requests.jsonl"), "tmp": tmp_path,
             "seen": upstream["seen"]}
 
 
 @contextmanager
 def gateway(world: dict, **options) -> Iterator[str]:
-    with serve(build_app(GatewaySettings(resolver=RegistryResolver(world["registry"]), request_log=world["log"],
+    with serve(build_app(GatewaySettings(resolver=AdapterRouteResolver(world["routes"]), request_log=world["log"],
                                          **options))) as url:
         yield url
 
@@ -186,7 +183,7 @@ def test_error_bodies_never_show_the_upstream_address(world: dict, tmp_path: Pat
     with gateway(world, timeout_s=0.5) as url:
         slow = _chat(url, x_delay=5)
     down_port = free_port()
-    _deploy(world["registry"], f"http://127.0.0.1:{down_port}")
+    _deploy(world["routes"], f"http://127.0.0.1:{down_port}")
     with gateway(world) as url:
         down = _chat(url)
     assert slow.status_code == 504 and down.status_code == 502
@@ -290,7 +287,7 @@ def test_the_prod_command_ignores_the_team_header_and_enforces_hard_budgets(worl
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "AIPLAT_ENV": "prod",
            "AIPLAT_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path)}
     base = [sys.executable, "-m", "aiplat.cli", "gateway", "serve", "--port", str(port),
-            "--upstream-template", f"{upstream['url']}/{{endpoint}}", "--request-log", str(world["log"].path)]
+            "--adapter-routes", str(world["routes"].path), "--request-log", str(world["log"].path)]
     missing = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "AIPLAT_GATEWAY_API_KEY_TEAMS" in missing.stderr
 
@@ -311,4 +308,5 @@ def test_the_prod_command_ignores_the_team_header_and_enforces_hard_budgets(worl
     finally:
         process.terminate()
         process.wait(timeout=30)
+    # 429, not 404: the endpoint was found in the --adapter-routes file before the budget refused it.
     assert header_only.status_code == 401 and over_budget.status_code == 429

@@ -27,10 +27,10 @@ from aiplat.security.identity import (
     init_local_accounts,
     token_file,
 )
-from aiplat.serving.registry import EndpointRegistry
+from aiplat.serving.adapter_routes import AdapterRoutes
 from tests.identity_helpers import act_as, token_for
 from tests.test_endpoints_cli import ENDPOINT, no_mlflow, switched  # noqa: F401
-from tests.test_serving_signature import registry, signed_folder  # noqa: F401
+from tests.test_serving_signature import routes, signed_adapter  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("no_mlflow")
 
@@ -40,7 +40,7 @@ def _stop():
 
 
 @pytest.mark.parametrize("claimed", ["team:platform", "ml"])
-def test_a_team_in_the_environment_grants_nothing(state_dir: Path, switched: EndpointRegistry, claimed: str,
+def test_a_team_in_the_environment_grants_nothing(state_dir: Path, switched: AdapterRoutes, claimed: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """`AIPLAT_TEAM=team:platform AIPLAT_ACTOR=anyone aiplat ...` was allowed and audited as "anyone"."""
     monkeypatch.delenv("AIPLAT_TOKEN", raising=False)
@@ -58,7 +58,7 @@ def test_a_team_in_the_environment_grants_nothing(state_dir: Path, switched: End
 
 
 @pytest.mark.parametrize("token", ["aiplat_madeup", "", "team:platform"])
-def test_a_forged_or_revoked_token_is_refused(state_dir: Path, switched: EndpointRegistry, token: str,
+def test_a_forged_or_revoked_token_is_refused(state_dir: Path, switched: AdapterRoutes, token: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     if not token:  # a real platform token, then revoked
         token = token_for("team:platform", "leaver")
@@ -72,7 +72,7 @@ def test_a_forged_or_revoked_token_is_refused(state_dir: Path, switched: Endpoin
     assert entry["decision"] == "refused" and entry["identity_source"] == "unknown-credential"
 
 
-def test_another_teams_token_is_refused_and_the_owners_is_allowed(state_dir: Path, switched: EndpointRegistry,
+def test_another_teams_token_is_refused_and_the_owners_is_allowed(state_dir: Path, switched: AdapterRoutes,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     act_as(monkeypatch, "team:search", "mallory")
     monkeypatch.setenv("AIPLAT_TEAM", "team:ml")  # what she would like to be: ignored

@@ -69,3 +69,55 @@ def test_the_routes_configmap_is_the_gateways_adapter_routes_file(tmp_path: Path
     mounted.write_text(configmap["data"]["adapter-routes.json"])
     assert AdapterRoutes(mounted).all() == routes.all()
     assert json.loads(mounted.read_text())["ticket-triage"]["split"] == {"ticket-triage@4": 90.0, "ticket-triage@5": 10.0}
+
+
+def test_the_loader_beats_while_its_loop_runs_and_its_probes_read_the_beat(tmp_path: Path) -> None:
+    """The sidecar's liveness and readiness: the real loader, its server not up yet (every pass fails
+    and says so), still touches its heartbeat each pass; the rendered probe command passes on a fresh
+    beat and fails on a stale or missing one."""
+    import os
+    import time
+
+    from aiplat.net import free_port
+    from aiplat.serving.k8s_adapters import HEARTBEAT
+    from tests.approval_helpers import serving_keys
+
+    _, deployment, _ = render_adapter_server(SPEC, WANTED)
+    loader = deployment["spec"]["template"]["spec"]["containers"][1]
+    assert loader["command"][loader["command"].index("--heartbeat") + 1] == HEARTBEAT
+    probe = loader["livenessProbe"]["exec"]["command"]
+    assert probe == loader["readinessProbe"]["exec"]["command"] and probe[0] == "python"
+
+    beat = tmp_path / "heartbeat"
+    desired = tmp_path / "desired.json"
+    desired.write_text(json.dumps({"adapters": []}))
+    keys = serving_keys()
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "aiplat.serving.adapter_loader", "--desired", str(desired),
+                             "--base-name", SPEC.base_name, "--url", f"http://127.0.0.1:{free_port()}",
+                             "--public-key", str(keys.signature), "--approval-key", str(keys.approval),
+                             "--cache", str(tmp_path / "cache"), "--interval", "0.2", "--heartbeat", str(beat)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not beat.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert beat.exists(), proc.stdout.read() if proc.poll() is not None else "no heartbeat within 60 s"
+        first = beat.stat().st_mtime
+        while beat.stat().st_mtime == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert beat.stat().st_mtime > first  # it keeps beating while every pass fails
+    finally:
+        proc.kill()
+        output = proc.communicate()[0]
+    assert "reconcile failed" in output
+
+    def run_probe() -> int:
+        command = [sys.executable, *probe[1:-1], probe[-1].replace(HEARTBEAT, str(beat))]
+        return subprocess.run(command, capture_output=True, timeout=30).returncode
+
+    assert run_probe() == 0
+    os.utime(beat, (time.time() - 3600, time.time() - 3600))
+    assert run_probe() == 1
+    beat.unlink()
+    assert run_probe() == 1

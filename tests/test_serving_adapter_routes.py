@@ -13,25 +13,13 @@ import pytest
 from aiplat.operations.requests import RequestRecord
 from aiplat.serving import adapter_canary
 from aiplat.serving.adapter_routes import AdapterRoute, AdapterRouteResolver, AdapterRoutes, adapter_figures
-from aiplat.serving.gateway_routing import UnknownEndpoint, Upstream
+from aiplat.serving.gateway_routing import UnknownEndpoint
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 
 
 def _record(model: str, latency: float, status: int = 200, endpoint: str = "triage", at: datetime = NOW) -> RequestRecord:
     return RequestRecord(at, endpoint, model, "team:ml", "f", 10, 5 if status == 200 else 0, latency, status)
-
-
-class _Whole:
-    """A fallback resolver standing for the registry of whole-model servers."""
-
-    def endpoints(self) -> list[str]:
-        return ["whole"]
-
-    def resolve(self, endpoint: str) -> Upstream:
-        if endpoint != "whole":
-            raise UnknownEndpoint(endpoint, ["whole"])
-        return Upstream("whole", "http://whole", "whole-served", "7")
 
 
 def test_a_route_needs_adapters_with_positive_distinct_weights() -> None:
@@ -44,19 +32,19 @@ def test_a_route_needs_adapters_with_positive_distinct_weights() -> None:
     assert AdapterRoute("e", "http://x", (("a@1", 90.0), ("a@2", 10.0))).share("a@2") == pytest.approx(0.1)
 
 
-def test_the_resolver_splits_by_weight_and_leaves_other_endpoints_to_the_fallback(tmp_path: Path) -> None:
+def test_the_resolver_splits_by_weight_and_knows_only_routed_endpoints(tmp_path: Path) -> None:
     routes = AdapterRoutes(tmp_path / "routes.json")
     routes.set("triage", "http://shared/", {"triage@3": 90, "triage@4": 10})
     routes.set("drafts", "http://shared", {"drafts@1": 100})
-    resolver = AdapterRouteResolver(routes, fallback=_Whole(), rng=random.Random(7))
+    resolver = AdapterRouteResolver(routes, rng=random.Random(7))
     drawn = Counter(resolver.resolve("triage").served_model_name for _ in range(4000))
     assert set(drawn) == {"triage@3", "triage@4"} and 0.08 < drawn["triage@4"] / 4000 < 0.12
     up = resolver.resolve("drafts")
     assert (up.base_url, up.served_model_name, up.model_label) == ("http://shared", "drafts@1", "drafts@1")
-    assert resolver.resolve("whole").served_model_name == "whole-served"
-    assert resolver.endpoints() == ["drafts", "triage", "whole"]
-    with pytest.raises(UnknownEndpoint):
+    assert resolver.endpoints() == ["drafts", "triage"]
+    with pytest.raises(UnknownEndpoint) as unknown:
         resolver.resolve("nothing")
+    assert unknown.value.known == ["drafts", "triage"]
 
 
 def test_figures_come_per_adapter_version_from_the_request_log() -> None:

@@ -528,7 +528,7 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
 
 def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
         server: dict, smollm_base: Path, shared_mlflow: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`aiplat adapters` on the local runtime: the prepared base's running server is found (nothing
+    """`aiplat endpoints` on the local runtime: the prepared base's running server is found (nothing
     new starts), a first deploy routes all traffic at once, status reads the server, another team is
     refused and audited, a rollback without a folder serves the registry's `previous` version (its
     adapter downloaded and checked against the registered digest), the owner stops it; lora-b, on
@@ -551,7 +551,7 @@ def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
     folder = server["adapters"]["a-v1"]
     attestation = tmp_path / "a1.attestation"
     attestation.write_text(approval(folder, "lora-a", "1"))
-    deploy = ["adapters", "deploy", "lora-a", str(folder), "--version", "1", "--base", BASE,
+    deploy = ["endpoints", "deploy", "lora-a", str(folder), "--version", "1", "--base", BASE,
               "--attestation-file", str(attestation)]
     models = tmp_path / "models"
     models.mkdir()
@@ -567,7 +567,7 @@ def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
     done = CliRunner().invoke(cli, deploy)
     assert done.exit_code == 0, done.output
     assert "lora-a: deployed; lora-a@1 takes its traffic" in done.output
-    shown = CliRunner().invoke(cli, ["adapters", "status", "--json"])
+    shown = CliRunner().invoke(cli, ["endpoints", "list", "--json"])
     assert shown.exit_code == 0, shown.output
     (state,) = json.loads(shown.output)
     assert (state["endpoint"], state["health"], state["split"], state["url"]) == \
@@ -578,19 +578,19 @@ def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
     monkeypatch.setenv("AIPLAT_MLFLOW_PORT", str(urlparse(shared_mlflow).port))
     client = MlflowClient(shared_mlflow, registry_uri=shared_mlflow)
     registered = [_register_adapter(client, "lora-a", server["adapters"][f], smollm_base) for f in ("a-v1", "a-v2")]
-    no_previous = CliRunner().invoke(cli, ["adapters", "rollback", "lora-a"])
+    no_previous = CliRunner().invoke(cli, ["endpoints", "rollback", "lora-a"])
     assert no_previous.exit_code == 1 and "has no alias 'previous'" in no_previous.output, no_previous.output
-    unknown = CliRunner().invoke(cli, ["adapters", "rollback", "lora-a", "--version", "999"])
+    unknown = CliRunner().invoke(cli, ["endpoints", "rollback", "lora-a", "--version", "999"])
     assert unknown.exit_code == 1 and "MLflow:" in unknown.output and "unchanged" in unknown.output, unknown.output
     client.set_registered_model_alias("lora-a", "previous", registered[1])
-    rolled = CliRunner().invoke(cli, ["adapters", "rollback", "lora-a"])
+    rolled = CliRunner().invoke(cli, ["endpoints", "rollback", "lora-a"])
     assert rolled.exit_code == 0, rolled.output
     live = f"lora-a@{registered[1]}"
     assert f"lora-a: rolled back; {live} takes its traffic (was lora-a@1)" in rolled.output
     assert live in adapters.served_models(server["url"]) and "lora-a@1" not in adapters.served_models(server["url"])
     assert _answer(server, b) == before
 
-    stopped = CliRunner().invoke(cli, ["adapters", "stop", "lora-a"])
+    stopped = CliRunner().invoke(cli, ["endpoints", "stop", "lora-a"])
     assert stopped.exit_code == 0 and f"lora-a: stopped (was {live})" in stopped.output
     assert live not in adapters.served_models(server["url"]) and _answer(server, b) == before
     events = [(e["event"], e.get("team")) for e in AuditLog().entries()]

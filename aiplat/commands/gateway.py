@@ -1,8 +1,10 @@
 """`aiplat gateway serve|hash-key|render`: the metering gateway in front of the endpoints.
 
-Locally `aiplat stack up gateway` runs `serve` with its defaults (the endpoint registry as the
-upstream, the state folder's request log). In prod every setting is an option here; the ones a
-Deployment sets by env are marked with their variable (the same ones the Dagster resources read).
+Locally `aiplat stack up gateway` runs `serve` with its defaults (the adapter routes the serving
+backend writes, <state>/serving/adapter-routes.json, and the state folder's request log). In prod
+every setting is an option here; the ones a Deployment sets by env are marked with their variable
+(the same ones the Dagster resources read); the routes are the mounted `aiplat-adapter-routes`
+ConfigMap (aiplat.serving.gateway_k8s).
 """
 
 from __future__ import annotations
@@ -21,11 +23,6 @@ def cli() -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=None, help="Default: the local gateway port (AIPLAT_GATEWAY_PORT, 4000).")
-@click.option("--upstream-template", envvar="AIPLAT_GATEWAY_UPSTREAM_TEMPLATE", default=None, show_envvar=True,
-              help="Prod: URL of an endpoint's route with {endpoint} in it, e.g. "
-                   "http://inference-gateway.gateway-system.svc/{endpoint}. Unset: the local endpoint registry.")
-@click.option("--endpoint", "endpoints", multiple=True,
-              help="With --upstream-template: the endpoints to route (repeat); unset = any well-formed name.")
 @click.option("--require-attribution/--no-require-attribution", default=None,
               help="Refuse (401) requests with no team. Default: on in prod (AIPLAT_ENV=prod), off locally, "
                    "where they are recorded as team 'unattributed'.")
@@ -56,14 +53,14 @@ def cli() -> None:
                    "Pseudonyms use the runtime's Presidio key (prod: AIPLAT_PII_HMAC_KEY).")
 @click.option("--adapter-routes", envvar="AIPLAT_GATEWAY_ADAPTER_ROUTES", default=None, show_envvar=True,
               type=click.Path(dir_okay=False, path_type=Path),
-              help="Endpoints served as LoRA adapters on shared servers, with each version's share of traffic "
-                   "(aiplat.serving.adapter_routes), read at every request ahead of the other routing. "
-                   "Default locally: <state>/serving/adapter-routes.json; prod: none.")
-def serve(host: str, port: int | None, upstream_template: str | None, endpoints: tuple[str, ...],
-          require_attribution: bool | None, api_key_teams: Path | None, request_log: Path | None,
-          upstream_api_key: str | None, forward_authorization: bool, timeout: float, trust_team_header: bool | None,
-          hard_budgets: Path | None, prompt_per_1k: float | None, completion_per_1k: float | None,
-          max_body_bytes: int | None, pii_policy: Path | None, adapter_routes: Path | None) -> None:
+              help="The routes file: each endpoint's shared base-model server and its adapter versions' shares "
+                   "of traffic (aiplat.serving.adapter_routes), read at every request; the only routing. "
+                   "Default locally: <state>/serving/adapter-routes.json (the serving backend writes it); "
+                   "required in prod (the mounted aiplat-adapter-routes ConfigMap).")
+def serve(host: str, port: int | None, require_attribution: bool | None, api_key_teams: Path | None,
+          request_log: Path | None, upstream_api_key: str | None, forward_authorization: bool, timeout: float,
+          trust_team_header: bool | None, hard_budgets: Path | None, prompt_per_1k: float | None,
+          completion_per_1k: float | None, max_body_bytes: int | None, pii_policy: Path | None, adapter_routes: Path | None) -> None:
     """Run the gateway until interrupted."""
     import logging
 
@@ -73,7 +70,7 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
     from aiplat.operations.requests import RequestLog
     from aiplat.serving.gateway import GatewaySettings, build_app
     from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
-    from aiplat.serving.gateway_routing import RegistryResolver, TemplateResolver, load_api_key_teams
+    from aiplat.serving.gateway_routing import load_api_key_teams
 
     from aiplat.operations.cost import CostRates
     from aiplat.serving.budgets import InProcessLedger
@@ -86,12 +83,14 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
         # In prod only a registered key names a team: without the mapping every request would be refused.
         raise click.ClickException("AIPLAT_GATEWAY_API_KEY_TEAMS (--api-key-teams) is not set; in prod the gateway "
                                    "needs the API-key mapping to attribute any request")
+    if prod and adapter_routes is None:
+        # The local default is a state folder a prod pod does not have: without the mounted routes every
+        # request would be a 404, so refuse to start rather than serve nothing.
+        raise click.ClickException("AIPLAT_GATEWAY_ADAPTER_ROUTES (--adapter-routes) is not set; in prod the gateway "
+                                   "routes by the mounted aiplat-adapter-routes ConfigMap's adapter-routes.json")
+    routes = AdapterRoutes(adapter_routes)  # None: <state>/serving/adapter-routes.json
+    resolver = AdapterRouteResolver(routes)
     try:
-        # Endpoints served as adapters on a shared server go by their route (aiplat.serving.adapter_routes;
-        # locally always, in prod with --adapter-routes), every other one as before.
-        resolver = TemplateResolver(upstream_template, endpoints) if upstream_template else RegistryResolver()
-        if adapter_routes is not None or not prod:
-            resolver = AdapterRouteResolver(AdapterRoutes(adapter_routes), fallback=resolver)
         mapping = load_api_key_teams(api_key_teams) if api_key_teams else {}
         budgets = load_hard_budgets(hard_budgets) if hard_budgets else {}
     except ValueError as e:
@@ -107,8 +106,6 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
             guardrails = guardrails_for_gateway(pii_policy, _resources.runtime_resource("presidio"))
         except ValueError as e:
             raise click.ClickException(str(e)) from None
-    if endpoints and not upstream_template:
-        raise click.ClickException("--endpoint needs --upstream-template; locally the endpoint registry says what exists")
     log_file = RequestLog(request_log)
     ledger = None
     if budgets:
@@ -128,8 +125,8 @@ def serve(host: str, port: int | None, upstream_template: str | None, endpoints:
     )
     port = port or local_ports().gateway
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    upstream = upstream_template or "the local endpoint registry"
-    click.echo(f"gateway on http://{host}:{port}/v1 -> {upstream}; request log {settings.request_log.path}; "
+    click.echo(f"gateway on http://{host}:{port}/v1 -> the adapter routes in {routes.path}; "
+               f"request log {settings.request_log.path}; "
                f"attribution {'required' if settings.require_attribution else 'optional'}; "
                f"{len(mapping)} API key(s) mapped; team header {'trusted' if settings.trust_team_header else 'ignored'}; "
                f"{len(budgets)} hard budget(s); PII guardrails {pii_policy or 'off'}; grounded endpoints: "
@@ -188,14 +185,12 @@ def hash_key() -> None:
 @click.option("--namespace", default="team-ml", show_default=True)
 @click.option("--image", default="aiplat-gateway", show_default=True,
               help="The gateway image: the variable name that environments/* resolve to a registry and tag.")
-@click.option("--upstream-template", default=None, help="Default: the in-cluster inference Gateway.")
 @click.option("--storage-class", default=None, help="A ReadWriteMany storage class for the request log.")
-def render(namespace: str, image: str, upstream_template: str | None, storage_class: str | None) -> None:
+def render(namespace: str, image: str, storage_class: str | None) -> None:
     """Print the gateway's Kubernetes objects (request-log volume, Deployment, Service) as YAML."""
-    from aiplat.serving.gateway_k8s import DEFAULT_UPSTREAM, GatewaySpec, render_gateway, to_yaml
+    from aiplat.serving.gateway_k8s import GatewaySpec, render_gateway, to_yaml
 
-    spec = GatewaySpec(namespace=namespace, image=image, upstream_template=upstream_template or DEFAULT_UPSTREAM,
-                       storage_class=storage_class)
+    spec = GatewaySpec(namespace=namespace, image=image, storage_class=storage_class)
     try:
         click.echo(to_yaml(render_gateway(spec)), nl=False)
     except ValueError as e:

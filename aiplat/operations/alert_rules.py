@@ -7,10 +7,13 @@ budgets and token rates come from the same OperationsResource the cost report us
 and the report cannot disagree about what a team may spend.
 
 Series the rules read:
-  vllm:e2e_request_latency_seconds_bucket, vllm:generation_tokens_total   vLLM /metrics (the
-      scrape config in prometheus.yml adds the `endpoint` and `model_version` labels)
+  vllm:e2e_request_latency_seconds_bucket, vllm:generation_tokens_total   vLLM /metrics of the shared
+      adapter servers, one per base model (the scrape config in prometheus.yml adds `base_model`, the
+      server's Deployment name; vLLM counts every adapter's traffic under the base model, so these
+      are per base server, never per endpoint)
   aiplat_gateway_requests_total{endpoint,team,feature,status}, aiplat_gateway_tokens_total{team,kind}
-      the metering gateway
+      the metering gateway: the only per-endpoint series (it exports no latency histogram and no
+      tokens by endpoint)
   aiplat_live_quality_golden_accuracy / _baseline_accuracy / _max_drop{endpoint,model,model_version}
       written by the live_quality asset (aiplat.operations.textfile) for the textfile collector
   DCGM_FI_DEV_GPU_UTIL{pod,namespace,...}   NVIDIA's DCGM exporter
@@ -29,9 +32,9 @@ class AlertSettings:
     team_daily_budgets: Mapping[str, float]
     prompt_per_1k_tokens: float
     completion_per_1k_tokens: float
-    p99_latency_seconds: float = 10.0       # per model, over 5 minutes
+    p99_latency_seconds: float = 10.0       # per base model's server, over 5 minutes
     max_error_ratio: float = 0.05           # 5xx share of gateway requests per endpoint
-    throughput_drop_ratio: float = 0.5      # tokens/s below half of what it was an hour before
+    throughput_drop_ratio: float = 0.5      # a base server's tokens/s below half of an hour before
     gpu_idle_utilisation: float = 10.0      # per cent, an allocated GPU doing (almost) nothing
     burn_fast: float = 6.0                  # spending a day's budget in 4 hours (1h window)
     burn_slow: float = 1.0                  # on track to overspend the day (6h window)
@@ -51,33 +54,37 @@ def render_rules(s: AlertSettings) -> dict:
     serving = {
         "name": "aiplat-serving",
         "rules": [
-            {"record": "aiplat:model_latency_seconds:p99_5m",
-             "expr": "histogram_quantile(0.99, sum by (le, endpoint, model_name) "
+            # vLLM's figures are per shared server (base model): adapters are not told apart.
+            {"record": "aiplat:base_model_latency_seconds:p99_5m",
+             "expr": "histogram_quantile(0.99, sum by (le, base_model) "
                      "(rate(vllm:e2e_request_latency_seconds_bucket[5m])))"},
             {"record": "aiplat:endpoint_error_ratio:5m",
              "expr": 'sum by (endpoint) (rate(aiplat_gateway_requests_total{status=~"5.."}[5m])) '
                      "/ sum by (endpoint) (rate(aiplat_gateway_requests_total[5m]))"},
-            {"record": "aiplat:endpoint_generation_tokens:rate5m",
-             "expr": "sum by (endpoint) (rate(vllm:generation_tokens_total[5m]))"},
+            {"record": "aiplat:base_model_generation_tokens:rate5m",
+             "expr": "sum by (base_model) (rate(vllm:generation_tokens_total[5m]))"},
             {"alert": "ModelLatencyP99High",
-             "expr": f"aiplat:model_latency_seconds:p99_5m > {_q(s.p99_latency_seconds)}",
+             "expr": f"aiplat:base_model_latency_seconds:p99_5m > {_q(s.p99_latency_seconds)}",
              "for": "10m", "labels": {"severity": "page"},
-             "annotations": {"summary": "p99 latency of {{ $labels.model_name }} on {{ $labels.endpoint }} is {{ $value | humanizeDuration }}",
-                             "description": f"Above {s.p99_latency_seconds:g}s for 10 minutes: check queueing "
-                                            "(vllm:num_requests_waiting) and the GPUs of the endpoint's pods."}},
+             "annotations": {"summary": "p99 latency of the {{ $labels.base_model }} server is {{ $value | humanizeDuration }}",
+                             "description": f"Above {s.p99_latency_seconds:g}s for 10 minutes on the base model's shared "
+                                            "server (every endpoint on it): check queueing (vllm:num_requests_waiting), "
+                                            "the GPUs of its pods and which endpoint's traffic grew "
+                                            "(aiplat_gateway_requests_total by endpoint)."}},
             {"alert": "EndpointErrorRateHigh",
              "expr": f"aiplat:endpoint_error_ratio:5m > {_q(s.max_error_ratio)}",
              "for": "5m", "labels": {"severity": "page"},
              "annotations": {"summary": "{{ $labels.endpoint }} answers {{ $value | humanizePercentage }} of requests with 5xx",
                              "description": f"More than {s.max_error_ratio:.0%} server errors at the gateway for 5 minutes."}},
             {"alert": "TokenThroughputDropped",
-             "expr": f"aiplat:endpoint_generation_tokens:rate5m < {_q(s.throughput_drop_ratio)} "
-                     "* (aiplat:endpoint_generation_tokens:rate5m offset 1h) "
-                     "and (aiplat:endpoint_generation_tokens:rate5m offset 1h) > 0",
+             "expr": f"aiplat:base_model_generation_tokens:rate5m < {_q(s.throughput_drop_ratio)} "
+                     "* (aiplat:base_model_generation_tokens:rate5m offset 1h) "
+                     "and (aiplat:base_model_generation_tokens:rate5m offset 1h) > 0",
              "for": "15m", "labels": {"severity": "ticket"},
-             "annotations": {"summary": "{{ $labels.endpoint }} generates {{ $value | humanize }} tokens/s, "
+             "annotations": {"summary": "The {{ $labels.base_model }} server generates {{ $value | humanize }} tokens/s, "
                                         f"under {s.throughput_drop_ratio:.0%} of an hour ago",
-                             "description": "Traffic moved away or the endpoint slowed down: compare the gateway's request rate."}},
+                             "description": "Traffic moved away or the server slowed down: compare the gateway's request "
+                                            "rate of the endpoints on this base model (aiplat_gateway_requests_total by endpoint)."}},
         ],
     }
     budget = {
@@ -136,12 +143,14 @@ def render_rules(s: AlertSettings) -> dict:
              "for": "30m", "labels": {"severity": "ticket"},
              "annotations": {"summary": "GPUs of {{ $labels.namespace }}/{{ $labels.pod }} average {{ $value | humanize }}% busy",
                              "description": "An allocated GPU doing almost nothing costs the same as a busy one: "
-                                            "scale the endpoint down or check the run."}},
+                                            "scale the base model's server down or check the run."}},
+            # The shared adapter servers' pods: Deployment `vllm-base-<base model>` (AdapterServerSpec.name).
             {"alert": "GpuSaturated",
-             "expr": 'aiplat:gpu_utilisation:avg30m{pod=~"vllm-.*"} > 95',
+             "expr": 'aiplat:gpu_utilisation:avg30m{pod=~"vllm-base-.*"} > 95',
              "for": "30m", "labels": {"severity": "ticket"},
              "annotations": {"summary": "Inference GPUs of {{ $labels.pod }} are saturated",
-                             "description": "Add a replica or move the endpoint to more GPUs before latency suffers."}},
+                             "description": "Add a replica to the base model's server or give it more GPUs before "
+                                            "latency suffers on every endpoint it serves."}},
         ],
     }
     return {"groups": [serving, budget, quality, gpu]}

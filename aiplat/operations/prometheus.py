@@ -1,9 +1,11 @@
-"""Per-endpoint numbers from the Prometheus that scrapes the vLLM pods (prod).
+"""Serving numbers from the Prometheus that scrapes the vLLM pods and the gateway (prod).
 
 In prod Dagster does not reach each pod; Prometheus already scrapes them all
-(deploy/observability/prometheus.yml puts the `endpoint` label on every vLLM series). The asset
-asks Prometheus' HTTP API the same PromQL the Grafana panels use, over one window, so the numbers
-in Dagster and on the dashboard agree.
+(deploy/observability/prometheus.yml puts the `base_model` label on every vLLM series). One vLLM
+server per base model serves every adapter, and vLLM counts adapter traffic under the base model,
+so its series are per base server; per-endpoint figures come from the metering gateway's series.
+The asset asks Prometheus' HTTP API the same PromQL the Grafana panels use, over one window, so the
+numbers in Dagster and on the dashboard agree.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-BY = "endpoint, model_name"
+BY = "base_model, model_name"
 
 
 class PrometheusError(RuntimeError):
@@ -39,8 +41,8 @@ def queries(window: str = "5m") -> list[Query]:
         Query("prom_prompt_tokens_per_s", f"sum by ({BY}) (rate(vllm:prompt_tokens_total[{window}]))"),
         Query("prom_requests_per_s", f"sum by ({BY}) (rate(vllm:e2e_request_latency_seconds_count[{window}]))"),
         Query("prom_http_error_rate",
-              f'sum by (endpoint) (rate(http_requests_total{{handler=~"/v1/.*",status=~"[45].."}}[{window}]))'
-              f' / sum by (endpoint) (rate(http_requests_total{{handler=~"/v1/.*"}}[{window}]))'),
+              f'sum by (endpoint) (rate(aiplat_gateway_requests_total{{status=~"[45].."}}[{window}]))'
+              f' / sum by (endpoint) (rate(aiplat_gateway_requests_total[{window}]))'),
     ]
     return out
 
@@ -72,15 +74,16 @@ def query(client: httpx.Client, base_url: str, promql: str, timeout: float) -> l
 
 def endpoint_metrics(base_url: str, window: str = "5m", timeout: float = 10.0,
                      client: httpx.Client | None = None) -> dict[str, dict[str, float]]:
-    """{"<endpoint>/<model>" or "<endpoint>": {metric: value}} for every series Prometheus has."""
+    """{"<base server>/<model>" (vLLM's series) or "<endpoint>" (the gateway's): {metric: value}} for
+    every series Prometheus has."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
     own = client is None
     client = client or httpx.Client()
     try:
         for q in queries(window):
             for labels, value in query(client, base_url, q.promql, timeout):
-                endpoint = labels.get("endpoint") or "unlabelled"
-                key = f"{endpoint}/{labels['model_name']}" if labels.get("model_name") else endpoint
+                where = labels.get("base_model") or labels.get("endpoint") or "unlabelled"
+                key = f"{where}/{labels['model_name']}" if labels.get("model_name") else where
                 out[key][q.metric] = value * q.scale
     finally:
         if own:

@@ -206,8 +206,8 @@ class ServingKeys:
 
 def verify_for_serving(folder: Path, attestation: str | None, keys: ServingKeys, *, model: str,
                        version: str) -> Approval:
-    """The one check before any server loads `folder` (local manager, prod rollout, the Kubernetes
-    init container): its files match their build signature, and a promotion attestation approves
+    """The one check before any server loads adapter `folder` (the control sequence, the local load,
+    the Kubernetes adapter-loader sidecar): its files match their build signature, and a promotion attestation approves
     exactly those bytes as `model` `version`. SignatureError / ApprovalError otherwise."""
     from aiplat.security.signing import verify_model
 

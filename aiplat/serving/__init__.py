@@ -1,13 +1,16 @@
-"""Serving: vLLM endpoints for registered models, with canary, rollback, load tests and manifests.
+"""Serving: every model version is a LoRA adapter on one shared vLLM server per base model.
 
-- `registry`   the JSON file of endpoints (what serves where), written atomically under a lock.
-- `server`     one vLLM OpenAI-compatible server process: command line, start by PID, readiness
-               from a real one-token completion, stop, log tail.
-- `manager`    EndpointManager: deploy a model folder as an endpoint, switch, stop; a failed start
-               leaves the previous endpoint serving.
-- `canary`     replay probes + a share of a load sample against live and candidate, compare, switch
-               or roll back.
-- `loadtest`   `vllm bench serve` at several concurrencies, parsed into numbers.
-- `champion`   where the model to deploy comes from (a folder, or the MLflow `champion` alias).
-- `k8s`        Kubernetes Deployment/Service/HTTPRoute manifests for the prod runtime.
+- `backend`          ServingBackend (local vLLM CPU servers, Kubernetes manifests): load/unload an
+                     adapter, route an endpoint, live state, load test, stop.
+- `adapter_rollout`  the control sequence around a deploy, rollback or stop, and the canary.
+- `adapter_canary`   the canary's split and its verdict from the gateway's request log.
+- `adapter_routes`   endpoint -> adapter versions by weight: what the gateway routes.
+- `adapters`         load/unload through vLLM's API, each adapter verified first and confirmed after.
+- `adapter_loader`   the Kubernetes sidecar that fetches, verifies and loads the desired adapters.
+- `server`           one vLLM OpenAI-compatible server process: start, readiness, stop, log tail.
+- `registry`         the JSON file of the base servers this machine runs, written atomically.
+- `champion`         which registered version (the `champion` alias, or another) an endpoint serves.
+- `loadtest`         `vllm bench serve` at several concurrencies, parsed into numbers.
+- `gateway*`         the metering gateway in front of every endpoint.
+- `k8s*`             Kubernetes manifests of the prod runtime.
 """

@@ -91,8 +91,10 @@ def s3_publish(folder: Path, source: str, client=None) -> int:
 @click.option("--interval", type=float, default=30.0, show_default=True)
 @click.option("--once", is_flag=True, help="Reconcile once and exit (1 when an adapter was refused).")
 @click.option("--api-key", envvar="VLLM_API_KEY", default=None, show_envvar=True)
+@click.option("--heartbeat", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Touched after every pass of the loop: the container's liveness and readiness probes read its age.")
 def main(desired: Path, base_name: str, url: str, public_key: Path, approval_key: Path, cache: Path,
-         max_rank: int | None, interval: float, once: bool, api_key: str | None) -> None:
+         max_rank: int | None, interval: float, once: bool, api_key: str | None, heartbeat: Path | None) -> None:
     """Keep the vLLM server at URL holding exactly the adapters DESIRED names."""
     from aiplat.security.approval import ServingKeys
     from aiplat.serving import adapters
@@ -109,6 +111,10 @@ def main(desired: Path, base_name: str, url: str, public_key: Path, approval_key
             log.warning("reconcile failed: %s", e)
         if once:
             raise SystemExit(0 if result is not None and not result.refused else 1)
+        if heartbeat is not None:
+            # A pass that failed still beats: the loop is alive and says why in its log; a hung fetch
+            # or reconcile stops the beat, and the kubelet restarts the container.
+            heartbeat.touch()
         time.sleep(interval)
 
 

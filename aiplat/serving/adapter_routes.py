@@ -8,8 +8,11 @@ in `model`, so each version's latency, errors and tokens come from the gateway's
 (vLLM counts adapter traffic under the base model). Switching a canary or rolling it back rewrites
 one endpoint's route: the other endpoints on the same server are not touched.
 
-The store is a JSON file under the state folder (`serving/adapter-routes.json`), written atomically
-under an flock, like the endpoint registry.
+The store is a JSON file: locally under the state folder (`serving/adapter-routes.json`), written
+atomically under an flock by the serving backend; in prod the `aiplat-adapter-routes` ConfigMap
+(aiplat.serving.k8s_adapters.routes_configmap) that the Kubernetes backend writes into the GitOps
+manifests folder, mounted into the gateway pod as a file (aiplat.serving.gateway_k8s). It is the
+gateway's only routing: an endpoint without a route does not exist for it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from aiplat.config import state_dir
 from aiplat.locks import exclusive
 from aiplat.operations.requests import RequestRecord
-from aiplat.serving.gateway_routing import Resolver, UnknownEndpoint, Upstream
+from aiplat.serving.gateway_routing import RoutesUnreadable, UnknownEndpoint, Upstream
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,20 @@ class AdapterRoutes:
         self.path = Path(path) if path is not None else default_routes_path()
 
     def all(self) -> dict[str, AdapterRoute]:
+        """Every route; none while the file does not exist yet (nothing served so far). A file that
+        exists but cannot be read is RoutesUnreadable, never taken for "no routes"."""
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        return {name: AdapterRoute(name, entry["base_url"], tuple((a, float(w)) for a, w in entry["split"].items()),
-                                   entry.get("updated", ""))
-                for name, entry in raw.items()}
+        except (OSError, ValueError) as e:
+            raise RoutesUnreadable(f"adapter routes {self.path} are unreadable: {type(e).__name__}: {e}") from None
+        try:
+            return {name: AdapterRoute(name, entry["base_url"], tuple((a, float(w)) for a, w in entry["split"].items()),
+                                       entry.get("updated", ""))
+                    for name, entry in raw.items()}
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise RoutesUnreadable(f"adapter routes {self.path} are malformed: {type(e).__name__}: {e}") from None
 
     def get(self, endpoint: str) -> AdapterRoute | None:
         return self.all().get(endpoint)
@@ -102,24 +112,24 @@ class AdapterRoutes:
 
 
 class AdapterRouteResolver:
-    """The gateway's resolver for adapter-served endpoints; any other endpoint goes to `fallback`
-    (locally the endpoint registry of whole-model servers)."""
+    """The gateway's resolver: an endpoint's route from `routes`, re-read at every request, one
+    adapter drawn by weight. An endpoint with no route is UnknownEndpoint listing the routed ones."""
 
-    def __init__(self, routes: AdapterRoutes, fallback: Resolver | None = None, rng: random.Random | None = None) -> None:
-        self.routes, self.fallback = routes, fallback
+    def __init__(self, routes: AdapterRoutes, rng: random.Random | None = None) -> None:
+        self.routes = routes
         self.rng = rng or random.Random()
 
     def endpoints(self) -> list[str]:
-        return sorted(set(self.routes.all()) | set(self.fallback.endpoints() if self.fallback else []))
+        return sorted(self.routes.all())
 
     def resolve(self, endpoint: str) -> Upstream:
-        route = self.routes.get(endpoint)
+        routes = self.routes.all()
+        route = routes.get(endpoint)
         if route is None:
-            if self.fallback is None:
-                raise UnknownEndpoint(endpoint, self.endpoints())
-            return self.fallback.resolve(endpoint)
+            raise UnknownEndpoint(endpoint, sorted(routes))
         names, weights = zip(*route.split)
         adapter = self.rng.choices(names, weights=weights)[0]
+        # The request log's `model` is the adapter drawn (`<model>@<version>`): each version's figures.
         return Upstream(endpoint, route.base_url, adapter, adapter)
 
 
@@ -142,7 +152,7 @@ class AdapterFigures:
 
 def adapter_figures(records: Sequence[RequestRecord], endpoint: str, since: datetime | None = None) -> dict[str, AdapterFigures]:
     """{adapter version: its figures} for `endpoint`'s requests in the gateway's request log."""
-    from aiplat.serving.canary import percentile
+    from aiplat.evaluation.metrics import percentile
 
     grouped: dict[str, list[RequestRecord]] = {}
     for record in records:

@@ -45,6 +45,10 @@ from aiplat.serving.adapters import (
 from aiplat.serving.server import LoraSettings, ServerSettings, one_token_completion
 
 
+class EndpointNotFound(LookupError):
+    """The endpoint has no route, or its server does not hold what the route names."""
+
+
 @dataclass(frozen=True)
 class AdapterVersion:
     """One registered adapter version to serve over its base model."""

@@ -1,8 +1,10 @@
 """The metering gateway: an OpenAI-compatible reverse proxy that labels and records every request.
 
 Clients call it exactly as they would call vLLM, with `model` = the endpoint name. It resolves the
-endpoint to its upstream (aiplat.serving.gateway_routing), rewrites `model` to the served name,
-forwards, and appends one RequestRecord per request to the request log that the cost report reads.
+endpoint to its upstream (aiplat.serving.gateway_routing; in practice the endpoint's adapter route,
+aiplat.serving.adapter_routes), rewrites `model` to the adapter version drawn (the name the shared
+base-model server serves it under), forwards, and appends one RequestRecord per request to the
+request log that the cost report reads.
 The team is the one the API key's sha256 maps to (aiplat.serving.gateway_auth: an unknown key is a
 401, never a fallback to `X-AIPLAT-Team`, which counts only where `trust_team_header`, i.e. locally);
 the feature is `X-AIPLAT-Feature`.
@@ -63,8 +65,7 @@ from aiplat.serving.gateway_auth import Caller, identify
 from aiplat.serving.gateway_grounding import PASSAGES_HEADER, Grounding, GroundingRefused, passages_note
 from aiplat.serving.gateway_guards import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH, BadBody, BodyTooLarge,
                                            RefusalLimiter, parse_body, read_limited)
-from aiplat.serving.gateway_routing import Resolver, UnknownEndpoint, Upstream, label_problem
-from aiplat.serving.registry import RegistryError
+from aiplat.serving.gateway_routing import Resolver, RoutesUnreadable, UnknownEndpoint, Upstream, label_problem
 
 log = logging.getLogger("aiplat.gateway")
 
@@ -303,9 +304,11 @@ def build_app(settings: GatewaySettings) -> Starlette:
             metrics.requests.labels("unknown", team, feature, "404").inc()
             log.warning("unknown endpoint requested by team=%s feature=%s (known: %s)", team, feature, ", ".join(e.known))
             return _error(404, str(e), "invalid_request_error", "model_not_found")
-        except RegistryError as e:
-            log.error("endpoint registry unreadable: %s", e)
-            return _error(503, f"the gateway cannot read the endpoint registry: {e}", "server_error", "registry_unreadable")
+        except RoutesUnreadable as e:
+            # Its full reason (the file's path) goes to the gateway's log; the client learns only that routing is down.
+            log.error("routes unreadable: %s", e)
+            return _error(503, "the gateway cannot read its endpoint routes; try again later", "server_error",
+                          "routes_unreadable")
 
         if caller.refused:
             return await refuse(401, caller.code, caller.refused, "authentication_error", team, feature, upstream)
@@ -487,8 +490,10 @@ def build_app(settings: GatewaySettings) -> Starlette:
     async def models(request: Request) -> JSONResponse:
         try:
             names = await run_in_threadpool(settings.resolver.endpoints)
-        except RegistryError as e:
-            return _error(503, f"the gateway cannot read the endpoint registry: {e}", "server_error", "registry_unreadable")
+        except RoutesUnreadable as e:
+            log.error("routes unreadable: %s", e)
+            return _error(503, "the gateway cannot read its endpoint routes; try again later", "server_error",
+                          "routes_unreadable")
         return JSONResponse({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": "aiplat"} for name in names]})
 

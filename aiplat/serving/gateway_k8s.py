@@ -5,6 +5,13 @@ The API-key -> team mapping is a ConfigMap (`aiplat-gateway-api-keys`, key api-k
 that operators create from reviewed hashes; the upstream bearer token comes from the platform's
 `aiplat-secrets` Secret as an env variable, never from a file in the image or the manifest; so do
 the KB index's address and token, which grounded endpoints search at request time.
+
+Routing: every endpoint is a LoRA adapter on its base model's shared vLLM server, and the gateway
+sends each request by the endpoint's adapter route: the `aiplat-adapter-routes` ConfigMap
+(aiplat.serving.k8s_adapters.routes_configmap, key adapter-routes.json) that the Kubernetes serving
+backend writes into the GitOps manifests folder, mounted here as a directory and passed as
+`--adapter-routes`. The gateway reads the file at every request and kubelet swaps a mounted
+ConfigMap's files in place, so a canary switch or a rollback reaches the gateway without a restart.
 """
 
 from __future__ import annotations
@@ -24,14 +31,15 @@ REQUEST_LOG_PATH = f"{REQUEST_LOG_DIR}/requests.jsonl"
 SECRET = "aiplat-secrets"
 UPSTREAM_KEY_ENV = "AIPLAT_VLLM_API_KEY"
 MILVUS_ENV = ("AIPLAT_MILVUS_URI", "AIPLAT_MILVUS_TOKEN")
-DEFAULT_UPSTREAM = "http://inference-gateway.gateway-system.svc/{endpoint}"
+ROUTES_CONFIGMAP = "aiplat-adapter-routes"  # aiplat.serving.k8s_adapters.routes_configmap
+ROUTES_FILE = "adapter-routes.json"
+ROUTES_DIR = "/etc/aiplat/adapter-routes"
 
 
 @dataclass(frozen=True)
 class GatewaySpec:
     namespace: str = "team-ml"
     image: str = "aiplat-gateway"  # the image variable; each overlay in environments/ resolves it
-    upstream_template: str = DEFAULT_UPSTREAM
     replicas: int = 1
     storage: str = "10Gi"
     storage_class: str | None = None
@@ -42,7 +50,7 @@ class GatewaySpec:
 
     def command(self) -> list[str]:
         return ["aiplat", "gateway", "serve", "--host", "0.0.0.0", "--port", str(PORT),
-                "--upstream-template", self.upstream_template, "--require-attribution",
+                "--adapter-routes", f"{ROUTES_DIR}/{ROUTES_FILE}", "--require-attribution",
                 "--api-key-teams", f"{API_KEYS_DIR}/{API_KEYS_FILE}", "--request-log", REQUEST_LOG_PATH]
 
 
@@ -82,6 +90,9 @@ def deployment(spec: GatewaySpec) -> dict:
         "volumeMounts": [
             {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True},
             {"name": "request-log", "mountPath": REQUEST_LOG_DIR},
+            # The whole directory, never a subPath: a subPath mount is a copy made at pod start that
+            # kubelet never refreshes, so the gateway would keep routing to yesterday's adapters.
+            {"name": "adapter-routes", "mountPath": ROUTES_DIR, "readOnly": True},
         ],
     }
     return {
@@ -106,6 +117,15 @@ def deployment(spec: GatewaySpec) -> dict:
                         {"name": "api-keys", "configMap": {"name": API_KEYS_CONFIGMAP,
                                                            "items": [{"key": API_KEYS_FILE, "path": API_KEYS_FILE}]}},
                         {"name": "request-log", "persistentVolumeClaim": {"claimName": REQUEST_LOG_CLAIM}},
+                        # Optional: the serving backend creates the ConfigMap with the first served model.
+                        # Until then the directory is empty, the gateway starts and knows no endpoint
+                        # (AdapterRoutes reads a missing file as no routes), and kubelet fills the file in
+                        # once the ConfigMap exists. A required one would keep the pod from starting, and an
+                        # empty one in the base manifests would be a second owner that overwrites the
+                        # backend's routes at every sync.
+                        {"name": "adapter-routes", "configMap": {
+                            "name": ROUTES_CONFIGMAP, "optional": True,
+                            "items": [{"key": ROUTES_FILE, "path": ROUTES_FILE}]}},
                     ],
                 },
             },
@@ -123,8 +143,6 @@ def service(spec: GatewaySpec) -> dict:
 
 
 def render_gateway(spec: GatewaySpec) -> list[dict]:
-    if "{endpoint}" not in spec.upstream_template:
-        raise ValueError(f"upstream template {spec.upstream_template!r} has no {{endpoint}} placeholder")
     if spec.replicas != 1:
         # Hard budgets are booked in the gateway process (aiplat.serving.budgets.InProcessLedger): two
         # replicas would each let a team spend its whole budget. Scale out after a shared ledger exists.

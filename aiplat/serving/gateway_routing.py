@@ -1,9 +1,13 @@
 """Where the metering gateway sends a request, and who it is billed to.
 
 A request names an endpoint (`model` = a name from `aiplat endpoints list`); a resolver turns it
-into the upstream base URL and the model name that upstream serves. Locally that is the endpoint
-registry, read at every request so a canary switch or a rollback is followed at once; in prod it
-is a URL template pointing at the in-cluster Gateway's per-endpoint route.
+into the upstream base URL and the model name that upstream serves. Every endpoint is a LoRA
+adapter on its base model's shared vLLM server, so the gateway's one resolver is
+aiplat.serving.adapter_routes.AdapterRouteResolver over the adapter-routes file (locally
+`<state>/serving/adapter-routes.json`, written by the serving backend; in prod the
+`aiplat-adapter-routes` ConfigMap mounted into the gateway pod), read at every request so a canary
+switch or a rollback is followed at once. This module holds what any resolver shares and the
+gateway's other settings files (API-key -> team mapping, hard budgets).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from typing import Protocol
 import yaml
 
 from aiplat.serving.gateway_auth import normalize_team
-from aiplat.serving.registry import EndpointRegistry
 
 # Team and feature become Prometheus label values and request-log fields: bounded and plain.
 LABEL_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_.\-]{0,79}")
@@ -31,7 +34,7 @@ class Upstream:
     endpoint: str
     base_url: str  # without /v1
     served_model_name: str
-    model_label: str  # what the request log's `model` says: the version when known
+    model_label: str  # what the request log's `model` says: the adapter version that answered
 
 
 class UnknownEndpoint(LookupError):
@@ -40,47 +43,17 @@ class UnknownEndpoint(LookupError):
         self.endpoint, self.known = endpoint, known
 
 
+class RoutesUnreadable(Exception):
+    """The resolver's routes exist but cannot be read (a broken file): the gateway answers 503,
+    since no endpoint can be told apart from an unknown one."""
+
+
 class Resolver(Protocol):
-    def resolve(self, endpoint: str) -> Upstream: ...
+    def resolve(self, endpoint: str) -> Upstream:
+        """The endpoint's upstream, as of now; UnknownEndpoint if none, RoutesUnreadable if the routes are broken."""
+        ...
 
     def endpoints(self) -> list[str]: ...
-
-
-class RegistryResolver:
-    """The local runtime: the endpoint's live vLLM server from the registry, as of this request."""
-
-    def __init__(self, registry: EndpointRegistry | None = None) -> None:
-        self.registry = registry or EndpointRegistry()
-
-    def endpoints(self) -> list[str]:
-        return sorted(name for name, entry in self.registry.all().items() if entry.live is not None)
-
-    def resolve(self, endpoint: str) -> Upstream:
-        entry = self.registry.get(endpoint)
-        if entry is None or entry.live is None:
-            raise UnknownEndpoint(endpoint, self.endpoints())
-        live = entry.live
-        return Upstream(endpoint, live.url.rstrip("/"), live.served_model_name, live.model_version)
-
-
-class TemplateResolver:
-    """Prod: `template` with {endpoint} filled in, e.g. http://inference-gateway.gateway-system.svc/{endpoint}
-    (the HTTPRoute of aiplat.serving.k8s serves /<endpoint>/v1 and names the model after the endpoint).
-    With `known` empty every well-formed name is forwarded and the cluster's routes decide."""
-
-    def __init__(self, template: str, known: tuple[str, ...] = ()) -> None:
-        if "{endpoint}" not in template:
-            raise ValueError(f"upstream template {template!r} has no {{endpoint}} placeholder")
-        self.template, self.known = template, tuple(sorted(known))
-
-    def endpoints(self) -> list[str]:
-        return list(self.known)
-
-    def resolve(self, endpoint: str) -> Upstream:
-        # The name goes into a URL: only DNS-shaped names, so no request can steer the path.
-        if not ENDPOINT_NAME.fullmatch(endpoint) or (self.known and endpoint not in self.known):
-            raise UnknownEndpoint(endpoint, list(self.known))
-        return Upstream(endpoint, self.template.format(endpoint=endpoint).rstrip("/"), endpoint, endpoint)
 
 
 def load_api_key_teams(path: Path) -> dict[str, str]:

@@ -35,6 +35,12 @@ BASE_DIR = "/models/base"
 ADAPTERS_DIR = "/adapters"
 DESIRED_DIR = "/etc/aiplat/adapters"
 LOADER_IMAGE = "aiplat-platform"
+HEARTBEAT = "/tmp/adapter-loader.heartbeat"
+
+
+def _heartbeat_probe(max_age_s: int) -> list[str]:
+    return ["python", "-c", "import os, sys, time; "
+            f"sys.exit(0 if time.time() - os.path.getmtime({HEARTBEAT!r}) < {max_age_s} else 1)"]
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,16 @@ def deployment(spec: AdapterServerSpec) -> dict:
                     "--desired", f"{DESIRED_DIR}/desired.json", "--base-name", spec.base_name,
                     "--url", f"http://127.0.0.1:{PORT}", "--cache", ADAPTERS_DIR,
                     "--public-key", f"{KEYS_DIR}/model-signing.pub", "--approval-key", f"{KEYS_DIR}/approval.pub",
-                    "--max-rank", str(spec.lora.max_lora_rank), "--interval", str(spec.loader_interval_s)],
+                    "--max-rank", str(spec.lora.max_lora_rank), "--interval", str(spec.loader_interval_s),
+                    "--heartbeat", HEARTBEAT],
         "envFrom": [{"secretRef": {"name": spec.model_store_secret, "optional": True}}],
         "env": [api_key, {"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        # Ready after its first pass; alive while passes keep coming (a pass fetches at most a few
+        # adapters of a few MB each, so four intervals plus a minute is a hung loop, not a slow one).
+        "readinessProbe": {"exec": {"command": _heartbeat_probe(spec.loader_interval_s * 4 + 60)}, "periodSeconds": 10},
+        "livenessProbe": {"exec": {"command": _heartbeat_probe(spec.loader_interval_s * 4 + 60)},
+                          "initialDelaySeconds": spec.loader_interval_s + 30, "periodSeconds": 30},
         "volumeMounts": [{"name": "adapters", "mountPath": ADAPTERS_DIR},
                          {"name": "desired", "mountPath": DESIRED_DIR, "readOnly": True},
                          {"name": "verification-keys", "mountPath": KEYS_DIR, "readOnly": True},
