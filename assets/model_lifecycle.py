@@ -581,7 +581,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
                     live_quality]
     chain.checks = [eval_gate]
     chain.jobs, chain.sensors, chain.schedules = _automation(spec, FINE_TUNED, EVAL_REPORT, CHAMPION, SERVED, LIVE_QUALITY)
-    if spec.task == "classification":
+    if spec.predicts_batches:
         from assets.predictions import build_predictions
 
         predictions, predictions_job, predictions_sensor = build_predictions(spec, SERVED)

@@ -81,6 +81,9 @@ class ModelSpec(_Strict):
     endpoint: str = Field(pattern=NAME_PATTERN, max_length=48)
     load_test: LoadTest = Field(default_factory=LoadTest)
     budgets: Budgets
+    batch_predictions: Optional[bool] = Field(
+        default=None, description="Score every landed ticket batch with the live champion (<model>/predictions); "
+        "classification models only; unset = on for classification")
     # Where it was read from (set by the loader, not by the file).
     source_file: Optional[str] = Field(default=None, exclude=True)
 
@@ -100,7 +103,14 @@ class ModelSpec(_Strict):
             raise ValueError("training.label_column|is for classification models; a generation model names a target_column")
         if self.evaluation.suite != self.task:
             raise ValueError(f"evaluation.suite|{self.evaluation.suite!r} does not evaluate a {self.task} model")
+        if self.task != "classification" and self.batch_predictions:
+            raise ValueError("batch_predictions|scores tickets into categories: classification models only")
         return self
+
+    @property
+    def predicts_batches(self) -> bool:
+        """Whether the chain has <model>/predictions (batch inference of every landed ticket batch)."""
+        return self.task == "classification" and self.batch_predictions is not False
 
     # Names the platform derives from the spec; nothing else names a model.
     @property
