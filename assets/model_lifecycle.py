@@ -29,6 +29,7 @@ from aiplat.training.prompts import PromptFormat
 from resources.kubernetes import GPU_TRAINING_POOL, GpuPlacement, gpu_training_tags
 from resources.mlflow import MLflowResource
 from resources.operations import OperationsResource
+from resources.ray import RayResource
 from resources.signing import ModelSigningResource
 from resources.vllm import VllmResource
 
@@ -70,6 +71,15 @@ def _reap_orphans(context: dg.AssetExecutionContext, mlflow: MLflowResource, exp
                             + (f"; deleted its versions {', '.join(r.deleted_versions)}" if r.deleted_versions else ""))
 
 
+def _ray_cluster(ray: RayResource | None):
+    """Where a Ray Train fine-tune runs: the asset's `ray` resource, else the runtime's."""
+    if ray is None:
+        from aiplat.commands._resources import runtime_resource
+
+        ray = runtime_resource("ray")
+    return ray.cluster()
+
+
 def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict | None:
     event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
@@ -95,6 +105,8 @@ class FineTuneConfig(dg.Config):
     max_train_examples: Optional[int] = None
     max_eval_examples: Optional[int] = None
     device: Optional[str] = None
+    ray_workers: Optional[int] = Field(default=None, ge=0, description=(
+        "Ray Train DDP workers (0: train in the step's own process); default: the spec's fine_tune.ray_workers"))
     keep_local_runs: int = Field(default=3, ge=1, description=(
         "Local working copies of fine-tunes (and downloaded eval copies) kept; MLflow holds every version"))
 
@@ -286,24 +298,9 @@ def model_chain(spec: ModelSpec) -> ModelChain:
         })
 
     # ---- fine-tune ---------------------------------------------------------------------------
-    @dg.asset(
-        key=FINE_TUNED,
-        group_name=group,
-        owners=owners,
-        kinds={"pytorch", "mlflow", "safetensors"},
-        ins={"training_set": dg.AssetIn(key=TRAINING_SET)},
-        deps=[BASE_MODEL],
-        pool=GPU_TRAINING_POOL,
-        op_tags=training_tags(spec),
-        # MLflow unreachable for a while: the attempt fails before registering anything and a later
-        # attempt (which first closes the runs dead attempts left RUNNING) trains again.
-        retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
-        description=(f"LoRA fine-tune of {spec.base_model} for {spec.name} ({spec.task}): one MLflow run in "
-                     f"`{spec.experiment}`, the LoRA adapter (safetensors) as its artifact, signed, and a new "
-                     f"version of the registered model `{spec.name}` tagged with its lineage."),
-    )
-    def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, mlflow: MLflowResource,
-                         model_signing: ModelSigningResource, training_set: pd.DataFrame) -> dg.MaterializeResult:
+    def fine_tune_step(context: dg.AssetExecutionContext, config: FineTuneConfig, mlflow: MLflowResource,
+                       model_signing: ModelSigningResource, training_set: pd.DataFrame,
+                       ray: RayResource | None) -> dg.MaterializeResult:
         from aiplat.models.base import prepare_base_model
         from aiplat.security.signing import SignatureError
         from aiplat.training.data import TrainingSetError, training_set_hash
@@ -331,7 +328,7 @@ def model_chain(spec: ModelSpec) -> ModelChain:
                 work_dir, system_metrics_interval_s=mlflow.system_metrics_interval_s or None,
                 on_step=lambda m: context.log.debug(f"step {m.step}: loss {m.loss:.4f}"),
                 signing_keys=model_signing.key_pair(), owner_team=spec.owner, prompt_format=fmt,
-                description=spec.description,
+                description=spec.description, ray_cluster=_ray_cluster(ray) if params.ray_workers else None,
             )
         except MlflowUnavailableError as e:
             raise dg.Failure(str(e)) from e
@@ -364,6 +361,39 @@ def model_chain(spec: ModelSpec) -> ModelChain:
             "code_version": lineage.code_version,
             "owner": spec.owner,
         }, data_version=dg.DataVersion(result.adapter_sha256))
+
+    fine_tune_asset = dg.asset(
+        key=FINE_TUNED,
+        group_name=group,
+        owners=owners,
+        kinds={"pytorch", "mlflow", "safetensors"},
+        ins={"training_set": dg.AssetIn(key=TRAINING_SET)},
+        deps=[BASE_MODEL],
+        pool=GPU_TRAINING_POOL,
+        op_tags=training_tags(spec),
+        # MLflow unreachable for a while: the attempt fails before registering anything and a later
+        # attempt (which first closes the runs dead attempts left RUNNING) trains again.
+        retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+        description=(f"LoRA fine-tune of {spec.base_model} for {spec.name} ({spec.task}): one MLflow run in "
+                     f"`{spec.experiment}`, the LoRA adapter (safetensors) as its artifact, signed, and a new "
+                     f"version of the registered model `{spec.name}` tagged with its lineage"
+                     + (f"; trained on Ray Train with {spec.fine_tune.ray_workers} workers."
+                        if spec.fine_tune.ray_workers else ".")),
+    )
+    # A spec that trains on Ray (fine_tune.ray_workers > 0) gets the `ray` resource, so the chain
+    # shows it and a launcher can point it at a cluster; the others need none (a run config that
+    # turns Ray on for one of them joins the runtime's RayResource: _ray_cluster).
+    if spec.fine_tune.ray_workers:
+        @fine_tune_asset
+        def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, mlflow: MLflowResource,
+                             model_signing: ModelSigningResource, ray: RayResource,
+                             training_set: pd.DataFrame) -> dg.MaterializeResult:
+            return fine_tune_step(context, config, mlflow, model_signing, training_set, ray)
+    else:
+        @fine_tune_asset
+        def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, mlflow: MLflowResource,
+                             model_signing: ModelSigningResource, training_set: pd.DataFrame) -> dg.MaterializeResult:
+            return fine_tune_step(context, config, mlflow, model_signing, training_set, None)
 
     # ---- evaluation and its blocking gate ----------------------------------------------------
     @dg.asset(

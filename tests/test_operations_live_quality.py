@@ -1,18 +1,21 @@
-"""The live golden-set monitor against real vLLM servers on the CPU (SmolLM2-135M-Instruct), a real
-MLflow registry (SQLite, no server) and real Dagster instances.
+"""The live golden-set monitor against a real vLLM CPU server (the SmolLM2-135M-Instruct base with
+`--enable-lora`), a real MLflow registry (SQLite, no server) and real Dagster instances.
 
-The endpoint serves version 2 after version 1 (two signed copies of the same model), so there is a
-version to roll back to. A regression is made by what the monitor compares with: an earlier
-reading of version 2 that scored 1.0 on the golden set (reported to the instance as a real
-materialization), which the untuned model never reaches live. The tests share the servers and
-each passes alone and in any order: the first reading is taken before any test (`first_reading`),
-and `serving_v2` puts version 2 back (endpoint and champion) after a test that rolled back.
+The ticket-triage endpoint is served as LoRA adapters on the base model's one shared server (issue
+14): versions 1 and 2 are two registered adapter versions (real PEFT adapters with random weights,
+tests/adapter_helpers.py), both loaded, the endpoint's route sending everything to version 2;
+`champion` is 2 and `previous` 1, so there is a version to roll back to. A regression is made by
+what the monitor compares with: an earlier reading of version 2 that scored 1.0 on the golden set
+(reported to the instance as a real materialization), which a random adapter never reaches live.
+The tests share the server and each passes alone and in any order: the first reading is taken
+before any test (`first_reading`), and `serving_v2` puts version 2 back (route and champion) after
+a test that rolled back.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import random
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,14 +24,24 @@ import httpx
 import pytest
 
 from aiplat.evaluation.golden import load_golden
-from aiplat.serving.champion import FolderSource
-from tests.approval_helpers import approval
-from tests.conftest import built_vllm_env, copy_model
+from aiplat.serving.adapters import adapter_name, served_models
+from tests.adapter_helpers import (
+    BASE,
+    artifact_folder,
+    link_prepared_base,
+    make_adapter,
+    register_adapter,
+    resolved,
+    sqlite_registry,
+)
+from tests.approval_helpers import serving_keys
+from tests.conftest import built_vllm_env
 
 pytestmark = pytest.mark.slow
 
 ENDPOINT = "ticket-triage"  # the demo triage spec's model and endpoint
 PREFIX = "ticket_triage"
+V1, V2 = adapter_name(ENDPOINT, "1"), adapter_name(ENDPOINT, "2")
 ROLLBACK_TAGS = {"aiplat/actor": "schedule:hourly_live_quality"}  # attribution; the run is the service account
 
 
@@ -49,35 +62,34 @@ def world(tmp_path_factory, smollm_base: Path):
     mp = pytest.MonkeyPatch()
     mp.setenv("AIPLAT_STATE_DIR", str(state))
     mp.setenv("AIPLAT_ENV", "local")
-    from mlflow.tracking import MlflowClient
-
-    from aiplat.security.signing import dev_key_pair, sign_model
     from resources.mlflow import MLflowResource
     from resources.vllm import LocalVllmResource
 
-    folders = {"1": state / "v1", "2": state / "v2"}
-    uri = f"sqlite:///{state / 'mlflow.db'}"
-    client = MlflowClient(uri, registry_uri=uri)
+    link_prepared_base(smollm_base)
+    uri, client = sqlite_registry(state / "mlflow")
     client.create_registered_model(ENDPOINT, tags={"owner_team": "team:ml"})
-    for version, folder in folders.items():
-        copy_model(smollm_base, folder)
-        sign_model(folder, dev_key_pair())
-        assert str(client.create_model_version(ENDPOINT, source=str(folder)).version) == version
+    for version, seed in (("1", 21), ("2", 22)):
+        folder = make_adapter(smollm_base, state / "adapters" / f"v{version}", seed)
+        assert register_adapter(client, ENDPOINT, folder, smollm_base) == version
     client.set_registered_model_alias(ENDPOINT, "previous", "1")
     client.set_registered_model_alias(ENDPOINT, "champion", "2")
 
-    # float32: the served answers match the fp32 reference decoding (see test_serving_live.py).
     vllm = LocalVllmResource(enforce_eager=True, dtype="float32", vllm_python=str(env.python), start_timeout_s=900,
                              max_num_seqs=4)
-    for version, folder in folders.items():  # approved as promotion would (tests/approval_helpers.py)
-        vllm.manager.deploy(ENDPOINT, FolderSource(folder, version, ENDPOINT, approval(folder, ENDPOINT, version)).resolve())
-    world = {"state": state, "folders": folders, "vllm": vllm, "client": client,
-             "mlflow": MLflowResource(tracking_uri=uri),
-             "instance": dg.DagsterInstance.ephemeral()}
+    backend = vllm.serving_backend(serving_keys())
+    world = {"state": state, "vllm": vllm, "backend": backend, "client": client, "uri": uri,
+             "mlflow": MLflowResource(tracking_uri=uri), "instance": dg.DagsterInstance.ephemeral()}
     try:
+        # Stands in for served_endpoint (tests/test_serving_adapters_live.py runs that flow): both
+        # versions as served_endpoint resolves them (verified copies of the registered adapters),
+        # verified again as they load onto the base model's server (started here, the module's one).
+        for version in ("1", "2"):
+            backend.load_adapter(resolved(client, uri, ENDPOINT, version))
+        backend.route(ENDPOINT, BASE, {V2: 100.0})
         yield world
     finally:
-        vllm.manager.stop_all()
+        for base, _ in backend.servers():
+            backend.stop_server(base)
         mp.undo()
 
 
@@ -96,15 +108,17 @@ def first_reading(world):
 
 @pytest.fixture
 def serving_v2(world):
-    """Version 2 live and champion, version 1 the previous one: the state the module starts in,
-    restored when a test before this one rolled back."""
-    manager = world["vllm"].manager
-    if manager.refresh(ENDPOINT).live.model_version != "2":
-        folder = world["folders"]["2"]
-        manager.deploy(ENDPOINT, FolderSource(folder, "2", ENDPOINT, approval(folder, ENDPOINT, "2")).resolve())
-        world["client"].set_registered_model_alias(ENDPOINT, "previous", "1")
-        world["client"].set_registered_model_alias(ENDPOINT, "champion", "2")
-    assert manager.get(ENDPOINT).live.model_version == "2"
+    """Version 2 live (its adapter loaded, the route all to it) and champion, version 1 the previous
+    one: the state the module starts in, restored when a test before this one rolled back."""
+    vllm, backend = world["vllm"], world["backend"]
+    state = vllm.adapter_state(ENDPOINT)
+    if state is None or state.split != {V2: 100.0} or state.health != "ready":
+        backend.load_adapter(resolved(world["client"], world["uri"], ENDPOINT, "2"))
+        backend.route(ENDPOINT, BASE, {V2: 100.0})
+    world["client"].set_registered_model_alias(ENDPOINT, "previous", "1")
+    world["client"].set_registered_model_alias(ENDPOINT, "champion", "2")
+    state = vllm.adapter_state(ENDPOINT)
+    assert (state.split, state.health) == ({V2: 100.0}, "ready")
 
 
 @pytest.fixture
@@ -129,8 +143,9 @@ def _materialize(world, instance: dg.DagsterInstance, tags: dict | None = None, 
         [served_endpoint, live_quality], selection=[live_quality.key], instance=instance, tags=tags,
         resources={"vllm": world["vllm"], "mlflow": world["mlflow"], "model_signing": ModelSigningResource(),
                    "operations": OperationsResource()},
-        # The category is the answer's first line: 16 tokens are enough and keep the module short.
-        run_config={"ops": {f"{PREFIX}__live_quality": {"config": {"max_tokens": 16, **config}}}},
+        # Random adapters answer no category right whatever the budget: the fewest tokens the asset
+        # allows keep each reading (the golden set's 24 tickets) short on a 2-core CPU.
+        run_config={"ops": {f"{PREFIX}__live_quality": {"config": {"max_tokens": 4, **config}}}},
     )
 
 
@@ -151,6 +166,10 @@ def _plant_earlier_reading(instance: dg.DagsterInstance, accuracy: float) -> Non
     instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey([PREFIX, "live_quality"]), metadata={
         "endpoint": ENDPOINT, "model_version": "2", "golden_sha256": golden.sha256,
         "golden_accuracy": dg.MetadataValue.float(accuracy), "baseline_eligible": True}))
+
+
+def _route(world) -> dict[str, float]:
+    return world["vllm"].adapter_state(ENDPOINT).split
 
 
 def test_first_reading_is_the_baseline_and_billed_to_the_platform_team(first_reading) -> None:
@@ -183,6 +202,8 @@ def test_next_reading_is_judged_against_the_first(world, first_reading, serving_
 
 def test_a_drop_alerts_and_by_default_does_not_roll_back(world, serving_v2, regressed,
                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     with caplog.at_level(logging.ERROR, logger="aiplat.alerts"):
         meta, check = _reading(_materialize(world, regressed))
     assert not check.passed and meta["baseline_accuracy"] == 1.0 and meta["golden_accuracy"] < 0.9
@@ -190,7 +211,7 @@ def test_a_drop_alerts_and_by_default_does_not_roll_back(world, serving_v2, regr
     [alert] = [r.getMessage() for r in caplog.records if r.name == "aiplat.alerts"]
     assert alert.startswith("AIPLAT_ALERT gate=live_quality model=ticket-triage version=2 endpoint=ticket-triage "
                             "action=alert reason=\"golden accuracy")
-    assert world["vllm"].manager.get(ENDPOINT).live.model_version == "2"
+    assert _route(world) == {V2: 100.0}
 
 
 def test_rollback_by_a_run_without_the_service_credential_is_refused_and_audited(world, serving_v2, regressed) -> None:
@@ -212,37 +233,64 @@ def test_rollback_by_a_run_without_the_service_credential_is_refused_and_audited
     refused = [e for e in _audit_events(world) if e.get("decision") == "refused"]
     assert refused[-1]["action"] == "rollback" and refused[-1]["requested_by"] == "mallory"
     assert refused[-1]["identity_source"] == "unknown-credential"
-    assert world["vllm"].manager.get(ENDPOINT).live.model_version == "2"
+    assert _route(world) == {V2: 100.0}
+    assert str(world["client"].get_model_version_by_alias(ENDPOINT, "champion").version) == "2"
 
 
 def test_rollback_refuses_a_tampered_previous_version_and_version_2_keeps_serving(world, serving_v2, regressed) -> None:
-    extra = world["folders"]["1"] / "extra.bin"
-    extra.write_bytes(b"not signed")  # a file added to the folder after signing
+    """Version 1's adapter in the registry's artifact store gained a file after it was registered,
+    and this machine holds no verified copy of it (a fresh worker): the rollback downloads it, finds
+    other bytes than the version's recorded digest and refuses; version 2 keeps the whole route."""
+    from aiplat.config import local_paths
+
+    extra = artifact_folder(world["client"], ENDPOINT, "1") / "extra.bin"
+    extra.write_bytes(b"not registered")
+    shutil.rmtree(local_paths().models / "served" / ENDPOINT / "v1-adapter", ignore_errors=True)
     try:
         meta, check = _reading(_materialize(world, regressed, tags=ROLLBACK_TAGS, rollback_on_regression=True))
     finally:
         extra.unlink()
     assert not check.passed and meta["rollback"].startswith("failed, version 2 still serves")
-    live = world["vllm"].manager.get(ENDPOINT).live
-    assert live.model_version == "2" and live.health == "ready"
+    assert "refusing to use other bytes than were registered" in meta["rollback"]
+    state = world["vllm"].adapter_state(ENDPOINT)
+    assert (state.split, state.health) == ({V2: 100.0}, "ready")
     assert _audit_events(world)[-1]["event"] == "rollback failed"
     assert str(world["client"].get_model_version_by_alias(ENDPOINT, "champion").version) == "2"
 
 
 def test_a_drop_rolls_back_the_endpoint_and_the_champion(world, serving_v2, regressed) -> None:
+    """The rollback is the adapter path's (VllmResource.roll_back -> roll_back_adapter): version 1's
+    adapter takes the whole route at once on the same server, version 2's is unloaded, the champion
+    alias goes back; the endpoint then answers through the gateway with version 1."""
+    from aiplat.operations.requests import RequestLog
+    from aiplat.serving.adapter_routes import AdapterRouteResolver, AdapterRoutes
+    from aiplat.serving.gateway import GatewaySettings, build_app
+    from tests.test_gateway import serve
+
+    url = world["vllm"].adapter_state(ENDPOINT).url
     meta, check = _reading(_materialize(world, regressed, tags=ROLLBACK_TAGS, rollback_on_regression=True))
     assert not check.passed
     assert meta["rollback"].startswith("ticket-triage now serves version 1 (was 2)")
-    live = world["vllm"].manager.get(ENDPOINT).live
-    assert live.model_version == "1" and live.model_path == str(world["folders"]["1"].resolve())
+    state = world["vllm"].adapter_state(ENDPOINT)
+    assert (state.split, state.health, state.url) == ({V1: 100.0}, "ready", url)  # the same server, no restart
+    listed = served_models(url)
+    assert listed.get(V1) == BASE and V2 not in listed
     assert str(world["client"].get_model_version_by_alias(ENDPOINT, "champion").version) == "1"
     events = _audit_events(world)
     allowed = [e for e in events if e.get("decision") == "allowed" and e.get("action") == "rollback"]
     assert allowed and allowed[-1]["actor"] == "svc:dagster"
     assert allowed[-1]["requested_by"] == "schedule:hourly_live_quality"
     assert events[-1]["event"] == "endpoint rolled back" and events[-1]["from_version"] == "2"
-    answer = httpx.post(f"{live.url}/v1/chat/completions", timeout=300, json={
-        "model": ENDPOINT, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "max_tokens": 12, "temperature": 0})
-    assert answer.status_code == 200 and "Paris" in json.dumps(answer.json())
-    assert Path(live.log_file).is_file()
+
+    body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8,
+            "temperature": 0}
+    direct = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={"model": V1, **body})
+    log = RequestLog(world["state"] / "gateway-requests.jsonl", fsync=False)
+    app = build_app(GatewaySettings(resolver=AdapterRouteResolver(AdapterRoutes(), rng=random.Random(1)),
+                                    request_log=log))
+    with serve(app) as gateway:
+        answer = httpx.post(f"{gateway}/v1/chat/completions", timeout=300, headers={"X-AIPLAT-Team": "team:support"},
+                            json={"model": ENDPOINT, **body})
+    assert direct.status_code == answer.status_code == 200
+    assert answer.json()["choices"][0]["message"] == direct.json()["choices"][0]["message"]
+    assert [(r.endpoint, r.model, r.status) for r in log.read()[0]] == [(ENDPOINT, V1, 200)]

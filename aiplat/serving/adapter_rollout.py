@@ -6,7 +6,9 @@
   gets `policy.weight`% of the endpoint's traffic through the gateway, and is judged on the
   gateway's own request records; it then takes 100% (the old version stays loaded: the rollback
   target) or the live version takes 100% again and the candidate is unloaded (AdapterRolloutFailed).
-  A canary left half-way by a killed run (a split route) is settled back to its live version first.
+  A canary left half-way by a killed run (a route still split between two versions) is settled back
+  to its live version first, its left-over candidate unloaded and recorded; the canary then runs again
+  from the start (`_settled`).
 Only this endpoint's route changes; the other models on the same server keep serving as they were.
 
 `roll_back_adapter` is the incident path: no canary, the given earlier version takes 100% at once.
@@ -73,6 +75,7 @@ class AdapterRollout:
     live: str  # the adapter version taking the endpoint's traffic now
     previous: str = ""
     verdict: AdapterVerdict | None = None
+    settled: tuple[str, ...] = ()  # candidates left in the route by an interrupted canary, taken out first
 
 
 class AdapterRolloutFailed(RuntimeError):
@@ -85,14 +88,16 @@ class AdapterRolloutFailed(RuntimeError):
 
 def roll_out_adapter(backend: ServingBackend, endpoint: str, adapter: AdapterVersion,
                      policy: AdapterCanaryPolicy = AdapterCanaryPolicy(),
-                     traffic: CanaryTraffic | None = None) -> AdapterRollout:
-    state = _settled(backend, endpoint)
+                     traffic: CanaryTraffic | None = None,
+                     on_settled: Callable[[tuple[str, ...], str], None] | None = None) -> AdapterRollout:
+    """See the module doc; `on_settled(left_over, live)` is told when an interrupted canary was settled."""
+    state, settled = _settled(backend, endpoint, on_settled)
     if state is None or state.health == "down" or not state.loaded:
         backend.load_adapter(adapter)
         backend.route(endpoint, adapter.base, {adapter.name: 100.0})
-        return AdapterRollout(endpoint, "deployed", adapter.name, state.live if state else "")
+        return AdapterRollout(endpoint, "deployed", adapter.name, state.live if state else "", settled=settled)
     if state.live == adapter.name:
-        return AdapterRollout(endpoint, "unchanged", adapter.name)
+        return AdapterRollout(endpoint, "unchanged", adapter.name, settled=settled)
     if state.base and state.base != adapter.base:
         raise ValueError(f"{endpoint} is served over base {state.base!r}, {adapter.name} is an adapter of "
                          f"{adapter.base!r}: a change of base model is a new endpoint, not a canary")
@@ -111,7 +116,7 @@ def roll_out_adapter(backend: ServingBackend, endpoint: str, adapter: AdapterVer
     if not verdict.passed:
         backend.unload_adapter(adapter.base, adapter.name)
         raise AdapterRolloutFailed(f"{verdict.summary()}; {live} serves {endpoint} again at 100%", verdict)
-    return AdapterRollout(endpoint, "switched", adapter.name, live, verdict)
+    return AdapterRollout(endpoint, "switched", adapter.name, live, verdict, settled)
 
 
 def roll_back_adapter(backend: ServingBackend, endpoint: str, previous: AdapterVersion) -> AdapterRollout:
@@ -129,17 +134,34 @@ def roll_back_adapter(backend: ServingBackend, endpoint: str, previous: AdapterV
     return AdapterRollout(endpoint, "rolled back", previous.name, state.live)
 
 
-def _settled(backend: ServingBackend, endpoint: str) -> EndpointState | None:
-    """The endpoint's state, a canary left half-way by a killed run settled back to its live version."""
+def _settled(backend: ServingBackend, endpoint: str,
+             on_settled: Callable[[tuple[str, ...], str], None] | None = None
+             ) -> tuple[EndpointState | None, tuple[str, ...]]:
+    """The endpoint's state with a canary left half-way settled back to its live version, and the
+    left-over candidates it took out of the route.
+
+    Why: a run killed during its canary (kill -9, a lost node; tests/test_fault_drills_serving.py)
+    leaves the route split between the live version and its candidate, the candidate loaded and
+    answering its share with no verdict ever coming. Nothing else ends that canary, so the next
+    rollout of the endpoint does, before anything else: the live version takes 100% again, each
+    left-over candidate is unloaded and reported (`on_settled`, which deploy_adapter writes to the
+    audit log), and the rollout then proceeds from a settled route: a candidate gets a whole new
+    canary, measured from its start, never the half-measured one it had.
+
+    The live version is the first one the split lists: `canary_split` (the only writer of a split
+    route) writes it first and both route stores keep that order. The larger share is not used: a
+    canary weight of 50 or more gives the candidate as much traffic as the live version, or more."""
     state = backend.live_state(endpoint)
     if state is None or len(state.split) == 1 or state.health == "down":
-        return state
-    live = state.live
+        return state, ()
+    live = next(iter(state.split))
+    left_over = tuple(name for name in state.split if name != live)
     backend.route(endpoint, state.base, {live: 100.0})
-    for name in state.split:
-        if name != live:
-            backend.unload_adapter(state.base, name)
-    return backend.live_state(endpoint)
+    for name in left_over:
+        backend.unload_adapter(state.base, name)
+    if on_settled is not None:
+        on_settled(left_over, live)
+    return backend.live_state(endpoint), left_over
 
 
 def _measure(endpoint: str, live: str, candidate: str, policy: AdapterCanaryPolicy, traffic: CanaryTraffic,
@@ -181,12 +203,19 @@ def deploy_adapter(caller, backend: ServingBackend, endpoint: str, adapter: Adap
     """`roll_out_adapter` after the caller is authorized for `adapter.model` and its bytes verified
     against their signature (and the one recorded on the version in `registry`) and promotion
     attestation (aiplat.serving.control); audited."""
+    from aiplat.security.access import record
     from aiplat.serving.control import Change, controlled
 
+    def settled(left_over: tuple[str, ...], live: str) -> None:  # logged when it happens, whatever the canary then says
+        record("interrupted canary settled", adapter.model, adapter.version, caller.identity, caller.audit,
+               **{"endpoint": endpoint, **caller.context, "unloaded": ",".join(left_over), "live": live,
+                  "reason": "left over from an interrupted canary"})
+
     return controlled(caller, Change("deploy", adapter.model, adapter.version, endpoint, "deployed"),
-                      lambda: roll_out_adapter(backend, endpoint, adapter, policy, traffic),
+                      lambda: roll_out_adapter(backend, endpoint, adapter, policy, traffic, settled),
                       _verifier(adapter, keys, registry),
-                      lambda r: {"action": r.action, "adapter": r.live, "previous": r.previous or "-"})
+                      lambda r: {"action": r.action, "adapter": r.live, "previous": r.previous or "-",
+                                 **({"settled": ",".join(r.settled)} if r.settled else {})})
 
 
 def roll_back_adapter_controlled(caller, backend: ServingBackend, endpoint: str, previous: AdapterVersion,

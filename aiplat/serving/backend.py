@@ -81,8 +81,9 @@ class EndpointState:
 
     @property
     def live(self) -> str:
-        """The adapter with the largest share (the live version during a canary)."""
-        return max(self.split.items(), key=lambda item: (item[1], item[0]))[0]
+        """The live version: the route's first (a canary's split lists the live version first,
+        aiplat.serving.adapter_canary.canary_split, whatever weight the candidate has)."""
+        return next(iter(self.split))
 
     @property
     def split_text(self) -> str:

@@ -6,6 +6,10 @@ serves (on its base model's shared server, aiplat.serving.adapters): no merged c
 A plain torch loop rather than transformers.Trainer: fewer moving parts, every step reported to
 the caller (who logs it to MLflow), and reproducible with a seed. Loss is computed on the answer
 tokens only; the prompt is masked.
+
+The loop (`train_adapter`) is written once for both ways it runs: `fine_tune` here (one process,
+rank 0 of 1) and `aiplat.training.distributed.fine_tune_on_ray` (Ray Train, DDP, each of N workers
+one `Replica` with its shard of every global batch).
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aiplat.models.manifest import assert_no_pickles, write_manifest
 from aiplat.training import prompts
@@ -49,6 +53,17 @@ class FineTuneParams(BaseModel):
     max_train_examples: int = Field(default=256, ge=1)
     max_eval_examples: int = Field(default=32, ge=0)
     device: str = "auto"  # auto: cuda when present, else cpu
+    # 0: this process (the default). N > 0: Ray Train with N DDP workers (aiplat.training.distributed);
+    # `batch_size` stays the global batch (each worker takes batch_size / N of it), so the recipe,
+    # and the examples each step sees, do not change with N.
+    ray_workers: int = Field(default=0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> "FineTuneParams":
+        if self.ray_workers > 1 and self.batch_size % self.ray_workers:
+            raise ValueError(f"batch_size {self.batch_size} is the global batch and must be a multiple of "
+                             f"ray_workers {self.ray_workers} (each worker takes an equal shard of it)")
+        return self
 
 
 @dataclass
@@ -60,11 +75,15 @@ class Example:
 
 @dataclass
 class StepMetrics:
+    """One optimizer step, over the whole (global) batch: with N replicas, the mean of their losses
+    (what their averaged gradient descends) and the sums of their tokens and examples."""
+
     step: int
     loss: float
     learning_rate: float
     tokens: int
     seconds: float
+    examples: int = 0
 
 
 @dataclass
@@ -174,6 +193,38 @@ def load_for_training(base_dir: Path, params: FineTuneParams, device: str):
     return tokenizer, get_peft_model(model, lora)
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One copy of the training loop. The single process is rank 0 of 1; under Ray Train each worker
+    is one rank of `world`, its model wrapped for DDP (`wrap`) and the step's figures summed across
+    ranks (`all_reduce`, a list of floats in and their sums over all ranks out)."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    wrap: Callable | None = None
+    all_reduce: Callable[[list[float]], list[float]] | None = None
+
+
+def batch_indices(n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[list[int]]:
+    """Each step's indices for this rank: one seeded stream of global batches of `batch_size`
+    (a fresh permutation of the `n` examples whenever the last is used up, the single process's
+    order), each cut into `world` equal shards of which rank takes its own. The shards of one step
+    are disjoint and together the batch the single process would train on at that step."""
+    import torch
+
+    order = torch.Generator().manual_seed(seed)
+    queue: list[int] = []
+    share = batch_size // world
+    while True:
+        batch: list[int] = []
+        while len(batch) < batch_size:
+            if not queue:
+                queue = torch.randperm(n, generator=order).tolist()
+            batch.append(queue.pop(0))
+        yield batch[rank * share : (rank + 1) * share]
+
+
 def fine_tune(
     base_dir: Path,
     training_set: pd.DataFrame,
@@ -182,15 +233,36 @@ def fine_tune(
     on_step: Callable[[StepMetrics], None] | None = None,
     fmt: prompts.PromptFormat | None = None,
 ) -> FineTuneResult:
-    """Train LoRA on the `train` rows, evaluate on `validation`, save the adapter in out_dir/adapter."""
+    """Train LoRA on the `train` rows, evaluate on `validation`, save the adapter in out_dir/adapter.
+    In this process whatever `params.ray_workers` says (the caller picks the path:
+    aiplat.training.tracking)."""
+    training_set = normalize_columns(training_set)
+    validate_training_set(training_set)
+    train_df, val_df = split_rows(training_set, params)
+    result = train_adapter(base_dir, train_df, val_df, params, out_dir, Replica(device=resolve_device(params.device)),
+                           on_step=on_step, fmt=fmt)
+    assert result is not None  # rank 0
+    return result
+
+
+def train_adapter(
+    base_dir: Path,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    params: FineTuneParams,
+    out_dir: Path,
+    replica: Replica,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    fmt: prompts.PromptFormat | None = None,
+) -> FineTuneResult | None:
+    """The training loop, once for every path: `params.steps` optimizer steps over global batches of
+    `params.batch_size` (this replica's shard of each), then, on rank 0 only, the validation loss and
+    the adapter in out_dir/adapter; other ranks return None. Every replica seeds identically, so
+    they start from the same LoRA weights (DDP also broadcasts rank 0's)."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    training_set = normalize_columns(training_set)
-    validate_training_set(training_set)
-    device = resolve_device(params.device)
-    train_df, val_df = split_rows(training_set, params)
-
+    device = replica.device
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -199,43 +271,45 @@ def fine_tune(
         train = encode_examples(tokenizer, train_df, params.max_length, fmt)
         val = encode_examples(tokenizer, val_df, params.max_length, fmt)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.learning_rate)
+        stepped = replica.wrap(model) if replica.wrap is not None else model
+        optimizer = torch.optim.AdamW([p for p in stepped.parameters() if p.requires_grad], lr=params.learning_rate)
         schedule = get_linear_schedule_with_warmup(optimizer, params.warmup_steps, params.steps)
-        order = torch.Generator().manual_seed(params.seed)
-        queue: list[int] = []
+        shards = batch_indices(len(train), params.batch_size, params.seed, replica.rank, replica.world)
         losses: list[float] = []
         history: list[StepMetrics] = []
         tokens = 0
-        model.train()
+        stepped.train()
         started = time.perf_counter()
         for step in range(1, params.steps + 1):
             t0 = time.perf_counter()
-            batch = []
-            while len(batch) < params.batch_size:
-                if not queue:
-                    queue = torch.randperm(len(train), generator=order).tolist()
-                batch.append(train[queue.pop(0)])
+            batch = [train[i] for i in next(shards)]
             ids, mask, labels = (t.to(device) for t in collate(batch, tokenizer.pad_token_id))
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
+            loss = stepped(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()  # under DDP: the gradients are all-reduced (averaged) here
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach().cpu())
-            if not math.isfinite(value):
+            value, step_tokens, examples = float(loss.detach().cpu()), int(mask.sum()), len(batch)
+            if replica.all_reduce is not None:
+                summed, step_tokens, examples = replica.all_reduce([value, step_tokens, examples])
+                value, step_tokens, examples = summed / replica.world, int(step_tokens), int(examples)
+            if not math.isfinite(value):  # the same value on every rank: they all stop here
                 raise FloatingPointError(f"training loss became {value} at step {step}; lower the learning rate")
-            step_tokens = int(mask.sum())
             tokens += step_tokens
             losses.append(value)
-            metrics = StepMetrics(step, value, schedule.get_last_lr()[0], step_tokens, time.perf_counter() - t0)
+            metrics = StepMetrics(step, value, schedule.get_last_lr()[0], step_tokens, time.perf_counter() - t0,
+                                  examples)
             history.append(metrics)
             if on_step is not None:
                 on_step(metrics)
         train_seconds = time.perf_counter() - started
+        if replica.rank != 0:
+            return None
         eval_loss = evaluate_loss(model, val, tokenizer.pad_token_id, params.batch_size, device)
 
         adapter_dir = out_dir / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
+        canonical_adapter_config(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
         assert_no_pickles(adapter_dir)
         adapter_manifest = write_manifest(adapter_dir, extra={"source": str(base_dir), "seed": params.seed})
@@ -254,6 +328,18 @@ def fine_tune(
         adapter_sha256=adapter_manifest.folder_sha256,
         history=history,
     )
+
+
+def canonical_adapter_config(adapter_dir: Path) -> None:
+    """peft writes target_modules from a set, so their order (and the adapter's hash) followed the
+    process's string hash seed: sorted, the same seed and data give the same bytes in any process."""
+    import json
+
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def evaluate_loss(model, examples: Sequence[Example], pad_id: int, batch_size: int, device: str) -> float | None:

@@ -9,6 +9,11 @@ the version's model signature and as its adapter's: they are the same bytes).
 Failure rules: MLflow unreachable -> MlflowUnavailableError before any training. A failure after
 the run was created marks the run FAILED and deletes any model version this call created, so the
 registry never holds a version whose artifacts are incomplete.
+
+`params.ray_workers` > 0 trains on Ray Train (aiplat.training.distributed.fine_tune_on_ray) instead
+of in this process: the same run, per-step metrics, signing, registration and rollback; the Ray
+cluster is joined before the run is created (unreachable: DistributedTrainingError, no run), and
+the run is tagged with where it trained and, when known, the Ray dashboard's URL.
 """
 
 from __future__ import annotations
@@ -189,20 +194,39 @@ def tracked_fine_tune(
     owner_team: str | None = None,
     prompt_format=None,
     description: str = "LoRA fine-tunes",
+    ray_cluster=None,
 ) -> TrackedFineTune:
     """Train, sign (when `signing_keys` are given: the Dagster asset always passes them), upload,
     register. `owner_team` becomes the registered model's `owner_team` tag when it has none;
-    `prompt_format` (aiplat.training.prompts.PromptFormat) is the model's task and prompt."""
+    `prompt_format` (aiplat.training.prompts.PromptFormat) is the model's task and prompt.
+    `ray_cluster` (aiplat.scale.ray_cluster.RayCluster; default: the local one) is where a fine-tune
+    with `params.ray_workers` > 0 runs."""
     from mlflow.entities import Metric, Param
 
-    # Bad data and an unreachable server are both known before a run exists: fail without one.
+    # Bad data and an unreachable server (MLflow, or Ray when asked for) are all known before a run
+    # exists: fail without one.
     validate_training_set(normalize_columns(training_set))
     preflight(client, tracking_uri)
+    ray_tags: dict[str, str] = {}
+    if params.ray_workers:
+        from aiplat.scale.ray_cluster import RayCluster
+        from aiplat.training.distributed import DistributedTrainingError
+
+        ray_cluster = ray_cluster or RayCluster()
+        try:
+            joined = ray_cluster.connect()
+        except Exception as e:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, ...
+            raise DistributedTrainingError(
+                f"cannot reach the Ray cluster at {ray_cluster.address or 'the local Ray'} ({type(e).__name__}: {e}); "
+                "nothing was trained or registered") from None
+        ray_tags = {"aiplat.trained_on": f"Ray Train, {params.ray_workers} workers, {joined.describe()}"}
+        if joined.dashboard_url:
+            ray_tags["aiplat.ray_dashboard"] = joined.dashboard_url
     try:
         experiment_id = _experiment_id(client, experiment_name)
         run = client.create_run(
             experiment_id, run_name=f"{model_name}-{lineage.dagster_run_id[:8]}",
-            tags={**lineage.tags(), **process_tags()},
+            tags={**lineage.tags(), **process_tags(), **ray_tags},
         )
     except Exception as e:
         if not _is_mlflow_error(e):
@@ -231,12 +255,20 @@ def tracked_fine_tune(
                     Metric("train_loss", m.loss, now, m.step),
                     Metric("learning_rate", m.learning_rate, now, m.step),
                     Metric("tokens_per_second", m.tokens / m.seconds if m.seconds else 0.0, now, m.step),
+                    Metric("examples_per_second", m.examples / m.seconds if m.seconds else 0.0, now, m.step),
                 ],
             )
             if on_step is not None:
                 on_step(m)
 
-        result = fine_tune(base_dir, training_set, params, work_dir, on_step=report, fmt=prompt_format)
+        if params.ray_workers:
+            from aiplat.training.distributed import fine_tune_on_ray
+
+            stage = "training on Ray Train"
+            result = fine_tune_on_ray(base_dir, training_set, params, work_dir, on_step=report, fmt=prompt_format,
+                                      cluster=ray_cluster)
+        else:
+            result = fine_tune(base_dir, training_set, params, work_dir, on_step=report, fmt=prompt_format)
 
         stage = "logging results"
         now = int(time.time() * 1000)
