@@ -60,7 +60,7 @@ def register_adapter(client, name: str, folder: Path, base: Path) -> str:
     from tests.approval_helpers import approval
 
     experiment = client.get_experiment_by_name("adapters")
-    run = client.create_run(experiment.experiment_id)
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment("adapters"))
     client.log_artifacts(run.info.run_id, str(folder), "adapter")
     client.set_terminated(run.info.run_id, "FINISHED")
     if not client.search_registered_models(f"name = '{name}'"):

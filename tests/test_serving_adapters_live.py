@@ -20,6 +20,7 @@ from aiplat.security.signing import SignatureError, dev_key_pair, sign_model
 from aiplat.serving import adapters
 from aiplat.serving.server import LoraSettings, ServerSettings, post_json, start_server, stop_server
 from tests.approval_helpers import approval, serving_keys
+from tests.adapter_helpers import register_adapter
 from tests.conftest import built_vllm_env
 
 pytestmark = pytest.mark.slow
@@ -577,7 +578,7 @@ def test_the_adapters_cli_deploys_shows_refuses_and_stops_through_the_runtime(
     # versions; an unknown version and a version without a `previous` alias change nothing.
     monkeypatch.setenv("AIPLAT_MLFLOW_PORT", str(urlparse(shared_mlflow).port))
     client = MlflowClient(shared_mlflow, registry_uri=shared_mlflow)
-    registered = [_register_adapter(client, "lora-a", server["adapters"][f], smollm_base) for f in ("a-v1", "a-v2")]
+    registered = [register_adapter(client, "lora-a", server["adapters"][f], smollm_base) for f in ("a-v1", "a-v2")]
     no_previous = CliRunner().invoke(cli, ["endpoints", "rollback", "lora-a"])
     assert no_previous.exit_code == 1 and "has no alias 'previous'" in no_previous.output, no_previous.output
     unknown = CliRunner().invoke(cli, ["endpoints", "rollback", "lora-a", "--version", "999"])
@@ -613,35 +614,6 @@ def _runtime_finds_the_module_server(server: dict, smollm_base: Path) -> None:
     EndpointRegistry(serving_dir() / "base-servers.json").update(BASE, lambda _: EndpointRecord(BASE, server["record"]))
 
 
-def _register_adapter(client, name: str, folder: Path, base: Path) -> str:
-    """`folder` as a version of `name` the way a fine-tune registers it: the adapter as the source,
-    its digest and signature, the base model's digest, and a promotion's attestation."""
-    from aiplat.evaluation.registry import TAG_ADAPTER_ARTIFACT, TAG_ADAPTER_SHA, TAG_BASE_SHA
-    from aiplat.models.manifest import compute_manifest
-    from aiplat.security.approval import APPROVAL_TAG
-
-    experiment = client.get_experiment_by_name("adapters")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("adapters")
-    run = client.create_run(experiment_id)
-    client.log_artifacts(run.info.run_id, str(folder), "adapter")
-    client.set_terminated(run.info.run_id, "FINISHED")
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name)
-    artifact = f"{client.get_run(run.info.run_id).info.artifact_uri}/adapter"
-    version = str(client.create_model_version(name, source=artifact, run_id=run.info.run_id, tags={
-        TAG_ADAPTER_ARTIFACT: artifact, TAG_ADAPTER_SHA: compute_manifest(folder).folder_sha256,
-        TAG_BASE_SHA: compute_manifest(base).folder_sha256}).version)
-    from aiplat.provenance import sha256_bytes
-    from aiplat.security.signing import SIGNATURE_NAME, TAG_ADAPTER_DIGEST, TAG_ADAPTER_SIGNATURE_SHA, verify_model
-
-    # The signature the fixture made (signing again would write a new model.sig beside shared folders).
-    client.set_model_version_tag(name, version, TAG_ADAPTER_SIGNATURE_SHA,
-                                 sha256_bytes((folder / SIGNATURE_NAME).read_bytes()))
-    client.set_model_version_tag(name, version, TAG_ADAPTER_DIGEST, verify_model(folder, dev_key_pair().public_key))
-    client.set_model_version_tag(name, version, APPROVAL_TAG, approval(folder, name, version))
-    return version
-
-
 def test_the_champion_flow_serves_adapters_canaries_through_the_gateway_and_rolls_back(
         server: dict, smollm_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The `served_endpoint` asset of a model whose champion is a registered adapter: the first
@@ -672,7 +644,7 @@ def test_the_champion_flow_serves_adapters_canaries_through_the_gateway_and_roll
     client = MlflowClient(uri, registry_uri=uri)
     (tmp_path / "artifacts").mkdir()
     client.create_experiment("adapters", artifact_location=str(tmp_path / "artifacts"))
-    v1, v2, v3 = (_register_adapter(client, "lora-a", server["adapters"][f], smollm_base) for f in ("a-v1", "a-v2", "b-v2"))
+    v1, v2, v3 = (register_adapter(client, "lora-a", server["adapters"][f], smollm_base) for f in ("a-v1", "a-v2", "b-v2"))
     chain = chain_for("lora-a", base_model=BASE)
     served_endpoint = chain_asset(chain, "served_endpoint")
 
