@@ -202,13 +202,12 @@ def test_down_stops_by_pid_kills_the_group_and_frees_the_ports(state_dir: Path, 
 
 @pytest.mark.slow
 def test_gateway_service_routes_by_the_state_folder_and_writes_its_request_log(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from aiplat.serving.registry import EndpointRecord, EndpointRegistry, ServerRecord
+    from aiplat.serving.adapter_routes import AdapterRoutes
 
     ports = _use_ports(monkeypatch)
-    closed = free_port()  # the endpoint's server is down: the gateway answers 502 and records it
-    live = ServerRecord(url=f"http://127.0.0.1:{closed}", port=closed, pid=0, create_time=0.0, model_version="7",
-                        model_path="/m", served_model_name="triage", started_at="t", log_file="l", pid_file="p")
-    EndpointRegistry().update("ticket-triage", lambda _old: EndpointRecord(name="ticket-triage", live=live))
+    closed = free_port()  # the endpoint's base server is down: the gateway answers 502 and records it
+    # the route the serving backend writes into the state folder once adapter version 7 is loaded
+    AdapterRoutes().set("ticket-triage", f"http://127.0.0.1:{closed}", {"ticket-triage@7": 100.0})
     try:
         [started] = stack.up(["gateway"])
         assert started.state == "started" and started.port == ports["gateway"]
@@ -223,7 +222,7 @@ def test_gateway_service_routes_by_the_state_folder_and_writes_its_request_log(s
         assert err.value.code == 502
         [line] = (state_dir / "operations" / "requests.jsonl").read_text().splitlines()
         assert json.loads(line) | {"timestamp": None, "latency_ms": None} == {
-            "timestamp": None, "endpoint": "ticket-triage", "model": "7", "team": "team:ml", "feature": "stack-test",
+            "timestamp": None, "endpoint": "ticket-triage", "model": "ticket-triage@7", "team": "team:ml", "feature": "stack-test",
             "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": None, "status": 502, "pii": ""}
         assert [r.state for r in stack.status(["gateway"])] == ["running"]
     finally:
