@@ -13,13 +13,15 @@ from pathlib import Path
 BASE = "smollm2-135m-instruct"  # the platform base model the triage spec names (models/ticket-triage.yaml)
 
 
-def make_adapter(base: Path, dest: Path, seed: int, rank: int = 8) -> Path:
-    """A PEFT LoRA adapter of `base` with random weights (seeded), in safetensors, signed with this
-    state's development key."""
+def make_adapter(base: Path, dest: Path, seed: int, rank: int = 8, sign: bool = True) -> Path:
+    """A PEFT LoRA adapter of `base` with random weights (seeded), in safetensors, with the manifest
+    a fine-tune writes (naming `base`'s hash as the base it was trained on) and, unless `sign` is
+    False, signed with this state's development key."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from aiplat.models.manifest import BASE_FIELD, compute_manifest, write_manifest
     from aiplat.security.signing import dev_key_pair, sign_model
 
     torch.manual_seed(seed)
@@ -27,7 +29,9 @@ def make_adapter(base: Path, dest: Path, seed: int, rank: int = 8) -> Path:
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                         init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(model, config).save_pretrained(dest, safe_serialization=True)
-    sign_model(dest, dev_key_pair())
+    write_manifest(dest, extra={"source": str(base), "seed": seed, BASE_FIELD: compute_manifest(base).folder_sha256})
+    if sign:
+        sign_model(dest, dev_key_pair())
     return dest
 
 

@@ -157,3 +157,27 @@ def test_a_start_up_that_keeps_logging_is_waited_for_up_to_the_cap_and_a_silent_
         assert f"the limit is {server.START_CAP_FACTOR}x 2 s" in cause
     else:
         assert "its log silent for the last 2 s" in cause
+
+
+def test_a_base_model_changed_after_it_was_prepared_starts_no_server(state_dir: Path, tmp_path: Path) -> None:
+    """The local backend hashes a base's files again before it starts a server from them: one changed
+    since its manifest was written is refused by name, and no server is started or recorded."""
+    from aiplat.models.manifest import write_manifest
+    from aiplat.security.approval import ServingKeys
+    from aiplat.serving.adapters import AdapterError
+    from aiplat.serving.backend import LocalServingBackend
+    from aiplat.serving.server import ServerSettings
+
+    base = tmp_path / "tiny-base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    (base / "model.safetensors").write_bytes(b"\0" * 64)
+    prepared = write_manifest(base).folder_sha256
+    backend = LocalServingBackend(ServerSettings(), ServingKeys(tmp_path / "s.pub", tmp_path / "a.pub"),
+                                  {"tiny": base}, registry_path=tmp_path / "base-servers.json")
+    assert backend.base_digest("tiny", verify=True) == prepared
+    (base / "model.safetensors").write_bytes(b"\1" * 64)
+    assert backend.base_digest("tiny") == prepared  # the manifest's, unverified
+    with pytest.raises(AdapterError, match=r"tiny-base no longer matches its manifest .*not serving it"):
+        backend.server("tiny")
+    assert backend.servers() == []

@@ -15,7 +15,7 @@ from kubernetes_validate.utils import all_versions
 
 from aiplat.serving.adapter_routes import AdapterRoutes
 from aiplat.serving.adapters import WantedAdapter, read_wanted
-from aiplat.serving.k8s_adapters import ADAPTERS_DIR, AdapterServerSpec, render_adapter_server, routes_configmap
+from aiplat.serving.k8s_adapters import ADAPTERS_DIR, BASE_DIR, AdapterServerSpec, render_adapter_server, routes_configmap
 from aiplat.serving.server import LoraSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +44,12 @@ def test_vllm_loads_only_what_the_loader_verified_into_the_shared_volume(tmp_pat
     assert command[:3] == ["python", "-m", "aiplat.serving.adapter_loader"]
     assert command[command.index("--cache") + 1] == ADAPTERS_DIR
     assert command[command.index("--max-rank") + 1] == "32"
+    # The loader reads the base vLLM serves (to hash it); neither container can write it.
+    assert command[command.index("--base-folder") + 1] == BASE_DIR
+    assert {"name": "base", "mountPath": BASE_DIR, "readOnly": True} in loader["volumeMounts"]
+    assert {"name": "base", "mountPath": BASE_DIR, "readOnly": True} in vllm["volumeMounts"]
+    # Hashing a large base takes minutes before the first beat: a startup probe, not an early liveness kill.
+    assert loader["startupProbe"]["failureThreshold"] * loader["startupProbe"]["periodSeconds"] >= 1800
     # The loader's options are the real module's: its --help accepts every flag the manifest passes.
     helped = subprocess.run([sys.executable, "-m", "aiplat.serving.adapter_loader", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -91,10 +97,14 @@ def test_the_loader_beats_while_its_loop_runs_and_its_probes_read_the_beat(tmp_p
     beat = tmp_path / "heartbeat"
     desired = tmp_path / "desired.json"
     desired.write_text(json.dumps({"adapters": []}))
+    base = tmp_path / "base"  # what fetch-base left in the pod (the loader hashes it at start)
+    base.mkdir()
+    (base / "config.json").write_text("{}")
     keys = serving_keys()
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "aiplat.serving.adapter_loader", "--desired", str(desired),
-                             "--base-name", SPEC.base_name, "--url", f"http://127.0.0.1:{free_port()}",
+                             "--base-name", SPEC.base_name, "--base-folder", str(base),
+                             "--url", f"http://127.0.0.1:{free_port()}",
                              "--public-key", str(keys.signature), "--approval-key", str(keys.approval),
                              "--cache", str(tmp_path / "cache"), "--interval", "0.2", "--heartbeat", str(beat)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

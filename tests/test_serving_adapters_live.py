@@ -8,6 +8,7 @@ not what an adapter learned.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -20,6 +21,7 @@ from aiplat.security.signing import SignatureError, dev_key_pair, sign_model
 from aiplat.serving import adapters
 from aiplat.serving.server import LoraSettings, ServerSettings, post_json, start_server, stop_server
 from tests.approval_helpers import approval, serving_keys
+from tests import adapter_helpers
 from tests.adapter_helpers import register_adapter
 from tests.conftest import built_vllm_env
 
@@ -31,17 +33,8 @@ PROMPT = "The capital of France is"
 
 
 def make_adapter(base: Path, dest: Path, seed: int, rank: int = 8) -> Path:
-    """A PEFT LoRA adapter of `base` with random weights (seeded), in safetensors."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False, task_type="CAUSAL_LM")
-    get_peft_model(model, config).save_pretrained(dest, safe_serialization=True)
-    return dest
+    """A PEFT LoRA adapter of `base` with random weights (seeded), in safetensors, not yet signed."""
+    return adapter_helpers.make_adapter(base, dest, seed, rank, sign=False)
 
 
 def signed(folder: Path) -> Path:
@@ -260,19 +253,28 @@ def test_reconcile_applies_the_wanted_adapters_and_skips_a_tampered_one(server: 
 
 
 def test_the_loader_sidecar_pulls_from_the_model_store_and_applies_the_desired_adapters(server: dict,
+                                                                                         smollm_base: Path,
                                                                                          tmp_path: Path) -> None:
     """`python -m aiplat.serving.adapter_loader --once`, the Kubernetes sidecar's command, against the
     real server and an S3 model store (a moto server): it fetches each wanted version, verifies and
-    loads it; a version whose approval does not match is refused by name and the exit code says so."""
+    loads it; a version whose approval does not match, and a signed and approved one trained on another
+    base model, are refused by name and the exit code says so. On its next pass it verifies what it
+    loaded again: an adapter whose cached folder was changed after the load is unloaded."""
     import json
     import subprocess
     import sys
 
+    from aiplat.models.manifest import BASE_FIELD, write_manifest
     from aiplat.security.approval import dev_approval_key_pair
+    from aiplat.serving.adapter_loader import cached_folder
 
+    # Signed and approved, but its signed manifest names another base model's hash.
+    other = make_adapter(smollm_base, tmp_path / "c-v1", seed=7)
+    write_manifest(other, extra={BASE_FIELD: "0" * 64})
+    signed(other)
     with model_store() as (aws, s3):
-        for name in ("a-v1", "b-v1"):
-            for f in server["adapters"][name].iterdir():
+        for name, folder in (("a-v1", server["adapters"]["a-v1"]), ("b-v1", server["adapters"]["b-v1"]), ("c-v1", other)):
+            for f in folder.iterdir():
                 s3.upload_file(str(f), "models", f"adapters/{name}/{f.name}")
         desired = {"adapters": [
             {"model": "lora-a", "version": "1", "source": "s3://models/adapters/a-v1/",
@@ -280,21 +282,40 @@ def test_the_loader_sidecar_pulls_from_the_model_store_and_applies_the_desired_a
             # b-v1's bytes presented with a-v1's approval: refused, the rest still applied.
             {"model": "lora-b", "version": "1", "source": "s3://models/adapters/b-v1/",
              "attestation": approval(server["adapters"]["a-v1"], "lora-b", "1")},
+            {"model": "lora-c", "version": "1", "source": "s3://models/adapters/c-v1/",
+             "attestation": approval(other, "lora-c", "1")},
         ]}
         (tmp_path / "desired.json").write_text(json.dumps(desired))
         for name in [n for n, p in adapters.served_models(server["url"]).items() if p]:
             adapters.unload_adapter(server["url"], name)
         keys = serving_keys()
-        done = subprocess.run(
-            [sys.executable, "-m", "aiplat.serving.adapter_loader", "--desired", str(tmp_path / "desired.json"),
-             "--base-name", BASE, "--url", server["url"], "--cache", str(tmp_path / "cache"),
-             "--public-key", str(keys.signature), "--approval-key", str(dev_approval_key_pair().public_key),
-             "--max-rank", "8", "--once"],
-            env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), **aws},
-            capture_output=True, text=True, timeout=300)
+
+        def loader_once() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "aiplat.serving.adapter_loader", "--desired", str(tmp_path / "desired.json"),
+                 "--base-name", BASE, "--base-folder", str(smollm_base), "--url", server["url"],
+                 "--cache", str(tmp_path / "cache"), "--public-key", str(keys.signature),
+                 "--approval-key", str(dev_approval_key_pair().public_key), "--max-rank", "8", "--once"],
+                env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), **aws},
+                capture_output=True, text=True, timeout=300)
+
+        done = loader_once()
         assert done.returncode == 1, done.stderr
         assert "loaded lora-a@1" in done.stderr and "refused lora-b@1: approval" in done.stderr
+        assert re.search(r"refused lora-c@1: .*trained on base model 000000000000, but this server's", done.stderr), done.stderr
         assert {n for n, p in adapters.served_models(server["url"]).items() if p} == {"lora-a@1"}
+        assert _answer(server, "lora-a@1")
+
+        # The cached copy vLLM would read again after an eviction is changed: the next pass unloads it.
+        cached = cached_folder(tmp_path / "cache", "s3://models/adapters/a-v1/")
+        weights = cached / adapters.ADAPTER_WEIGHTS
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+        again = loader_once()
+        assert "refused lora-a@1: unloaded, its folder changed after the load" in again.stderr, again.stderr
+        assert "lora-a@1" not in adapters.served_models(server["url"])
+        # ... and the pass after fetches the store's copy again, verifies and loads it.
+        third = loader_once()
+        assert "loaded lora-a@1" in third.stderr, third.stderr
         assert _answer(server, "lora-a@1")
 
 
@@ -428,7 +449,7 @@ def test_adapter_canaries_through_the_gateway_switch_one_model_and_roll_back_ano
 
 
 def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_the_server_confirms(
-        server: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: dict, smollm_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """KubernetesServingBackend against the real server standing in for the base model's Service: it
     writes the desired-adapters ConfigMap, the real loader sidecar (`python -m
     aiplat.serving.adapter_loader`, in a loop) pulls from an S3 model store (moto) and loads, and the
@@ -484,7 +505,8 @@ def test_the_kubernetes_backend_changes_manifests_and_counts_a_load_only_when_th
     keys = serving_keys()
     sidecar = subprocess.Popen(
         [sys.executable, "-m", "aiplat.serving.adapter_loader", "--desired", str(projected), "--base-name", BASE,
-         "--url", url, "--cache", str(tmp_path / "cache"), "--public-key", str(keys.signature),
+         "--base-folder", str(smollm_base), "--url", url, "--cache", str(tmp_path / "cache"),
+         "--public-key", str(keys.signature),
          "--approval-key", str(dev_approval_key_pair().public_key), "--max-rank", "8", "--interval", "1"],
         env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), **aws},
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sidecar.log", "w"))

@@ -39,11 +39,13 @@ def first_run(tiny_model: Path, data: pd.DataFrame, tmp_path_factory: pytest.Tem
     return fine_tune(tiny_model, data, tiny_params(), tmp_path_factory.mktemp("run1"))
 
 
-def test_fine_tune_writes_only_the_safetensors_adapter(first_run, tmp_path_factory) -> None:
+def test_fine_tune_writes_only_the_safetensors_adapter(first_run, tiny_model: Path, tmp_path_factory) -> None:
     folder = first_run.adapter_dir
     assert pickle_files(folder) == []
     assert (folder / "tokenizer.json").is_file() and (folder / "chat_template.jinja").is_file()
     assert read_manifest(folder)["folder_sha256"] == compute_manifest(folder).folder_sha256 == first_run.adapter_sha256
+    # The base it was trained on, in the manifest the adapter's signature covers: servers load it only over that base.
+    assert read_manifest(folder)["base_model_sha256"] == compute_manifest(tiny_model).folder_sha256
     assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
     # No merged copy: the run folder holds the adapter and nothing of the base model's size.
     assert [p.name for p in folder.parent.iterdir()] == ["adapter"]

@@ -16,6 +16,9 @@ MANIFEST_NAME = "aiplat-manifest.json"
 # The signature (aiplat.security.signing) is written into the folder after the manifest: the folder
 # hash stays the hash of the model's own files, and the signature is checked by verify_model instead.
 SIGNATURE_NAME = "model.sig"
+# What an adapter's manifest records of the base model it was trained on (the base folder's hash):
+# the manifest is one of the files the adapter's signature covers, so the binding is signed too.
+BASE_FIELD = "base_model_sha256"
 # Files a model folder must never hold: they deserialize with pickle.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -83,3 +86,10 @@ def manifest_matches(folder: Path) -> bool:
     if stored is None:
         return False
     return compute_manifest(folder).folder_sha256 == stored.get("folder_sha256")
+
+
+def trained_on(folder: Path) -> str | None:
+    """The base model hash an adapter's manifest records (None when it records none). Trust it
+    only after the folder's signature was verified: the manifest is one of the signed files."""
+    value = (read_manifest(Path(folder)) or {}).get(BASE_FIELD)
+    return value if isinstance(value, str) and value else None

@@ -4,12 +4,14 @@ In Kubernetes it runs as a sidecar of each base model's vLLM pod (aiplat.serving
 every `--interval` seconds it reads the desired adapters (a ConfigMap the platform renders: model,
 version, the s3:// folder of the version's adapter, its promotion attestation), fetches what is
 missing into the pod's adapter volume, and applies them through `adapters.reconcile`, which
-verifies each adapter's signature and approval before vLLM loads it and confirms each load. A
+verifies each adapter's signature and approval, and that it was trained on the base model the pod
+holds (hashed at start), before vLLM loads it, confirms each load, and verifies loaded adapters
+again on every pass. A
 refused adapter is logged by name and skipped; the others serve on.
 
     python -m aiplat.serving.adapter_loader --desired /etc/aiplat/adapters/desired.json \\
-        --base-name smollm2-135m --public-key KEYS/model-signing.pub --approval-key KEYS/approval.pub \\
-        --cache /adapters [--once]
+        --base-name smollm2-135m --base-folder /models/base --public-key KEYS/model-signing.pub \\
+        --approval-key KEYS/approval.pub --cache /adapters [--once]
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ import click
 log = logging.getLogger("aiplat.adapter_loader")
 
 
+def cached_folder(cache: Path, source: str) -> Path:
+    return Path(cache) / hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 def s3_fetch(cache: Path, client=None):
     """fetch(source) for s3://bucket/prefix sources: the prefix's files under `cache`/<hash of the
     source> (a version's folder never changes, so one that is complete is reused)."""
@@ -36,7 +42,7 @@ def s3_fetch(cache: Path, client=None):
             raise ValueError(f"adapter source {source!r} is not an s3:// folder of the model store")
         bucket, _, prefix = source[5:].partition("/")
         prefix = prefix.rstrip("/") + "/"
-        dest = Path(cache) / hashlib.sha256(source.encode()).hexdigest()[:16]
+        dest = cached_folder(cache, source)
         if dest.is_dir():  # renamed into place only once complete
             return dest
         s3 = client or boto3.client("s3")
@@ -87,6 +93,8 @@ def s3_publish(folder: Path, source: str, client=None) -> int:
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--approval-key", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--base-folder", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="The base model folder vLLM serves: hashed once at start; only adapters trained on that hash load.")
 @click.option("--max-rank", type=int, default=None)
 @click.option("--interval", type=float, default=30.0, show_default=True)
 @click.option("--once", is_flag=True, help="Reconcile once and exit (1 when an adapter was refused).")
@@ -94,17 +102,25 @@ def s3_publish(folder: Path, source: str, client=None) -> int:
 @click.option("--heartbeat", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Touched after every pass of the loop: the container's liveness and readiness probes read its age.")
 def main(desired: Path, base_name: str, url: str, public_key: Path, approval_key: Path, cache: Path,
-         max_rank: int | None, interval: float, once: bool, api_key: str | None, heartbeat: Path | None) -> None:
+         base_folder: Path, max_rank: int | None, interval: float, once: bool, api_key: str | None, heartbeat: Path | None) -> None:
     """Keep the vLLM server at URL holding exactly the adapters DESIRED names."""
     from aiplat.security.approval import ServingKeys
     from aiplat.serving import adapters
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from aiplat.models.manifest import compute_manifest
+
     keys, fetch = ServingKeys(public_key, approval_key), s3_fetch(cache)
+    # The base as fetched into the pod, hashed here rather than trusted from the manifest it came
+    # with: a base changed in the model store then loads no adapter (each names its base's hash).
+    base_sha256 = compute_manifest(base_folder).folder_sha256
+    log.info("base model %s in %s: folder sha256 %s", base_name, base_folder, base_sha256)
     while True:
         try:
             result = adapters.reconcile(url, base_name, adapters.read_wanted(desired), fetch, keys,
-                                        api_key=api_key, max_rank=max_rank)
+                                        api_key=api_key, max_rank=max_rank, base_sha256=base_sha256,
+                                        discard=lambda source: shutil.rmtree(cached_folder(cache, source),
+                                                                             ignore_errors=True))
             (log.warning if result.refused else log.info)(result.summary())
         except (OSError, ValueError, adapters.AdapterError) as e:  # the server is not up yet, or a bad file
             result = None

@@ -14,6 +14,9 @@ onto a server:
 2. load: POST /v1/load_lora_adapter under the adapter's versioned name (`<model>@<version>`:
    a new version is a new name from a new folder, never a reload in place, whose prefix cache
    vLLM does not invalidate);
+   and, where the server's base model hash is known, that the adapter was trained on exactly that
+   base (the `base_model_sha256` its signed manifest records): an adapter is a delta over one set
+   of base weights, and over other weights it answers garbage without any error;
 3. confirm: /v1/models lists it with the base model as parent, and a real one-token completion
    through it comes back; otherwise it is unloaded again and the load is an error.
 """
@@ -96,13 +99,31 @@ def served_models(url: str, api_key: str | None = None) -> dict[str, str | None]
     return {card["id"]: card.get("parent") for card in json.loads(text).get("data", [])}
 
 
+def check_base_binding(folder: Path, name: str, base_name: str, base_sha256: str) -> None:
+    """AdapterError unless the (signature-verified) adapter `folder` was trained on the base model
+    whose folder hash is `base_sha256`."""
+    from aiplat.models.manifest import BASE_FIELD, trained_on
+
+    recorded = trained_on(folder)
+    if recorded is None:
+        raise AdapterError(name, f"its signed manifest records no {BASE_FIELD}: which base model it was trained on "
+                                 f"is unknown, so it is not loaded over {base_name!r}; register it again from a fine-tune")
+    if recorded != base_sha256:
+        raise AdapterError(name, f"it was trained on base model {recorded[:12]}, but this server's {base_name!r} is "
+                                 f"{base_sha256[:12]}: not loaded")
+
+
 def load_adapter(url: str, base_name: str, folder: Path, *, model: str, version: str, attestation: str | None,
-                 keys: ServingKeys, api_key: str | None = None, max_rank: int | None = None) -> LoadedAdapter:
-    """Verify, load and confirm one adapter version on the server at `url` (see the module doc)."""
+                 keys: ServingKeys, api_key: str | None = None, max_rank: int | None = None,
+                 base_sha256: str | None = None) -> LoadedAdapter:
+    """Verify, load and confirm one adapter version on the server at `url` (see the module doc).
+    `base_sha256` is the hash of the base model the server serves: every platform path passes it."""
     name = adapter_name(model, version)
     folder = Path(folder).resolve()
     check_adapter_folder(folder, max_rank)
     approved: Approval = verify_for_serving(folder, attestation, keys, model=model, version=str(version))
+    if base_sha256 is not None:
+        check_base_binding(folder, name, base_name, base_sha256)
     status, text = _request(f"{url}/v1/load_lora_adapter", "POST", {"lora_name": name, "lora_path": str(folder)},
                             api_key=api_key)
     if status != 200:
@@ -185,23 +206,38 @@ def read_wanted(path: Path) -> list[WantedAdapter]:
 
 
 def reconcile(url: str, base_name: str, wanted: list[WantedAdapter], fetch, keys: ServingKeys,
-              api_key: str | None = None, max_rank: int | None = None) -> Reconciled:
+              api_key: str | None = None, max_rank: int | None = None, base_sha256: str | None = None,
+              discard=None) -> Reconciled:
     """Make the server hold exactly `wanted`: load what is missing (fetched by `fetch(source) ->
     local folder`, then verified by `load_adapter`), unload what is no longer wanted. One adapter
     that fails (tampered, unapproved, unreachable) is reported in `refused` and skipped: the others
-    are loaded and served regardless, and nothing already serving is unloaded because of it."""
-    from aiplat.security.signing import SignatureError
+    are loaded and served regardless, and nothing already serving is unloaded because of it.
+
+    An adapter already loaded is verified again on every pass: vLLM reads an adapter's folder again
+    whenever it was evicted from its LoRA caches (`--max-loras`, `--max-cpu-loras`), so a folder
+    changed after its load would be served on the next eviction. One that no longer matches its
+    signature is unloaded, `discard(source)` drops the cached copy, and it is reported in `refused`."""
+    from aiplat.security.signing import SignatureError, verify_model
 
     present = {name for name, parent in served_models(url, api_key).items() if parent is not None}
     wanted_names = {w.name for w in wanted}
-    loaded, refused = [], {}
+    loaded, refused, dropped = [], {}, set()
     for adapter in wanted:
         if adapter.name in present:
+            try:
+                verify_model(fetch(adapter.source), keys.signature)
+            except (SignatureError, OSError, ValueError) as e:
+                unload_adapter(url, adapter.name, api_key, missing_ok=True)
+                if discard is not None:
+                    discard(adapter.source)
+                dropped.add(adapter.name)
+                refused[adapter.name] = f"unloaded, its folder changed after the load: {type(e).__name__}: {e}"
             continue
         try:
             folder = fetch(adapter.source)
             load_adapter(url, base_name, folder, model=adapter.model, version=adapter.version,
-                         attestation=adapter.attestation, keys=keys, api_key=api_key, max_rank=max_rank)
+                         attestation=adapter.attestation, keys=keys, api_key=api_key, max_rank=max_rank,
+                         base_sha256=base_sha256)
             loaded.append(adapter.name)
         except (SignatureError, AdapterError, OSError, ValueError) as e:  # SignatureError covers ApprovalError
             refused[adapter.name] = f"{getattr(e, 'kind', type(e).__name__)}: {e}"
@@ -209,7 +245,7 @@ def reconcile(url: str, base_name: str, wanted: list[WantedAdapter], fetch, keys
     for name in sorted(present - wanted_names):
         unload_adapter(url, name, api_key, missing_ok=True)
         unloaded.append(name)
-    return Reconciled(tuple(loaded), tuple(unloaded), tuple(sorted(present & wanted_names)), refused)
+    return Reconciled(tuple(loaded), tuple(unloaded), tuple(sorted((present & wanted_names) - dropped)), refused)
 
 
 def local_fetch(source: str) -> Path:

@@ -180,9 +180,24 @@ class LocalServingBackend(ServingBackend):
             entry = self._servers.get(base)
             if entry is not None and entry.live is not None and check_health(entry.live).health == "ready":
                 return entry.live
+            self.base_digest(base, verify=True)
             record = start_server(f"base-{base}", Path(self.bases[base]), "base", base, self.settings, self.progress)
             self._servers.update(base, lambda _: EndpointRecord(base, record))
             return record
+
+    def base_digest(self, base: str, verify: bool = False) -> str:
+        """The folder hash of prepared base `base` (its manifest's); with `verify`, its files are
+        hashed again first (before a server starts from them) and a mismatch is an AdapterError."""
+        from aiplat.models.manifest import compute_manifest, read_manifest
+
+        folder = Path(self.bases[base])
+        recorded = (read_manifest(folder) or {}).get("folder_sha256")
+        if not recorded:
+            raise AdapterError(base, f"{folder} has no manifest: prepare it with the base_model asset")
+        if verify and compute_manifest(folder).folder_sha256 != recorded:
+            raise AdapterError(base, f"{folder} no longer matches its manifest ({recorded[:12]}): a file was changed "
+                                     "after it was prepared; not serving it (materialize base_model again)")
+        return recorded
 
     def servers(self) -> list:
         """(base model, ServerRecord) of each shared server this backend started."""
@@ -200,7 +215,8 @@ class LocalServingBackend(ServingBackend):
         if served_models(url).get(adapter.name) == adapter.base:
             return LoadedAdapter(adapter.name, adapter.model, adapter.version, str(folder), adapter.base, "")
         return load_adapter(url, adapter.base, folder, model=adapter.model, version=adapter.version,
-                            attestation=adapter.attestation, keys=self.keys, max_rank=self.settings.lora.max_lora_rank)
+                            attestation=adapter.attestation, keys=self.keys, max_rank=self.settings.lora.max_lora_rank,
+                            base_sha256=self.base_digest(adapter.base))
 
     def unload_adapter(self, base: str, name: str) -> None:
         unload_adapter(self._running(base).url, name, missing_ok=True)

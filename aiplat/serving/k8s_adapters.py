@@ -115,7 +115,7 @@ def deployment(spec: AdapterServerSpec) -> dict:
         "image": LOADER_IMAGE,
         "command": ["python", "-m", "aiplat.serving.adapter_loader",
                     "--desired", f"{DESIRED_DIR}/desired.json", "--base-name", spec.base_name,
-                    "--url", f"http://127.0.0.1:{PORT}", "--cache", ADAPTERS_DIR,
+                    "--url", f"http://127.0.0.1:{PORT}", "--cache", ADAPTERS_DIR, "--base-folder", BASE_DIR,
                     "--public-key", f"{KEYS_DIR}/model-signing.pub", "--approval-key", f"{KEYS_DIR}/approval.pub",
                     "--max-rank", str(spec.lora.max_lora_rank), "--interval", str(spec.loader_interval_s),
                     "--heartbeat", HEARTBEAT],
@@ -125,9 +125,14 @@ def deployment(spec: AdapterServerSpec) -> dict:
         # Ready after its first pass; alive while passes keep coming (a pass fetches at most a few
         # adapters of a few MB each, so four intervals plus a minute is a hung loop, not a slow one).
         "readinessProbe": {"exec": {"command": _heartbeat_probe(spec.loader_interval_s * 4 + 60)}, "periodSeconds": 10},
-        "livenessProbe": {"exec": {"command": _heartbeat_probe(spec.loader_interval_s * 4 + 60)},
-                          "initialDelaySeconds": spec.loader_interval_s + 30, "periodSeconds": 30},
+        # Its first beat comes after it hashed the base model (minutes for tens of GB): the startup
+        # probe gives that 30 min before liveness starts counting.
+        "startupProbe": {"exec": {"command": _heartbeat_probe(spec.loader_interval_s * 4 + 60)},
+                         "periodSeconds": 10, "failureThreshold": 180},
+        "livenessProbe": {"exec": {"command": _heartbeat_probe(spec.loader_interval_s * 4 + 60)}, "periodSeconds": 30},
         "volumeMounts": [{"name": "adapters", "mountPath": ADAPTERS_DIR},
+                         # read to hash the base vLLM serves: adapters load only over the base they were trained on
+                         {"name": "base", "mountPath": BASE_DIR, "readOnly": True},
                          {"name": "desired", "mountPath": DESIRED_DIR, "readOnly": True},
                          {"name": "verification-keys", "mountPath": KEYS_DIR, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aiplat.models.manifest import assert_no_pickles, write_manifest
+from aiplat.models.manifest import BASE_FIELD, assert_no_pickles, compute_manifest, read_manifest, write_manifest
 from aiplat.training import prompts
 from aiplat.training.data import feature_columns, normalize_columns, validate_training_set
 
@@ -312,7 +312,12 @@ def train_adapter(
         canonical_adapter_config(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
         assert_no_pickles(adapter_dir)
-        adapter_manifest = write_manifest(adapter_dir, extra={"source": str(base_dir), "seed": params.seed})
+        # The base model's hash goes into the adapter's signed manifest: a server loads the adapter
+        # only over the base it was trained on (aiplat.serving.adapters.load_adapter).
+        base_manifest = read_manifest(base_dir) or {}
+        adapter_manifest = write_manifest(adapter_dir, extra={
+            "source": str(base_dir), "seed": params.seed,
+            BASE_FIELD: base_manifest.get("folder_sha256") or compute_manifest(base_dir).folder_sha256})
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
     return FineTuneResult(
