@@ -7,12 +7,13 @@ from datetime import datetime, timezone
 import dagster as dg
 import pandas as pd
 
-from aiplat.features import gates, tables, training
+from aiplat.features import gates, incremental, tables
 from aiplat.features import store as feast_store
-from aiplat.intake.combine import current_tickets
 from aiplat.provenance import code_version, frame_hash
 from aiplat.security.access import PLATFORM_TEAM
+from assets.intake import TICKET_BATCHES
 from resources.feast import FeastResource
+from resources.lake import LakeIOManager
 
 OWNER = PLATFORM_TEAM
 GROUP = "features"
@@ -26,20 +27,53 @@ PSEUDONYMOUS_COLUMNS: dict[str, tuple[str, ...]] = {
 FINDING_KEYS: dict[str, str | None] = {"customer_features": None, "ticket_features": "ticket_id"}
 
 
-def _upstream(context: dg.AssetExecutionContext, redacted: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    current = current_tickets(redacted)
-    context.log.info(f"{len(redacted)} redacted ticket rows, {len(current)} current tickets")
-    return current, {
-        "upstream_rows": dg.MetadataValue.int(len(redacted)),
-        "current_tickets": dg.MetadataValue.int(len(current)),
-        "upstream_hash": dg.MetadataValue.text(frame_hash(redacted)),
-    }
+class FeatureTableConfig(dg.Config):
+    full_rebuild: bool = False  # recompute from every landed batch instead of folding in the new ones
 
 
-def _write_table(
-    context: dg.AssetExecutionContext, feast: FeastResource, view: str, table: pd.DataFrame, upstream: dict
-) -> dg.MaterializeResult:
-    findings = gates.find_raw_pii(table, FINDING_KEYS[view], PSEUDONYMOUS_COLUMNS[view])
+def _landed_batches(context: dg.AssetExecutionContext) -> list[tuple[str, int]]:
+    """Every materialized batch of redacted_tickets with its latest materialization's storage id,
+    in landing order (the order the landing sensor added the partitions)."""
+    instance = context.instance
+    storage_ids = instance.get_latest_storage_id_by_partition(REDACTED_TICKETS, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return [(b, storage_ids[b]) for b in instance.get_dynamic_partitions(TICKET_BATCHES.name) if b in storage_ids]
+
+
+def _build_table(context: dg.AssetExecutionContext, config: FeatureTableConfig, feast: FeastResource,
+                 lake: LakeIOManager, view: str) -> dg.MaterializeResult:
+    path = feast.table_path(view)
+    stored = feast_store.read_offline_table_with_metadata(path)
+    previous, state = (stored[0], incremental.FoldState.from_metadata(stored[1])) if stored else (None, None)
+    fold = incremental.plan_fold(state, _landed_batches(context), incremental.table_code(view), config.full_rebuild)
+    context.log.info(f"{view}: {'full rebuild' if fold.full else 'incremental'} ({fold.reason}); "
+                     f"reading {len(fold.new)} batch(es)")
+    if not fold.full and not fold.new and previous is not None:
+        table, computed = previous, pd.DataFrame()
+    else:
+        base = None if fold.full else previous
+        new_rows = lake.read_partitions(REDACTED_TICKETS, list(fold.new)) if fold.new else pd.DataFrame()
+        folded = [] if fold.full else [b for b in fold.state.batches if b not in fold.new]
+
+        def history(customers: set[str] | None, tickets: set[str] | None) -> pd.DataFrame:
+            # Only the already folded batches' rows of these customers (or tickets) are read.
+            if not folded or (customers is not None and not customers) or (tickets is not None and not tickets):
+                return pd.DataFrame(columns=new_rows.columns)
+            column, values = ("customer_id", customers) if customers is not None else ("ticket_id", tickets)
+            return lake.read_partitions(REDACTED_TICKETS, folded, filters=[(column, "in", sorted(values))])
+
+        if new_rows.empty:
+            new_rows = pd.DataFrame(columns=list(tables.REQUIRED_TICKET_COLUMNS))
+        if view == "customer_features":
+            table, computed = incremental.fold_customer_features(base, new_rows, history)
+        else:
+            table, computed = incremental.fold_ticket_features(base, new_rows)
+    return _write_table(context, feast, view, table, computed, fold)
+
+
+def _write_table(context: dg.AssetExecutionContext, feast: FeastResource, view: str, table: pd.DataFrame,
+                 computed: pd.DataFrame, fold: incremental.FoldPlan) -> dg.MaterializeResult:
+    # The rows computed in this run are checked; the rest were checked when they were written.
+    findings = gates.find_raw_pii(computed, FINDING_KEYS[view], PSEUDONYMOUS_COLUMNS[view])
     if findings:
         # Refuse before writing: the offline store keeps its previous good table.
         sample = ", ".join(f"{f.column} in {f.row_key}: {f.kind}" for f in findings[:5])
@@ -49,7 +83,7 @@ def _write_table(
             metadata={"findings": dg.MetadataValue.int(len(findings))},
         )
     path = feast.table_path(view)
-    feast_store.write_offline_table(path, table)
+    feast_store.write_offline_table(path, table, fold.state.to_metadata())
     newest = pd.to_datetime(table["event_timestamp"], utc=True).max() if len(table) else None
     return dg.MaterializeResult(
         metadata={
@@ -59,47 +93,60 @@ def _write_table(
             "content_hash": dg.MetadataValue.text(frame_hash(table)),
             "newest_event": dg.MetadataValue.text(newest.isoformat() if newest is not None else "none"),
             "feast_view": dg.MetadataValue.text(view),
+            "mode": dg.MetadataValue.text("full rebuild" if fold.full else "incremental"),
+            "mode_reason": dg.MetadataValue.text(fold.reason),
+            "batches_read": dg.MetadataValue.json(list(fold.new)),
+            "batches_folded": dg.MetadataValue.int(len(fold.state.batches)),
+            "rows_computed": dg.MetadataValue.int(len(computed)),
             "owner": dg.MetadataValue.text(OWNER),
             "code_version": dg.MetadataValue.text(code_version()),
-            **upstream,
         }
     )
 
 
+_INCREMENTAL = (" Incremental: each run reads only the batches landed since the previous one (and, "
+                "for customers, the earlier tickets of the customers they touch); run config "
+                "`full_rebuild: true` recomputes from every batch.")
+
+
 @dg.asset(
     group_name=GROUP,
     owners=[OWNER],
     kinds={"pandas", "parquet", "feast"},
-    ins={"redacted_tickets": dg.AssetIn(key=REDACTED_TICKETS)},
+    deps=[REDACTED_TICKETS],
     description=(
         "Per customer, as of each of their tickets: ticket counts over 7/30/90 days, rate, "
         "high-priority rate, category mix, tenure and most frequent product, over the tickets "
-        "before that moment. Feast offline store (feature view `customer_features`)."
+        "before that moment. Feast offline store (feature view `customer_features`)." + _INCREMENTAL
     ),
 )
 def customer_features(
-    context: dg.AssetExecutionContext, redacted_tickets: pd.DataFrame, feast: FeastResource
+    context: dg.AssetExecutionContext,
+    config: FeatureTableConfig,
+    feast: FeastResource,
+    lake: dg.ResourceParam[LakeIOManager],
 ) -> dg.MaterializeResult:
-    current, upstream = _upstream(context, redacted_tickets)
-    return _write_table(context, feast, "customer_features", tables.customer_features(current), upstream)
+    return _build_table(context, config, feast, lake, "customer_features")
 
 
 @dg.asset(
     group_name=GROUP,
     owners=[OWNER],
     kinds={"pandas", "parquet", "feast"},
-    ins={"redacted_tickets": dg.AssetIn(key=REDACTED_TICKETS)},
+    deps=[REDACTED_TICKETS],
     description=(
         "Per ticket: subject/message length, words, language (offline heuristic), PII findings "
         "and their density per 1,000 characters, channel, priority, product. Feast offline store "
-        "(feature view `ticket_features`)."
+        "(feature view `ticket_features`)." + _INCREMENTAL
     ),
 )
 def ticket_features(
-    context: dg.AssetExecutionContext, redacted_tickets: pd.DataFrame, feast: FeastResource
+    context: dg.AssetExecutionContext,
+    config: FeatureTableConfig,
+    feast: FeastResource,
+    lake: dg.ResourceParam[LakeIOManager],
 ) -> dg.MaterializeResult:
-    current, upstream = _upstream(context, redacted_tickets)
-    return _write_table(context, feast, "ticket_features", tables.ticket_features(current), upstream)
+    return _build_table(context, config, feast, lake, "ticket_features")
 
 
 @dg.asset(

@@ -29,12 +29,14 @@ class KbChunkingConfig(dg.Config):
 
 
 @dg.asset(
-    ins={"redacted_kb_articles": dg.AssetIn(key=["redacted_kb_articles"])},
+    # A KB batch is a whole snapshot: only the latest landed one is read (not every snapshot ever
+    # landed, which would make each reindex cost grow with the KB's history).
+    ins={"redacted_kb_articles": dg.AssetIn(key=["redacted_kb_articles"], partition_mapping=dg.LastPartitionMapping())},
     group_name=GROUP,
     owners=OWNERS,
     kinds={"pandas"},
-    description="Overlapping, paragraph-aligned chunks of the latest redacted KB snapshot; "
-    "chunk_id = hash(article_id, chunk index, text).",
+    description="Overlapping, paragraph-aligned chunks of the latest redacted KB snapshot (only that "
+    "partition is read); chunk_id = hash(article_id, chunk index, text).",
 )
 def kb_chunks(
     context: dg.AssetExecutionContext, config: KbChunkingConfig, redacted_kb_articles: pd.DataFrame

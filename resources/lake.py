@@ -87,9 +87,19 @@ class LakeIOManager(dg.ConfigurableIOManager):
             # An S3 PUT replaces the object atomically.
             pq.write_table(table, path, filesystem=fs)
 
-    def _read(self, path: str) -> pd.DataFrame:
+    def _read(self, path: str, filters: list | None = None) -> pd.DataFrame:
         fs, _ = self._ensure()
-        return pq.read_table(path, filesystem=fs).to_pandas()
+        return pq.read_table(path, filesystem=fs, filters=filters).to_pandas()
+
+    def read_partitions(self, asset_key: dg.AssetKey, partitions: list[str], filters: list | None = None) -> pd.DataFrame:
+        """Partitions of `asset_key` in the order given, concatenated, with only the rows that pass
+        `filters` (pyarrow's DNF form): for assets that read some partitions themselves instead of
+        taking every one as an input (the incremental feature tables)."""
+        frames = [self._read(self.path_for(asset_key, p), filters) for p in partitions]
+        if not frames:
+            return pd.DataFrame()
+        rows = [f for f in frames if len(f)] or frames[:1]  # no row passed: still the columns
+        return pd.concat(rows, ignore_index=True) if len(rows) > 1 else rows[0]
 
     def _exists(self, path: str) -> bool:
         fs, _ = self._ensure()

@@ -251,3 +251,13 @@ def wait_for_text(path: Path, text: str, timeout: float, proc: subprocess.Popen 
             raise AssertionError(f"the run ended before {text!r} appeared:\n{path.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"{text!r} did not appear in {path} within {timeout}s")
+
+
+def landed_batch(instance, batch: str) -> None:
+    """A redacted batch file a drill wrote into the lake, recorded as the pii stage records it: a partition of
+    ticket_batches and a materialization of redacted_tickets (the feature tables fold in the
+    materialized batches)."""
+    import dagster as dg
+
+    instance.add_dynamic_partitions("ticket_batches", [batch])
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="redacted_tickets", partition=batch))

@@ -22,7 +22,7 @@ from aiplat.features import sample
 from aiplat.intake.batches import batch_key
 from aiplat.provenance import sha256_bytes
 from platform_defs.definitions import build_definitions
-from tests.fault_drills import child_env, report, start_child
+from tests.fault_drills import child_env, landed_batch, report, start_child
 from tests.records import jsonl, ticket
 
 pytestmark = pytest.mark.slow
@@ -108,6 +108,7 @@ def _kill_during_ingest_job(state_dir: Path, home: Path, tmp_path: Path, pause: 
     return ", ".join(partial) or "nothing", recovery
 
 
+
 def test_kill9_during_ingest_leaves_no_half_written_batch(state_dir: Path, home: Path, tmp_path: Path):
     # The ingest step has written its raw batch to a temporary file and not yet moved it into place.
     written, recovery = _kill_during_ingest_job(state_dir, home, tmp_path, "pyarrow.parquet:write_table", "after")
@@ -191,7 +192,7 @@ def test_kill9_during_online_feature_materialization(state_dir: Path, home: Path
     lake.mkdir(parents=True)
     tickets = sample.redacted_tickets(120, 15, seed=3, span_days=30)
     tickets.iloc[:80].to_parquet(lake / "b1.parquet", index=False)
-    instance.add_dynamic_partitions("ticket_batches", ["b1"])
+    landed_batch(instance, "b1")
     defs = build_definitions()
     job = defs.resolve_implicit_global_asset_job_def()
     features = [dg.AssetKey(k) for k in ("customer_features", "ticket_features", "feature_registry", "online_features")]
@@ -210,7 +211,7 @@ def test_kill9_during_online_feature_materialization(state_dir: Path, home: Path
     late["created_at"] = [now - pd.Timedelta(milliseconds=10 * i) for i in range(len(late))]
     late["resolved_at"] = late["created_at"] + pd.Timedelta(hours=1)
     late.to_parquet(lake / "b2.parquet", index=False)
-    instance.add_dynamic_partitions("ticket_batches", ["b2"])
+    landed_batch(instance, "b2")
     child = start_child(tmp_path / "drill", child_env(state_dir, home), assets=[k.to_user_string() for k in features],
                         pause="feast.infra.online_stores.sqlite:SqliteOnlineStore.online_write_batch",
                         pause_when="after")

@@ -20,7 +20,7 @@ from aiplat.intake.batches import batch_key
 from aiplat.provenance import sha256_bytes
 from platform_defs.definitions import build_definitions
 from resources.feast import RedisFeastResource
-from tests.fault_drills import child_env, private_postgres, private_redis, report, start_child, wait_for_text
+from tests.fault_drills import child_env, landed_batch, private_postgres, private_redis, report, start_child, wait_for_text
 from tests.records import jsonl, ticket
 
 pytestmark = pytest.mark.slow
@@ -35,6 +35,7 @@ def home(state_dir: Path) -> Path:
     return path
 
 
+
 def test_redis_down_mid_materialization_retry_policy_recovers(state_dir: Path, home: Path, tmp_path: Path):
     server = private_redis(tmp_path / "redis")
     with server:
@@ -46,7 +47,7 @@ def test_redis_down_mid_materialization_retry_policy_recovers(state_dir: Path, h
         lake.mkdir(parents=True)
         tickets = sample.redacted_tickets(60, 10, seed=5, span_days=20)
         tickets.iloc[:40].to_parquet(lake / "b1.parquet", index=False)
-        instance.add_dynamic_partitions("ticket_batches", ["b1"])
+        landed_batch(instance, "b1")
         job = build_definitions({"feast": feast}).resolve_implicit_global_asset_job_def()
         assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(k) for k in FEATURES]).success
 
@@ -57,7 +58,7 @@ def test_redis_down_mid_materialization_retry_policy_recovers(state_dir: Path, h
         late["created_at"] = [now - pd.Timedelta(milliseconds=10 * i) for i in range(len(late))]
         late["resolved_at"] = late["created_at"] + pd.Timedelta(hours=1)
         late.to_parquet(lake / "b2.parquet", index=False)
-        instance.add_dynamic_partitions("ticket_batches", ["b2"])
+        landed_batch(instance, "b2")
 
         # The run reaches the online write; Redis dies; the run goes on and meets it.
         child = start_child(tmp_path / "drill", child_env(state_dir, home), assets=FEATURES,

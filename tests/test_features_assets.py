@@ -12,7 +12,10 @@ from click.testing import CliRunner
 
 from aiplat.cli import cli
 from aiplat.features import sample, training
+from aiplat.features import tables
+from aiplat.intake.combine import current_tickets
 from assets import features as fa
+from assets.intake import TICKET_BATCHES
 from resources.feast import LocalFeastResource
 from resources.lake import LakeIOManager
 from tests.chain_helpers import chain_asset, chain_for
@@ -26,23 +29,29 @@ TS = "ticket_triage__training_set"
 ALL = [*fa.feature_assets, *fa.feature_checks, TRAINING_SET]
 
 
-def _upstream(frame: pd.DataFrame) -> dg.AssetsDefinition:
-    @dg.asset(key=["redacted_tickets"], io_manager_key="lake")
-    def redacted_tickets() -> pd.DataFrame:
-        return frame
+def _upstream(batches: dict[str, pd.DataFrame]) -> dg.AssetsDefinition:
+    """redacted_tickets as the pii group leaves it: one lake file per landed batch (partition)."""
+
+    @dg.asset(key=["redacted_tickets"], io_manager_key="lake", partitions_def=TICKET_BATCHES)
+    def redacted_tickets(context) -> pd.DataFrame:
+        return batches[context.partition_key]
 
     return redacted_tickets
 
 
-def _run(frame: pd.DataFrame, instance: dg.DagsterInstance, state: Path, raise_on_error: bool = True):
+def _run(batches: dict[str, pd.DataFrame], instance: dg.DagsterInstance, state: Path, raise_on_error: bool = True,
+         run_config: dict | None = None):
+    """Land and redact `batches` (new partitions, or new versions of landed ones), then materialize
+    the feature group and the training set downstream of every landed batch."""
+    resources = {"feast": LocalFeastResource(data_dir=str(state / "feast")), "lake": LakeIOManager(base_uri=str(state / "lake"))}
+    upstream = _upstream(batches)
+    known = set(instance.get_dynamic_partitions(TICKET_BATCHES.name))
+    instance.add_dynamic_partitions(TICKET_BATCHES.name, [b for b in batches if b not in known])
+    for batch in batches:
+        dg.materialize([upstream], partition_key=batch, instance=instance, resources=resources)
     return dg.materialize(
-        [_upstream(frame), *ALL],
-        instance=instance,
-        resources={
-            "feast": LocalFeastResource(data_dir=str(state / "feast")),
-            "lake": LakeIOManager(base_uri=str(state / "lake")),
-        },
-        raise_on_error=raise_on_error,
+        [upstream, *ALL], selection=[a.key for a in fa.feature_assets] + [TRAINING_SET.key],
+        instance=instance, resources=resources, raise_on_error=raise_on_error, run_config=run_config,
     )
 
 
@@ -67,8 +76,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory):
     update = frame.sample(20, random_state=1).copy()
     update["category"] = "returns"
     update["_batch"] = "batch-late"
-    landed = pd.concat([frame, update], ignore_index=True)
-    result = _run(landed, instance, state)
+    result = _run({"batch-early": frame, "batch-late": update}, instance, state)
     # Read what the first run wrote now: later tests in this module (any order) rewrite the table.
     written = {
         "customer_features": pd.read_parquet(_metadata(result, "customer_features")["dagster/uri"]),
@@ -81,7 +89,8 @@ def test_assets_materialize_with_metadata_and_passing_checks(first_run) -> None:
     state, _, frame, update, result, written = first_run
     assert result.success
     customer = _metadata(result, "customer_features")
-    assert customer["current_tickets"] == 400 and customer["upstream_rows"] == 420
+    assert (customer["mode"], customer["mode_reason"]) == ("full rebuild", "no previous table to fold into")
+    assert customer["batches_read"] == ["batch-early", "batch-late"] and customer["batches_folded"] == 2
     assert customer["dagster/row_count"] == len(written["customer_features"])
     assert Path(customer["dagster/uri"]).is_relative_to(state / "feast")
 
@@ -151,16 +160,38 @@ def test_cli_reads_a_service_over_two_entities(first_run, monkeypatch: pytest.Mo
     assert one.exit_code != 0 and "ticket_triage_v1 joins on customer_id, ticket_id" in one.output
 
 
-def test_second_run_is_incremental_and_reports_schema_unchanged(first_run) -> None:
+def test_a_new_batch_is_folded_in_and_the_tables_equal_a_full_rebuild(first_run) -> None:
+    """Issue 16 item 3: a run after one new batch reads that batch (and the touched customers'
+    earlier tickets), computes only its rows, and writes what a rebuild from every batch writes."""
     state, instance, frame, update, _, _ = first_run
+    _run({}, instance, state)  # whatever other tests of this module left is folded in first
     more = sample.redacted_tickets(50, 60, seed=4, span_days=1)
     more["ticket_id"] = [f"N{i:05d}" for i in range(len(more))]
-    result = _run(pd.concat([frame, update, more], ignore_index=True), instance, state)
+    batch = f"batch-new-{len(instance.get_dynamic_partitions(TICKET_BATCHES.name))}"
+    result = _run({batch: more}, instance, state)
     assert result.success
+    for view in ("customer_features", "ticket_features"):
+        meta = _metadata(result, view)
+        assert (meta["mode"], meta["batches_read"]) == ("incremental", [batch]), meta
+    ticket_meta, customer_meta = _metadata(result, "ticket_features"), _metadata(result, "customer_features")
+    assert ticket_meta["rows_computed"] == 50 < ticket_meta["dagster/row_count"]
+    assert 0 < customer_meta["rows_computed"] < customer_meta["dagster/row_count"]
     assert {w["mode"] for w in _metadata(result, "online_features")["windows"].values()} == {"incremental"}
     schema = _check(result, "customer_features", "schema_changes")
     assert schema.passed and schema.metadata["previous_known"].value is True
-    assert _metadata(result, TS)["current_tickets"] == 450
+
+    lake = LakeIOManager(base_uri=str(state / "lake"))
+    everything = current_tickets(lake.read_partitions(fa.REDACTED_TICKETS, list(instance.get_dynamic_partitions(TICKET_BATCHES.name))))
+    data = state / "feast" / "data"
+    pd.testing.assert_frame_equal(pd.read_parquet(data / "ticket_features.parquet"), tables.ticket_features(everything))
+    pd.testing.assert_frame_equal(pd.read_parquet(data / "customer_features.parquet"), tables.customer_features(everything))
+    assert _metadata(result, TS)["current_tickets"] == len(everything)
+
+    # The rebuild path: run config, from every batch, the same tables.
+    rebuilt = _run({}, instance, state, run_config={"ops": {v: {"config": {"full_rebuild": True}}
+                                                           for v in ("customer_features", "ticket_features")}})
+    assert _metadata(rebuilt, "ticket_features")["mode_reason"] == "full rebuild requested"
+    pd.testing.assert_frame_equal(pd.read_parquet(data / "customer_features.parquet"), tables.customer_features(everything))
 
 
 def test_raw_pii_stops_the_table_and_keeps_the_previous_one(first_run) -> None:
@@ -169,7 +200,12 @@ def test_raw_pii_stops_the_table_and_keeps_the_previous_one(first_run) -> None:
     before = path.read_bytes()
     leaked = frame.copy()
     leaked.loc[leaked.index[:3], "customer_id"] = ["alice@example.com", "bob@example.com", "carol@example.com"]
-    result = _run(leaked, instance, state, raise_on_error=False)
+    try:
+        result = _run({"batch-early": leaked}, instance, state, raise_on_error=False)
+    finally:
+        restore = _upstream({"batch-early": frame})  # the landed batch as it was, for the other tests
+        dg.materialize([restore], partition_key="batch-early", instance=instance,
+                       resources={"lake": LakeIOManager(base_uri=str(state / "lake"))})
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure and e.step_key == "customer_features"]
     assert failure and "raw PII" in str(failure[0].event_specific_data.error.message)

@@ -247,15 +247,29 @@ def source_path(store: "FeatureStore", view: "FeatureView") -> Path:
     return Path(FileSource.get_uri_for_file_path(store.config.repo_path, view.batch_source.path))
 
 
-def write_offline_table(path: Path, df: pd.DataFrame) -> None:
-    """Write a feature table so that a failed write leaves the previous good file in place."""
+def write_offline_table(path: Path, df: pd.DataFrame, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Write a feature table so that a failed write leaves the previous good file in place;
+    `metadata` goes into the file's schema (what it was built from travels with the table)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    pq.write_table(table, tmp)
     tmp.replace(path)
+
+
+def read_offline_table_with_metadata(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]] | None:
+    """The feature table and its schema metadata, or None when it was never written."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    return table.to_pandas(), dict(table.schema.metadata or {})
 
 
 def read_offline_table(path: Path) -> pd.DataFrame:
