@@ -652,6 +652,19 @@ def promotion_run_key(name: str, version: str, report_sha256: str) -> str:
     return f"promote:{name}:{version}:{report_sha256}"
 
 
+def _run_still_promotes(instance: dg.DagsterInstance, run_id: str, champion: dg.AssetKey) -> bool:
+    """True while run `run_id` has not finished and its selection includes `champion`."""
+    run = instance.get_run_by_id(run_id) if run_id else None
+    if run is None or run.is_finished:
+        return False
+    if run.asset_selection:
+        return champion in run.asset_selection
+    # A job run (no asset selection): its execution plan says whether the champion's step is in it.
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id) if run.execution_plan_snapshot_id else None
+    step = "__".join(champion.path)
+    return plan is not None and any(s.key == step for s in plan.steps)
+
+
 def _automation(spec: ModelSpec, fine_tuned: dg.AssetKey, eval_report: dg.AssetKey, champion: dg.AssetKey,
                 served: dg.AssetKey, live_quality: dg.AssetKey):
     p = spec.key_prefix
@@ -674,9 +687,15 @@ def _automation(spec: ModelSpec, fine_tuned: dg.AssetKey, eval_report: dg.AssetK
         promoted = (_latest_metadata(context.instance, champion) or {}).get("report_sha256")
         requests, notes, cursor = [], [], after
         for record in records:
-            cursor = record.storage_id
             meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
             version, sha = meta.get("model_version"), meta.get("report_sha256")
+            if meta.get("gate_passed") is True and _run_still_promotes(context.instance, record.run_id, champion):
+                # The run that made the report is still going and promotes in its own next step: the
+                # cursor stays before the report, and the next tick sees what that step did.
+                notes.append(f"{spec.name} version {version}: report {str(sha)[:12]} is promoted by its own run "
+                             f"{record.run_id[:8]}, still running; looking again next tick")
+                break
+            cursor = record.storage_id
             if not (version and sha):
                 notes.append(f"materialization {record.storage_id} names no model version and report; ignored")
             elif meta.get("gate_passed") is not True:

@@ -226,3 +226,35 @@ def test_every_spec_is_owned_by_its_team_and_the_policy_by_the_platform():
     for spec in load_specs(DEMO):
         team = "@aiplat/team-" + spec.owner.removeprefix("team:")
         assert team in owners.get(f"/models/{spec.name}.yaml", set()), f"{spec.name}: no CODEOWNERS line for {team}"
+
+
+def test_the_promotion_sensor_leaves_a_report_to_the_run_that_promotes_it() -> None:
+    """A backfill's run materializes the eval report and then, in its next step, the champion. A
+    sensor tick between the two used to request a second promotion run of the same report; it now
+    waits (cursor before the report) while that run is going, and after it sees the promotion."""
+    from tests.chain_helpers import chain_for
+
+    chain = chain_for("race-model")
+    (sensor,) = [s for s in chain.sensors if s.name.endswith("promotion_sensor")]
+    prefix = chain.spec.key_prefix
+    ticks: list[dg.SensorResult] = []
+
+    @dg.asset(key=[prefix, "eval_report"])
+    def eval_report() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"model_version": "1", "report_sha256": "a" * 64, "gate_passed": True})
+
+    @dg.asset(key=[prefix, "champion"], deps=[eval_report])
+    def champion(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        ticks.append(sensor(dg.build_sensor_context(instance=context.instance)))  # the tick that raced it
+        return dg.MaterializeResult(metadata={"report_sha256": "a" * 64, "status": "promoted"})
+
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([eval_report, champion], instance=instance).success
+        [during] = ticks
+        assert during.run_requests == [] and during.cursor is None
+        after = sensor(dg.build_sensor_context(instance=instance, cursor=during.cursor))
+        assert after.run_requests == [] and after.cursor is not None  # promoted on by its own run
+        # A passing report made without its champion step still gets its promotion run.
+        assert dg.materialize([eval_report], instance=instance).success
+        later = sensor(dg.build_sensor_context(instance=instance, cursor=after.cursor))
+        assert later.run_requests == []  # the same report sha was already promoted on
