@@ -99,3 +99,22 @@ def test_local_runs_keep_every_step_in_the_run_process_and_prod_keeps_the_defaul
     assert executor_for("local") is dg.in_process_executor
     assert executor_for("prod") is None
     assert build_definitions().resolve_job_def("refresh_downstream").executor_def.name == "in_process"
+
+
+def test_processes_of_the_platform_and_their_children_wait_passively_in_openmp() -> None:
+    """A fresh interpreter importing the platform (a run worker, the CLI, a Ray worker's driver)
+    has OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP, and child_env hands it to the servers it
+    starts; an operator's own value is kept."""
+    import subprocess
+    import sys
+
+    from aiplat.config import child_env
+
+    probe = "import aiplat, os, torch; print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads() > 0)"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    fresh = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.split() == ["PASSIVE", "True"], fresh.stderr
+    kept = subprocess.run([sys.executable, "-c", probe], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, timeout=120)
+    assert kept.stdout.split()[0] == "ACTIVE"
+    assert child_env()["OMP_WAIT_POLICY"] == "PASSIVE"
