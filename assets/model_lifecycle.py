@@ -204,8 +204,11 @@ class LoadTestConfig(dg.Config):
 class LiveQualityConfig(dg.Config):
     rollback_on_regression: Optional[bool] = Field(
         default=None, description="Override the deployment's OperationsResource.rollback_on_quality_regression")
-    max_tokens: int = Field(default=48, ge=4, description="Generation budget per answer, as in the offline eval")
-    rows: int = Field(default=16, ge=1, description="generation models: held-out tickets asked")
+    max_tokens: Optional[int] = Field(default=None, ge=4, description=(
+        "Generation budget per answer; default: the spec's evaluation.max_new_tokens, the budget the eval "
+        "report's baseline was generated with (another budget would compare different answers)"))
+    rows: Optional[int] = Field(default=None, ge=1, description=(
+        "generation models: held-out tickets asked; default: the eval's first min(16, max_test_examples)"))
 
 
 # --------------------------------------------------------------------------------------------

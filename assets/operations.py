@@ -200,7 +200,8 @@ def golden_live_quality(context: dg.AssetExecutionContext, spec, fmt, config, vl
     except (EndpointNotFound, GoldenSetError) as e:
         raise dg.Failure(f"no golden-set reading: {e}") from e
     context.log.info(f"asking {len(golden.rows)} golden tickets of {target.endpoint} version {target.model_version}")
-    answers = ask_golden(target, golden, max_tokens=config.max_tokens, concurrency=operations.live_quality_concurrency,
+    answers = ask_golden(target, golden, max_tokens=config.max_tokens or spec.evaluation.max_new_tokens,
+                         concurrency=operations.live_quality_concurrency,
                          record=operations.request_log().append, progress=context.log.info, fmt=fmt)
     quality = score(target, golden, answers)
     baseline = _report_baseline(mlflow, name, quality.model_version, golden) or baseline_from_readings(
@@ -229,6 +230,7 @@ def golden_live_quality(context: dg.AssetExecutionContext, spec, fmt, config, vl
         "champion_version": champion or "",
         "golden_version": quality.golden_version,
         "golden_sha256": quality.golden_sha256,
+        "max_tokens": config.max_tokens or spec.evaluation.max_new_tokens,  # the eval's budget unless set
         "golden_accuracy": dg.MetadataValue.float(quality.accuracy),
         "golden_macro_f1": dg.MetadataValue.float(quality.macro_f1),
         "parse_rate": dg.MetadataValue.float(quality.parse_rate),
@@ -345,11 +347,13 @@ def grounded_live_quality(context: dg.AssetExecutionContext, spec, fmt, config, 
     except EndpointNotFound as e:
         raise dg.Failure(f"no live reading: {e}") from e
     held_out = normalize_columns(training_set)
-    held_out = held_out[held_out["split"] == "test"].sort_values("ticket_id").head(config.rows)
+    held_out = held_out[held_out["split"] == "test"].sort_values("ticket_id").head(
+        config.rows or min(16, spec.evaluation.max_test_examples))
     r = spec.training.retrieval
     held_out = add_passages(held_out.drop(columns=["kb_passages"], errors="ignore"), context.resources.milvus.store,
                             context.resources.embeddings.embedder, r.top_k, r.max_passage_chars)
-    quality = ask_drafts(target, held_out.to_dict("records"), fmt, max_tokens=config.max_tokens,
+    quality = ask_drafts(target, held_out.to_dict("records"), fmt,
+                         max_tokens=config.max_tokens or spec.evaluation.max_new_tokens,
                          record=operations.request_log().append)
     baseline = _report_rouge(mlflow, spec.name, quality.model_version)
     reasons = judge_drafts(quality, baseline, operations.live_quality_max_golden_drop, operations.live_quality_max_error_rate)
@@ -362,7 +366,8 @@ def grounded_live_quality(context: dg.AssetExecutionContext, spec, fmt, config, 
                                                                "findings": dg.MetadataValue.json(quality.leak_findings)})
     return dg.MaterializeResult(metadata={
         "endpoint": spec.endpoint, "model_version": quality.model_version, "champion_version": champion or "",
-        "rows": quality.rows, "reply_rouge_l": dg.MetadataValue.float(quality.reply_rouge_l),
+        "rows": quality.rows, "max_tokens": config.max_tokens or spec.evaluation.max_new_tokens,
+        "reply_rouge_l": dg.MetadataValue.float(quality.reply_rouge_l),
         "groundedness": dg.MetadataValue.float(quality.groundedness),
         "error_rate": dg.MetadataValue.float(quality.error_rate),
         "latency_p50_ms": dg.MetadataValue.float(quality.latency_p50_ms),

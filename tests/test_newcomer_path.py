@@ -227,6 +227,8 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
             assert reply.choices[0].message.content
             quality = latest(prefix, "live_quality")
             assert quality["model_version"] == served["model_version"]
+            # No run config: the reading used the token budget the eval report's baseline was made with.
+            assert quality["max_tokens"] == 16
             # No run config: the load test ran the spec's own shape (one level, concurrency 2).
             levels = {k.split("_", 1)[0] for k in latest(prefix, "endpoint_load_test") if re.fullmatch(r"c\d+_.*", k)}
             assert levels == {"c2"}, levels
