@@ -55,6 +55,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.items[:] = first + [item for item in session.items if item.nodeid.split("::")[0] not in LONGEST_FIRST]
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # AIPLAT_TEST_TIMINGS=FILE appends each phase's seconds as it ends, so a long run's profile
+    # can be read while it runs (--durations prints only at the end).
+    path = os.environ.get("AIPLAT_TEST_TIMINGS")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(f"{report.duration:.2f}\t{report.when}\t{report.outcome}\t{report.nodeid}\n")
+
+
 def require_service(name: str, host: str, port: int) -> None:
     if port_open(host, port, timeout=2.0):
         return
