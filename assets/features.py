@@ -3,6 +3,7 @@ Each model's point-in-time training set is generated from its spec (assets/model
 
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -47,7 +48,8 @@ def _build_table(context: dg.AssetExecutionContext, config: FeatureTableConfig, 
     fold = incremental.plan_fold(state, _landed_batches(context), incremental.table_code(view), config.full_rebuild)
     context.log.info(f"{view}: {'full rebuild' if fold.full else 'incremental'} ({fold.reason}); "
                      f"reading {len(fold.new)} batch(es)")
-    if not fold.full and not fold.new and previous is not None:
+    unchanged = not fold.full and not fold.new and previous is not None
+    if unchanged:
         table, computed = previous, pd.DataFrame()
     else:
         base = None if fold.full else previous
@@ -67,11 +69,11 @@ def _build_table(context: dg.AssetExecutionContext, config: FeatureTableConfig, 
             table, computed = incremental.fold_customer_features(base, new_rows, history)
         else:
             table, computed = incremental.fold_ticket_features(base, new_rows)
-    return _write_table(context, feast, view, table, computed, fold)
+    return _write_table(path, view, table, computed, fold, rewrite=not unchanged)
 
 
-def _write_table(context: dg.AssetExecutionContext, feast: FeastResource, view: str, table: pd.DataFrame,
-                 computed: pd.DataFrame, fold: incremental.FoldPlan) -> dg.MaterializeResult:
+def _write_table(path: Path, view: str, table: pd.DataFrame, computed: pd.DataFrame, fold: incremental.FoldPlan,
+                 rewrite: bool = True) -> dg.MaterializeResult:
     # The rows computed in this run are checked; the rest were checked when they were written.
     findings = gates.find_raw_pii(computed, FINDING_KEYS[view], PSEUDONYMOUS_COLUMNS[view])
     if findings:
@@ -82,8 +84,8 @@ def _write_table(context: dg.AssetExecutionContext, feast: FeastResource, view: 
             "nothing was written",
             metadata={"findings": dg.MetadataValue.int(len(findings))},
         )
-    path = feast.table_path(view)
-    feast_store.write_offline_table(path, table, fold.state.to_metadata())
+    if rewrite:  # no new batch: the stored table and its fold state are already what this run would write
+        feast_store.write_offline_table(path, table, fold.state.to_metadata())
     newest = pd.to_datetime(table["event_timestamp"], utc=True).max() if len(table) else None
     return dg.MaterializeResult(
         metadata={

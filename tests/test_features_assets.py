@@ -14,6 +14,7 @@ from aiplat.cli import cli
 from aiplat.features import sample, training
 from aiplat.features import tables
 from aiplat.intake.combine import current_tickets
+from aiplat.provenance import frame_hash
 from assets import features as fa
 from assets.intake import TICKET_BATCHES
 from resources.feast import LocalFeastResource
@@ -165,6 +166,14 @@ def test_a_new_batch_is_folded_in_and_the_tables_equal_a_full_rebuild(first_run)
     earlier tickets), computes only its rows, and writes what a rebuild from every batch writes."""
     state, instance, frame, update, _, _ = first_run
     _run({}, instance, state)  # whatever other tests of this module left is folded in first
+    data = state / "feast" / "data"
+    stamps = {v: (data / f"{v}.parquet").stat().st_mtime_ns for v in ("customer_features", "ticket_features")}
+    idle = _run({}, instance, state)
+    for view, stamp in stamps.items():  # nothing new: the table is neither recomputed nor rewritten
+        meta = _metadata(idle, view)
+        assert (meta["mode_reason"], meta["rows_computed"]) == ("no new batch", 0), meta
+        assert (data / f"{view}.parquet").stat().st_mtime_ns == stamp
+        assert meta["content_hash"] == frame_hash(pd.read_parquet(data / f"{view}.parquet"))
     more = sample.redacted_tickets(50, 60, seed=4, span_days=1)
     more["ticket_id"] = [f"N{i:05d}" for i in range(len(more))]
     batch = f"batch-new-{len(instance.get_dynamic_partitions(TICKET_BATCHES.name))}"
@@ -182,7 +191,6 @@ def test_a_new_batch_is_folded_in_and_the_tables_equal_a_full_rebuild(first_run)
 
     lake = LakeIOManager(base_uri=str(state / "lake"))
     everything = current_tickets(lake.read_partitions(fa.REDACTED_TICKETS, list(instance.get_dynamic_partitions(TICKET_BATCHES.name))))
-    data = state / "feast" / "data"
     pd.testing.assert_frame_equal(pd.read_parquet(data / "ticket_features.parquet"), tables.ticket_features(everything))
     pd.testing.assert_frame_equal(pd.read_parquet(data / "customer_features.parquet"), tables.customer_features(everything))
     assert _metadata(result, TS)["current_tickets"] == len(everything)
