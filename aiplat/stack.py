@@ -33,6 +33,7 @@ import psutil
 
 from aiplat.config import child_env, default_signals, local_paths, local_ports
 from aiplat.net import free_port, port_open
+from aiplat.processes import recorded_process, start_time
 
 HOST = "127.0.0.1"
 SERVICES = ("mlflow", "milvus", "gateway")
@@ -356,7 +357,7 @@ def _read_pid(service: Service) -> _PidRecord | None:
 
 def _write_pid(service: Service, proc: subprocess.Popen, argv: tuple[str, ...]) -> None:
     try:
-        create_time = psutil.Process(proc.pid).create_time()
+        create_time = start_time(proc.pid)
     except psutil.NoSuchProcess:
         create_time = 0.0
     record = {
@@ -382,13 +383,7 @@ def _same_process(record: _PidRecord) -> psutil.Process | None:
     if record.pid <= 0:
         return None
     _reap(record.pid)
-    try:
-        proc = psutil.Process(record.pid)
-        if abs(proc.create_time() - record.create_time) > 1.0:
-            return None
-        return proc
-    except psutil.NoSuchProcess:
-        return None
+    return recorded_process(record.pid, record.create_time)
 
 
 def _alive(record: _PidRecord | None) -> bool:
@@ -457,10 +452,7 @@ def _clean_stale(service: Service, record: _PidRecord) -> None:
     free (or still the same, now a zombie) the group's members can only be ours.
     """
     if record.pid > 0:
-        try:
-            reused = abs(psutil.Process(record.pid).create_time() - record.create_time) > 1.0
-        except psutil.NoSuchProcess:
-            reused = False
+        reused = psutil.pid_exists(record.pid) and recorded_process(record.pid, record.create_time) is None
         if not reused and _group_members(record.pid):
             _stop(service, record.pid, record.port, grace=5.0)
     service.pid_file.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from aiplat import stack
 from aiplat.cli import cli
 from aiplat.net import free_port, port_open
+from aiplat.processes import start_time
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -274,7 +275,7 @@ def test_unknown_service_is_rejected(state_dir: Path) -> None:
 
 def _dead_pid() -> tuple[int, float]:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    create_time = psutil.Process(proc.pid).create_time()
+    create_time = start_time(proc.pid)
     proc.wait()
     return proc.pid, create_time
 
@@ -411,7 +412,7 @@ def test_stale_pid_file_cleanup_stops_what_outlived_the_leader(state_dir: Path, 
         "sys.exit(0 if c.stdout.readline().startswith('ready') else 1)"
     )
     leader = subprocess.Popen([sys.executable, "-c", leader_code], start_new_session=True)
-    create_time = psutil.Process(leader.pid).create_time()
+    create_time = start_time(leader.pid)
     assert leader.wait(timeout=30) == 0
     orphans = [p for p in psutil.process_iter() if _pgid(p.pid) == leader.pid]
     assert orphans and port_open("127.0.0.1", port)

@@ -33,7 +33,7 @@ class ServerRecord:
     url: str
     port: int
     pid: int
-    create_time: float  # with pid, tells our process from a later one that reused the PID
+    create_time: float  # aiplat.processes.start_time: with pid, tells our process from a later one that reused the PID
     model_version: str
     model_path: str
     served_model_name: str

@@ -28,6 +28,7 @@ import psutil
 
 from aiplat.config import child_env, default_signals, local_paths, state_dir
 from aiplat.net import free_port
+from aiplat.processes import recorded_process, start_time
 from aiplat.serving.registry import ServerRecord
 
 HOST = "127.0.0.1"
@@ -196,11 +197,9 @@ def process_of(record: ServerRecord) -> psutil.Process | None:
     child = _CHILDREN.get(record.pid)
     if child is not None and child.poll() is not None:
         return None
+    proc = recorded_process(record.pid, record.create_time)
     try:
-        proc = psutil.Process(record.pid)
-        if abs(proc.create_time() - record.create_time) > 1.0 or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
+        return None if proc is None or proc.status() == psutil.STATUS_ZOMBIE else proc
     except psutil.NoSuchProcess:
         return None
 
@@ -304,7 +303,7 @@ def start_server(
         )
     _CHILDREN[proc.pid] = proc
     try:
-        create_time = psutil.Process(proc.pid).create_time()
+        create_time = start_time(proc.pid)
     except psutil.NoSuchProcess:
         create_time = 0.0
     started_at = _now()
