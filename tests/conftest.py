@@ -59,7 +59,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # AIPLAT_TEST_TIMINGS=FILE appends each phase's seconds as it ends, so a long run's profile
     # can be read while it runs (--durations prints only at the end).
     path = os.environ.get("AIPLAT_TEST_TIMINGS")
-    if path:
+    # Under pytest-xdist the controller gets each worker's reports again (marked with the worker's `node`).
+    if path and getattr(report, "node", None) is None:
         with open(path, "a", encoding="utf-8") as out:
             out.write(f"{report.duration:.2f}\t{report.when}\t{report.outcome}\t{report.nodeid}\n")
 

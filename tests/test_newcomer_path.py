@@ -236,6 +236,11 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
         drafter_set = latest("reply_drafter", "training_set")
         assert drafter_set["rows_with_passages"] == drafter_set["dagster/row_count"] > 0
         dagster_text = "\n".join(serialize_value(instance.all_logs(run.run_id)) for run in instance.get_runs())
+        # Where the run's time went (shown with -s, and in the CI log when the test fails).
+        steps = [(s.end_time - s.start_time, s.step_key) for run in instance.get_runs()
+                 for s in instance.get_run_step_stats(run.run_id) if s.end_time and s.start_time]
+        say(f"{len(steps)} steps, {sum(d for d, _ in steps):.0f} s in all; slowest: "
+            + ", ".join(f"{k} {d:.0f} s" for d, k in sorted(steps, reverse=True)[:15]))
 
     # 3. The served endpoints' /metrics answer: servers started from a Dagster step process (where
     #    Feast's import set PROMETHEUS_MULTIPROC_DIR) got an explicit environment.
