@@ -70,6 +70,13 @@ else
 fi
 AIPLAT=.venv/bin/aiplat
 
+# 3. The base model, converted offline: it needs only .venv, so it converts while the vLLM
+#    environment may still be building.
+if [[ $WITH_MODELS -eq 1 ]]; then
+  say "base model"
+  "$AIPLAT" models prepare-base
+fi
+
 # 2. vLLM on the CPU, in its own environment (started above).
 if [[ -n "$VLLM_PID" ]]; then
   say "vLLM environment: waiting for the background build"
@@ -82,12 +89,6 @@ if [[ -n "$VLLM_PID" ]]; then
     echo "bootstrap.sh: building the vLLM environment failed (its output is above, and in $VLLM_LOG)" >&2
     exit 1
   fi
-fi
-
-# 3. The base model, converted offline.
-if [[ $WITH_MODELS -eq 1 ]]; then
-  say "base model"
-  "$AIPLAT" models prepare-base
 fi
 
 # 4. Demo data.
