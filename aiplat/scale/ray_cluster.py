@@ -79,16 +79,66 @@ class RayCluster:
                 _reachable(target)
                 context = ray.init(address=target, **common)
             else:
-                # address="local": a new instance even where `ray start` left a cluster address file
-                # (a bare ray.init() would join that one).
-                context = ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1,
-                                   include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+                context = _start_private(ray, self.num_cpus or os.cpu_count() or 1, common)
             cpus = float(ray.cluster_resources().get("CPU", 0))
             dashboard = self.dashboard_url or (head[1] if head else "") or (
                 f"http://{context.dashboard_url}" if context.dashboard_url else "")
             _CONNECTED = RayConnection(target, dashboard, target == "local", cpus)
             log.info("joined %s in %.1f s", _CONNECTED.describe(), time.perf_counter() - started)
             return _CONNECTED
+
+
+# Ray waits a fixed 30 s for a new node's raylet to register; on a loaded 2-core machine (a test
+# run with two workers, each starting real servers) it once took longer and every test of a module
+# failed in its set-up. The start is tried again, after the half-started processes are stopped.
+START_ATTEMPTS = 3
+_START_TIMEOUT = "timed out during startup"
+
+
+def _start_private(ray, num_cpus: int, common: dict):
+    for attempt in range(1, START_ATTEMPTS + 1):
+        before = _own_ray_processes()
+        try:
+            # address="local": a new instance even where `ray start` left a cluster address file
+            # (a bare ray.init() would join that one).
+            return ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                            _node_ip_address="127.0.0.1", **common)
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this timeout
+            if _START_TIMEOUT not in str(e) or attempt == START_ATTEMPTS:
+                raise
+            log.warning("the private Ray instance did not start in Ray's 30 s (attempt %d of %d; a busy machine?): "
+                        "stopping what it started and trying again", attempt, START_ATTEMPTS)
+            ray.shutdown()
+            _stop(_own_ray_processes() - before)
+    raise AssertionError("unreachable")
+
+
+def _own_ray_processes() -> set[int]:
+    """PIDs of this process's descendants that run Ray (its GCS, raylet, workers, monitors)."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            argv = child.cmdline()
+            if argv and (argv[0].startswith("ray::") or any("/ray/" in part for part in argv)):
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _stop(pids: set[int]) -> None:
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+            procs[-1].kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(procs, timeout=10)
 
 
 def stack_head() -> tuple[str, str] | None:
