@@ -18,6 +18,7 @@ and the pinned golden set stay as shipped).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -174,7 +175,15 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
     from dagster._serdes import serialize_value
 
     state, ui = newcomer["state"], newcomer["ui"]
-    say = lambda message: print(f"[newcomer] {message}", flush=True)  # noqa: E731 - progress in the CI log
+    progress_file = os.environ.get("AIPLAT_TEST_TIMINGS")
+
+    def say(message: str) -> None:
+        # Progress in the CI log (shown with -s, or when the test fails); under pytest-xdist a worker's
+        # output is not shown, so with AIPLAT_TEST_TIMINGS=FILE it also goes to FILE.newcomer.log.
+        print(f"[newcomer] {message}", flush=True)
+        if progress_file:
+            with open(f"{progress_file}.newcomer.log", "a", encoding="utf-8") as out:
+                out.write(f"{message}\n")
 
     # 1. The landing sensor (running by default) ingests each landed file in its own run.
     wait_until_idle(ui.url, timeout=1200, settle=45, progress=say)
@@ -239,7 +248,7 @@ def test_materialize_all_from_the_ui_ends_green_and_the_readme_commands_work(new
         # Where the run's time went (shown with -s, and in the CI log when the test fails).
         steps = [(s.end_time - s.start_time, s.step_key) for run in instance.get_runs()
                  for s in instance.get_run_step_stats(run.run_id) if s.end_time and s.start_time]
-        say(f"{len(steps)} steps, {sum(d for d, _ in steps):.0f} s in all; slowest: "
+        say(f"{len(instance.get_runs())} runs, {len(steps)} steps, {sum(d for d, _ in steps):.0f} s in all; slowest: "
             + ", ".join(f"{k} {d:.0f} s" for d, k in sorted(steps, reverse=True)[:15]))
 
     # 3. The served endpoints' /metrics answer: servers started from a Dagster step process (where
